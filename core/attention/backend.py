@@ -1,0 +1,100 @@
+"""The attention backend interface and the per-step metadata every backend reads.
+
+Token layout of one step (built by the model runner): all decode tokens first, one per
+decoding sequence, then the prefill chunks packed back to back. The KV cache of one layer is
+two tensors ``[num_blocks, block_size, num_kv_heads, head_dim]``; token ``t`` of a sequence
+lives in slot ``block_table[t // block_size] * block_size + t % block_size``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    # [num_tokens] int64: cache slot each new token's K/V is written to; -1 = do not write.
+    slot_mapping: torch.Tensor
+    block_size: int
+    # Decode part: sequences that add exactly one token this step.
+    num_decode_tokens: int
+    decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int32, unused entries 0
+    decode_context_lens: torch.Tensor  # [num_decodes] int32, tokens in cache incl. the new one
+    max_decode_context_len: int
+    # Prefill part: chunks of one or more tokens (fresh prompts, chunked prefill, prefix hits).
+    num_prefills: int
+    prefill_query_start_loc: torch.Tensor  # [num_prefills + 1] int32, offsets into prefill tokens
+    prefill_block_tables: torch.Tensor  # [num_prefills, max_blocks] int32
+    prefill_context_lens: torch.Tensor  # [num_prefills] int32, cached prefix + this chunk
+    max_prefill_query_len: int
+    max_prefill_context_len: int
+    # Host copies of the lengths, so backends can plan without a device sync.
+    decode_context_lens_list: list[int] = field(default_factory=list)
+    prefill_query_lens_list: list[int] = field(default_factory=list)
+    prefill_context_lens_list: list[int] = field(default_factory=list)
+    # Whatever a backend precomputes once per step in ``prepare`` (indices, masks, ...).
+    backend_state: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.slot_mapping.shape[0]
+
+
+class AttentionBackend:
+    """Computes attention of a step's queries over the paged KV cache.
+
+    Model code calls ``forward`` once per layer; ``prepare`` runs once per step so the
+    per-layer work is only the math.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 sliding_window: int | None = None, logits_soft_cap: float | None = None):
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.logits_soft_cap = logits_soft_cap
+
+    @classmethod
+    def prepare(cls, metadata: AttentionMetadata) -> None:
+        """Precompute per-step state into ``metadata.backend_state`` (optional)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor,
+                metadata: AttentionMetadata) -> torch.Tensor:
+        """q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim].
+
+        Writes k, v into the caches at ``metadata.slot_mapping`` and returns
+        [T, num_heads, head_dim] attention output in the token layout above.
+        """
+        raise NotImplementedError
+
+
+_BACKENDS: dict[str, type[AttentionBackend]] | None = None
+
+
+def _registry() -> dict[str, type[AttentionBackend]]:
+    global _BACKENDS
+    if _BACKENDS is None:
+        from pagedllm.plugins.manager import load_plugins
+
+        backends: dict[str, type[AttentionBackend]] = {}
+        load_plugins().hook.register_attention_backends(
+            register=lambda name, cls: backends.__setitem__(name, cls))
+        _BACKENDS = backends
+    return _BACKENDS
+
+
+def get_attention_backend(name: str | None, device: torch.device) -> type[AttentionBackend]:
+    """Pick a backend: ``name`` if given, else ``triton`` on CUDA and ``torch`` elsewhere."""
+    registry = _registry()
+    if name is None or name == "auto":
+        name = "triton" if device.type == "cuda" and "triton" in registry else "torch"
+    if name not in registry:
+        raise ValueError(
+            f"attention_backend={name!r} is not available; choose one of {sorted(registry)}")
+    return registry[name]

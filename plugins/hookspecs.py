@@ -1,0 +1,42 @@
+"""Hook specifications: the extension points a plugin may implement.
+
+Each hook receives a ``register`` callable so a plugin can add several things at once
+(the pattern of simonw/llm).
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pagedllm")
+hookimpl = pluggy.HookimplMarker("pagedllm")
+
+
+@hookspec
+def register_models(register):
+    """Register model classes: ``register(architecture_name, model_class)``.
+
+    ``architecture_name`` is a value of a Hugging Face config's ``architectures``.
+    """
+
+
+@hookspec
+def register_model_sources(register):
+    """Register model sources: ``register(source)``.
+
+    A source has ``name`` and ``resolve(model, *, revision, download_dir) -> str | None``
+    returning a local path (folder or GGUF file) or ``None`` when it does not know the name.
+    Sources are tried in registration order.
+    """
+
+
+@hookspec
+def register_attention_backends(register):
+    """Register attention backends: ``register(name, backend_class)``."""
+
+
+@hookspec
+def register_adapters(register):
+    """Register framework adapters: ``register(name, module_path)``."""
+
+
+@hookspec
+def register_commands(subparsers):
+    """Add sub-commands to the ``pagedllm`` CLI (an ``argparse`` subparsers object)."""
