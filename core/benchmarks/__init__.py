@@ -1,0 +1,1 @@
+"""Benchmarks shipped in the package (``pagedllm bench ...``), measured against named peers in one run."""
