@@ -1,0 +1,193 @@
+"""Offline throughput of pagedllm against transformers (`pagedllm bench throughput`), same run.
+
+Both backends get the same seeded chat workload (identical prompt token ids, output lengths
+16-256 with EOS ignored) in the same process and the same dtype, each after an untimed
+warm-up, so the ratio printed at the end compares engines and not machines or settings.
+``pagedllm`` sends every request to one ``LLM.generate`` call (continuous batching);
+``hf`` runs static batches through ``model.generate`` (see ``hf_backend``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+
+from pagedllm.benchmarks.hf_backend import DEFAULT_HF_BATCH_SIZE
+from pagedllm.benchmarks.workload import (
+    DEFAULT_MAX_OUTPUT_LEN,
+    DEFAULT_MIN_OUTPUT_LEN,
+    DEFAULT_NUM_REQUESTS,
+    SyntheticRequest,
+    build_workload,
+    workload_stats,
+)
+from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
+
+BACKENDS = ("pagedllm", "hf", "both")
+WARMUP_TOKENS = 4
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of ``pagedllm bench throughput``."""
+    parser.add_argument("--backend", choices=BACKENDS, default="both",
+                        help="pagedllm, hf (transformers static batches) or both, with their ratio (default: both)")
+    parser.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_REQUESTS,
+                        help="number of requests in the workload (default: %(default)s)")
+    parser.add_argument("--min-output-len", type=int, default=DEFAULT_MIN_OUTPUT_LEN,
+                        help="shortest output length drawn (default: %(default)s)")
+    parser.add_argument("--max-output-len", type=int, default=DEFAULT_MAX_OUTPUT_LEN,
+                        help="longest output length drawn (default: %(default)s)")
+    parser.add_argument("--hf-batch-size", type=int, default=DEFAULT_HF_BATCH_SIZE,
+                        help="static batch size of the hf backend (default: %(default)s)")
+    parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
+    add_engine_args(parser)
+    return parser
+
+
+def rates(raw: dict) -> dict:
+    """Add requests/s, output tok/s and total (prompt + output) tok/s to a backend's counts."""
+    elapsed = raw["elapsed_s"]
+    return {
+        **raw,
+        "requests_per_s": raw["num_requests"] / elapsed,
+        "output_tokens_per_s": raw["output_tokens"] / elapsed,
+        "total_tokens_per_s": (raw["prompt_tokens"] + raw["output_tokens"]) / elapsed,
+    }
+
+
+def run_pagedllm(llm, requests: list[SyntheticRequest]) -> dict:
+    """All requests in one ``LLM.generate`` call; output tokens are those actually returned."""
+    from pagedllm import SamplingParams
+
+    prompts = [r.prompt_token_ids for r in requests]
+    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0) for r in requests]
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    wanted = sum(r.output_len for r in requests)
+    if produced != wanted:
+        print(f"warning: pagedllm returned {produced} output tokens, the workload asked for {wanted}",
+              file=sys.stderr)
+    return {
+        "elapsed_s": elapsed,
+        "num_requests": len(requests),
+        "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
+        "output_tokens": produced,
+    }
+
+
+def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> dict:
+    """Build the engine (untimed), warm it up on two short requests, then time the workload."""
+    from pagedllm import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(**engine_kwargs(args, dtype=dtype_name))
+    load_s = time.perf_counter() - t0
+    warm = [r.prompt_token_ids for r in requests[:2]]
+    llm.generate(warm, SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True, temperature=0.0), use_tqdm=False)
+    result = rates(run_pagedllm(llm, requests))
+    result.update(load_s=load_s, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    del llm
+    gc.collect()
+    return result
+
+
+def bench_hf(model_path: str, dtype, device, requests: list[SyntheticRequest], batch_size: int) -> dict:
+    """Load transformers (untimed), warm up on two short requests, then time static batches."""
+    from dataclasses import replace
+
+    from pagedllm.benchmarks.hf_backend import generate_batch, load_hf_model, pad_token_id_for, run_hf
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    model = load_hf_model(model_path, dtype).to(device)
+    pad_id = pad_token_id_for(model, AutoTokenizer.from_pretrained(model_path))
+    load_s = time.perf_counter() - t0
+    generate_batch(model, [replace(r, output_len=WARMUP_TOKENS) for r in requests[:2]], pad_id)
+    result = rates(run_hf(model, requests, batch_size=batch_size, pad_token_id=pad_id))
+    result["load_s"] = load_s
+    del model
+    gc.collect()
+    return result
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    """Resolve model and dtype once, build the workload once, run the chosen backend(s)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pagedllm.config import resolve_dtype
+    from pagedllm.loader import resolve_model
+
+    for name in ("num_prompts", "hf_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(args.dtype, device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    resolved = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    requests = build_workload(tokenizer, args.num_prompts, args.min_output_len, args.max_output_len, seed=args.seed)
+
+    results = {}
+    if args.backend in ("pagedllm", "both"):
+        results["pagedllm"] = bench_pagedllm(args, dtype_name, requests)
+    if args.backend in ("hf", "both"):
+        results["hf"] = bench_hf(resolved.path, dtype, device, requests, args.hf_batch_size)
+    ratio = None
+    if "pagedllm" in results and "hf" in results:
+        ratio = results["pagedllm"]["output_tokens_per_s"] / results["hf"]["output_tokens_per_s"]
+    return {
+        "benchmark": "throughput",
+        "model": args.model,
+        "dtype": dtype_name,
+        "device": str(device),
+        "seed": args.seed,
+        "workload": workload_stats(requests),
+        "results": results,
+        "ratio_pagedllm_over_hf": ratio,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        },
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def format_table(report: dict) -> str:
+    """A short markdown table of the results, with the pagedllm/hf ratio when both ran."""
+    lines = [
+        "| backend | requests/s | output tok/s | total tok/s | elapsed (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in report["results"].items():
+        label = f"hf (batch {r['batch_size']})" if name == "hf" else name
+        lines.append(f"| {label} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} | "
+                     f"{r['total_tokens_per_s']:.1f} | {r['elapsed_s']:.1f} |")
+    w = report["workload"]
+    lines.append("")
+    lines.append(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens, "
+                 f"{report['model']}, {report['dtype']} on {report['device']}")
+    if report["ratio_pagedllm_over_hf"] is not None:
+        lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of ``pagedllm bench throughput``: run, print the table, optionally write JSON."""
+    report = run_benchmark(args)
+    print(format_table(report))
+    if args.output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+        with open(args.output_json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"results written to {args.output_json}")
+    return 0
