@@ -1,0 +1,1 @@
+"""Ways into the engine from outside Python code: the ``pagedllm`` CLI (and the server)."""

