@@ -1,18 +1,5 @@
 """Shared fixtures for the loader tests: a private conversion cache, tiny random models."""
-import importlib.util
-import sys
-import types
-
 import pytest
-
-from pagedllm.plugins.manager import DEFAULT_PLUGINS
-
-# Sibling built-in plugins may not be written yet in this checkout; the loader only needs
-# builtin_sources, so stand in an empty module for a missing sibling (never for sources).
-for _name in DEFAULT_PLUGINS:
-    if _name != "pagedllm.plugins.builtin_sources" and _name not in sys.modules:
-        if importlib.util.find_spec(_name) is None:
-            sys.modules[_name] = types.ModuleType(_name)
 
 
 @pytest.fixture(autouse=True)
