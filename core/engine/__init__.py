@@ -1,0 +1,1 @@
+"""The engine: sequences, the block manager, the scheduler and the step loop."""

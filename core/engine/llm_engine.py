@@ -1,0 +1,292 @@
+"""The synchronous engine: add requests, ``step()`` until done, read RequestOutputs.
+
+One step = schedule -> model runner (forward + sample) -> postprocess (append tokens,
+detokenize, stop checks, free blocks). Every front end (LLM, the server, the adapters)
+drives this loop.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, GenerationConfig
+
+from pagedllm.config import EngineConfig, GiB, resolve_dtype
+from pagedllm.engine.block_manager import BlockManager
+from pagedllm.engine.scheduler import Scheduler
+from pagedllm.engine.sequence import Sequence, SequenceStatus
+from pagedllm.loader import resolve_model
+from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
+from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_block
+from pagedllm.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint and benchmarks read."""
+
+    num_steps: int = 0
+    prompt_tokens: int = 0  # tokens fed to the model as prefill (after prefix-cache hits)
+    generation_tokens: int = 0
+    max_batch_size: int = 0  # most sequences in one step
+    finished_requests: int = 0
+    aborted_requests: int = 0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        t0 = time.perf_counter()
+        self.config = config
+        torch.manual_seed(config.seed)
+        resolved = resolve_model(config.model, revision=config.revision, download_dir=config.download_dir)
+        self.model_path = resolved.path
+        self.hf_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code)
+        tok_path = config.tokenizer or resolved.path
+        if config.tokenizer and config.tokenizer != config.model:
+            tok_path = resolve_model(config.tokenizer, revision=config.tokenizer_revision,
+                                     download_dir=config.download_dir).path
+        self.tokenizer = load_tokenizer(tok_path, tokenizer_mode=config.tokenizer_mode,
+                                        trust_remote_code=config.trust_remote_code)
+        self.device = config.torch_device
+        self.dtype = resolve_dtype(config.dtype, self.device, getattr(self.hf_config, "torch_dtype", None)
+                                   if not isinstance(getattr(self.hf_config, "torch_dtype", None), str) else None)
+        self.max_model_len = self._derive_max_model_len()
+        self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
+                                  config.block_size, config.attention_backend)
+        num_blocks = self._num_kv_blocks()
+        self._check_fits(num_blocks)
+        self.runner.allocate_kv_cache(num_blocks)
+        if config.max_num_batched_tokens is None:
+            budget = 2048 if config.enable_chunked_prefill else max(2048, self.max_model_len)
+        else:
+            budget = config.max_num_batched_tokens
+            if not config.enable_chunked_prefill and budget < self.max_model_len:
+                raise ValueError(
+                    f"max_num_batched_tokens={budget} is smaller than max_model_len={self.max_model_len}; "
+                    "with enable_chunked_prefill=False a whole prompt must fit in one step")
+        self.max_num_batched_tokens = budget
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, config.enable_chunked_prefill)
+        self.eos_token_ids = self._eos_token_ids()
+        self.sequences: dict[str, Sequence] = {}
+        self.stats = EngineStats()
+        self._counter = itertools.count()
+        self.load_time = time.perf_counter() - t0
+        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
+                    self.load_time, config.model, self.dtype, self.device, num_blocks,
+                    num_blocks * config.block_size, self.max_model_len)
+
+    # ---- set-up --------------------------------------------------------------------
+    def _derive_max_model_len(self) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        if self.config.max_model_len is None:
+            return limit
+        if self.config.max_model_len > limit:
+            raise ValueError(f"max_model_len={self.config.max_model_len} is larger than the model's "
+                             f"max_position_embeddings={limit}")
+        return self.config.max_model_len
+
+    def _num_kv_blocks(self) -> int:
+        layers, kv_heads, head_dim = self.runner.kv_shape
+        per_block = bytes_per_block(layers, self.config.block_size, kv_heads, head_dim, self.dtype)
+        if self.device.type == "cuda":
+            budget = self._profile_gpu_budget()
+        else:
+            budget = self.config.kv_cache_memory or DEFAULT_CPU_KV_CACHE_BYTES
+        return max(int(budget // per_block), 0)
+
+    def _profile_gpu_budget(self) -> int:
+        """Bytes for KV under the utilization cap, after weights and an activation reserve.
+
+        The reserve is sized for one step of ``max_num_batched_tokens`` tokens (hidden states,
+        MLP intermediates, logits of the sampled rows), a conservative stand-in for a profiling run.
+        """
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        n = self.config.max_num_batched_tokens or 2048
+        cfg = self.hf_config
+        width = cfg.hidden_size * 8 + getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 3
+        reserve = n * width * self.dtype.itemsize + self.config.max_num_seqs * cfg.vocab_size * 4 * 3
+        return int(total * self.config.gpu_memory_utilization - (total - free) - reserve)
+
+    def _check_fits(self, num_blocks: int) -> None:
+        bs = self.config.block_size
+        capacity = num_blocks * bs
+        if capacity >= self.max_model_len:
+            return
+        if self.config.max_model_len is not None:
+            layers, kv_heads, head_dim = self.runner.kv_shape
+            need = bytes_per_block(layers, bs, kv_heads, head_dim, self.dtype) * -(-self.max_model_len // bs)
+            knob = "gpu_memory_utilization" if self.device.type == "cuda" else "kv_cache_memory"
+            raise ValueError(
+                f"max_model_len={self.max_model_len} needs {need / GiB:.2f} GiB of KV cache for one sequence, but "
+                f"only {num_blocks} blocks ({capacity} tokens) fit; raise {knob} or lower max_model_len")
+        if capacity < bs:
+            raise ValueError(f"the KV cache has room for no block ({num_blocks} blocks); raise kv_cache_memory")
+        logger.warning("max_model_len capped from %d to %d to fit the KV cache", self.max_model_len, capacity)
+        self.max_model_len = capacity
+
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        ids = set()
+        for source in (self.hf_config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+        try:
+            gen = GenerationConfig.from_pretrained(self.model_path)
+            value = gen.eos_token_id
+            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+        except (OSError, ValueError):
+            pass
+        return tuple(sorted(ids))
+
+    # ---- requests ------------------------------------------------------------------
+    def tokenize_prompt(self, prompt) -> tuple[str | None, list[int]]:
+        """A str, a list of token ids, or {'prompt': ...} / {'prompt_token_ids': ...}."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = list(prompt["prompt_token_ids"])
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs a 'prompt' or 'prompt_token_ids' key")
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return None, list(prompt)
+        raise TypeError(f"prompt must be a str, a list of token ids or a dict, got {type(prompt).__name__}")
+
+    def add_request(self, request_id: str | None, prompt, params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        text, token_ids = self.tokenize_prompt(prompt)
+        if not token_ids:
+            raise ValueError("prompt must not be empty (the decoder prompt has no tokens)")
+        vocab = self.hf_config.vocab_size
+        bad = [t for t in token_ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt (length {len(token_ids)}) is longer than the maximum model length "
+                             f"max_model_len={self.max_model_len} allows (at least one token must be generated)")
+        request_id = str(next(self._counter)) if request_id is None else str(request_id)
+        if request_id in self.sequences:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        room = self.max_model_len - len(token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        if params.detokenize and params.output_kind is not RequestOutputKind.FINAL_ONLY:
+            seq.detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        """Stop requests now and free their blocks; unknown or finished ids are ignored."""
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            seq = self.sequences.pop(rid, None)
+            if seq is None or seq.is_finished:
+                continue
+            seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+            self.stats.aborted_requests += 1
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.scheduler.num_unfinished
+
+    # ---- the step ------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            if self.scheduler.has_unfinished():
+                raise RuntimeError("scheduler made no progress with requests pending (KV cache too small?)")
+            return []
+        now = time.time()
+        for s in scheduled:
+            if s.seq.metrics.first_scheduled_time is None:
+                s.seq.metrics.first_scheduled_time = now
+        results = self.runner.execute(scheduled)
+        stats = self.stats
+        stats.num_steps += 1
+        stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
+        for s in scheduled:
+            is_generated_input = s.num_new_tokens == 1 and s.samples and s.seq.num_output_tokens > 0
+            if not is_generated_input:
+                stats.prompt_tokens += s.num_new_tokens
+            s.seq.num_computed_tokens += s.num_new_tokens
+        now = time.time()
+        outputs = []
+        for s, token, logprob in results:
+            seq = s.seq
+            seq.token_ids.append(token)
+            seq.cumulative_logprob += logprob
+            stats.generation_tokens += 1
+            if seq.metrics.first_token_time is None:
+                seq.metrics.first_token_time = now
+            seq.metrics.last_token_time = now
+            delta = seq.detok.step(seq.token_ids) if seq.detok is not None else ""
+            seq.text += delta
+            self._check_stop(seq, token)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq)
+                self.sequences.pop(seq.request_id, None)
+                seq.metrics.finished_time = now
+                stats.finished_requests += 1
+                if seq.detok is None and seq.params.detokenize:
+                    seq.text = self.tokenizer.decode(seq.output_token_ids,
+                                                     skip_special_tokens=seq.params.skip_special_tokens)
+            kind = seq.params.output_kind
+            if kind is not RequestOutputKind.FINAL_ONLY or seq.is_finished:
+                outputs.append(self._make_output(seq, delta if kind is RequestOutputKind.DELTA else None))
+        return outputs
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        p = seq.params
+        n_out = seq.num_output_tokens
+        if n_out >= p.min_tokens:
+            if not p.ignore_eos and token in self.eos_token_ids:
+                seq.finish_reason = "stop"
+                return
+            if token in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", token
+                return
+        if n_out >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            seq.finish_reason = "length"
+
+    def _make_output(self, seq: Sequence, delta_text: str | None) -> RequestOutput:
+        if delta_text is None:
+            text, token_ids = seq.text, seq.output_token_ids
+        else:
+            text, token_ids = delta_text, seq.token_ids[-1:]
+        completion = CompletionOutput(index=0, text=text, token_ids=token_ids,
+                                      cumulative_logprob=seq.cumulative_logprob,
+                                      finish_reason=seq.finish_reason, stop_reason=seq.stop_reason)
+        return RequestOutput(request_id=seq.request_id, prompt=seq.prompt,
+                             prompt_token_ids=seq.token_ids[:seq.num_prompt_tokens], prompt_logprobs=None,
+                             outputs=[completion], finished=seq.is_finished, metrics=seq.metrics,
+                             num_cached_tokens=seq.num_cached_tokens)
+
+    # ---- introspection ---------------------------------------------------------------
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.block_manager.usage
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.scheduler.num_preemptions

@@ -1,0 +1,142 @@
+"""The offline API: ``LLM(model=...).generate(...)`` and ``.chat(...)``, as in vLLM."""
+from __future__ import annotations
+
+import time
+from typing import Sequence as Seq
+
+from tqdm.auto import tqdm
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.tokenizer import render_chat
+
+
+class LLM:
+    """Load a model once, then generate for batches of prompts with continuous batching.
+
+    ``LLM(model, **engine_args)``: engine args use vLLM's names (``dtype``, ``max_model_len``,
+    ``kv_cache_memory``, ``enable_prefix_caching``, ...); an unknown name is a TypeError.
+    """
+
+    def __init__(self, model: str, **kwargs):
+        self.llm_engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
+        self._request_counter = 0
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(self, prompts=None, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 *, use_tqdm: bool = True, prompt_token_ids: list[list[int]] | None = None,
+                 **kwargs) -> list[RequestOutput]:
+        """Generate for one prompt or a list (strings, token-id lists, prompt dicts, or a mix).
+
+        Short form: ``llm.generate("prompt", max_tokens=50, temperature=0.7)`` builds the
+        SamplingParams from keyword arguments.
+        """
+        if prompts is None and prompt_token_ids is not None:
+            prompts = [list(p) for p in prompt_token_ids]
+        prompts = _as_prompt_list(prompts)
+        if kwargs:
+            if sampling_params is not None:
+                raise TypeError(f"pass sampling options either as sampling_params or as keyword arguments "
+                                f"({sorted(kwargs)}), not both")
+            sampling_params = SamplingParams.from_optional(**kwargs)
+        params = _params_list(sampling_params, len(prompts))
+        return self._run(prompts, params, use_tqdm)
+
+    def chat(self, messages, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
+             use_tqdm: bool = True, chat_template: str | None = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, tools: list | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Render one conversation (list of messages) or a list of conversations, then generate."""
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list of messages or of conversations")
+        conversations = messages if isinstance(messages[0], list) else [messages]
+        tokenizer = self.get_tokenizer()
+        prompts = []
+        for conversation in conversations:
+            text = render_chat(tokenizer, conversation, chat_template=chat_template,
+                               add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, tools=tools,
+                               **(chat_template_kwargs or {}))
+            # The template already holds the special tokens (BOS etc.): don't add them twice.
+            prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False), "text": text})
+        params = _params_list(sampling_params, len(prompts))
+        outputs = self._run([{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts], params, use_tqdm)
+        for out, p in zip(outputs, prompts):
+            out.prompt = p["text"]
+        return outputs
+
+    def _run(self, prompts: list, params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        ids = []
+        try:
+            for prompt, p in zip(prompts, params):
+                p = _final_only(p)
+                ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p))
+                self._request_counter += 1
+        except Exception:
+            engine.abort_request(ids)  # nothing half-added stays in the engine
+            raise
+        results: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm)
+        start, in_toks, out_toks = time.perf_counter(), 0, 0
+        try:
+            while len(results) < len(ids):
+                for out in engine.step():
+                    if out.finished:
+                        results[out.request_id] = out
+                        in_toks += len(out.prompt_token_ids)
+                        out_toks += sum(len(c.token_ids) for c in out.outputs)
+                        elapsed = max(time.perf_counter() - start, 1e-9)
+                        bar.set_postfix_str(f"est. speed input: {in_toks / elapsed:.2f} toks/s, "
+                                            f"output: {out_toks / elapsed:.2f} toks/s", refresh=False)
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request([i for i in ids if i not in results])
+            raise
+        finally:
+            bar.close()
+        return [results[i] for i in ids]
+
+
+def _final_only(p: SamplingParams) -> SamplingParams:
+    if p.output_kind is RequestOutputKind.FINAL_ONLY:
+        return p
+    import copy
+
+    p = copy.copy(p)
+    p.output_kind = RequestOutputKind.FINAL_ONLY
+    return p
+
+
+def _as_prompt_list(prompts) -> list:
+    if prompts is None:
+        raise ValueError("prompts must be given (a string, token ids, or a list of them)")
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise ValueError("prompts must not be empty")
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+            return [list(prompts)]  # one tokenized prompt
+        return list(prompts)
+    raise TypeError(f"prompts must be a str, a list of token ids or a list of prompts, got {type(prompts).__name__}")
+
+
+def _params_list(sampling_params, n: int) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * n
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * n
+    if isinstance(sampling_params, (list, tuple)):
+        if len(sampling_params) != n:
+            raise ValueError(f"sampling_params has {len(sampling_params)} entries for {n} prompts; "
+                             "pass one SamplingParams or one per prompt")
+        for p in sampling_params:
+            if not isinstance(p, SamplingParams):
+                raise TypeError(f"sampling_params entries must be SamplingParams, got {type(p).__name__}")
+        return list(sampling_params)
+    raise TypeError(f"sampling_params must be SamplingParams or a list of them, got {type(sampling_params).__name__}")

@@ -1,0 +1,1 @@
+"""vLLM-style layers shared by the model families."""

@@ -1,0 +1,77 @@
+"""Rotary position embeddings with a precomputed cos/sin table (default, linear, llama3)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def rope_parameters(config) -> dict:
+    """Rope settings from a HF config, for transformers 4.x (rope_scaling) and 5.x (rope_parameters)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if not params or "rope_type" not in params and "type" not in params and "rope_theta" not in params:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def _inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
+    factor = p["factor"]
+    low, high = p.get("low_freq_factor", 1.0), p.get("high_freq_factor", 4.0)
+    old_len = p["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, rotary_dim: int, max_position: int, params: dict,
+                 is_neox_style: bool = True):
+        super().__init__()
+        self.head_dim = head_dim
+        self.rotary_dim = rotary_dim
+        self.is_neox_style = is_neox_style
+        rope_type = params["rope_type"]
+        inv_freq = _inv_freq(rotary_dim, float(params["rope_theta"]))
+        if rope_type == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, params)
+        elif rope_type == "linear":
+            inv_freq = inv_freq / params["factor"]
+        elif rope_type != "default":
+            raise ValueError(f"rope_type={rope_type!r} is not supported yet (default, linear, llama3)")
+        t = torch.arange(max_position, dtype=torch.int64).float()
+        freqs = torch.outer(t, inv_freq)  # same float32 products as HF's matmul
+        self.register_buffer("cos_cache", freqs.cos(), persistent=False)
+        self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        self.cos_cache = self.cos_cache.to(dtype)
+        self.sin_cache = self.sin_cache.to(dtype)
+
+    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
+        if self.is_neox_style:
+            x1, x2 = rot.chunk(2, dim=-1)
+            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        else:  # GPT-J style: interleaved pairs
+            x1, x2 = rot[..., ::2], rot[..., 1::2]
+            out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        if rest.shape[-1]:
+            out = torch.cat((out, rest), dim=-1)
+        return out
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""
+        cos = self.cos_cache[positions].unsqueeze(1)
+        sin = self.sin_cache[positions].unsqueeze(1)
+        return self._apply(q, cos, sin), self._apply(k, cos, sin)

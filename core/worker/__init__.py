@@ -1,0 +1,1 @@
+"""The worker: model runner (batch building + forward), KV cache allocation, sampler."""

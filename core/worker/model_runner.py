@@ -1,0 +1,136 @@
+"""Builds one flat batch per step, runs the model over the paged cache and samples.
+
+Token layout (what the attention backends expect): single-token sequences first (decodes,
+and 1-token prefill remainders, which are the same computation), then multi-token prefill
+chunks back to back. Slot mapping and positions are computed with tensor ops, not per token.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from pagedllm.attention import AttentionMetadata, get_attention_backend
+from pagedllm.engine.scheduler import ScheduledSeq
+from pagedllm.forward_context import set_forward_context
+from pagedllm.loader import iterate_weights
+from pagedllm.models import get_model_class
+from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
+from pagedllm.worker.cache_engine import allocate_kv_cache
+from pagedllm.worker.sampler import Sampler, SamplingBatch
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
+                 max_model_len: int, block_size: int, attention_backend: str | None = None):
+        self.hf_config = hf_config
+        self.dtype = dtype
+        self.device = device
+        self.block_size = block_size
+        self.vocab_size = hf_config.vocab_size
+        t0 = time.perf_counter()
+        model_cls = get_model_class(hf_config)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                self.model: nn.Module = model_cls(hf_config, max_position=max(
+                    max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0))
+        finally:
+            torch.set_default_dtype(previous)
+        self.model.load_weights(iterate_weights(model_path))
+        self.model.eval()
+        for module in self.model.modules():
+            if isinstance(module, RotaryEmbedding):
+                module.to_dtype(dtype)
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.backend_cls = get_attention_backend(attention_backend, device)
+        for layer in self.attention_layers:
+            layer.impl = self.backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.scale,
+                                          layer.sliding_window, layer.logits_soft_cap)
+        self.sampler = Sampler()
+        self.kv_cache = None
+        self.load_time = time.perf_counter() - t0
+
+    @property
+    def kv_shape(self) -> tuple[int, int, int]:
+        layer = self.attention_layers[0]
+        return len(self.attention_layers), layer.num_kv_heads, layer.head_dim
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.kv_cache = allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device)
+
+    # ---- one step ------------------------------------------------------------------
+    def _build_metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]):
+        bs = self.block_size
+        dev = self.device
+        ordered = decodes + prefills
+        input_ids: list[int] = []
+        starts, q_lens, tables = [], [], []
+        for s in ordered:
+            nc, n = s.seq.num_computed_tokens, s.num_new_tokens
+            input_ids.extend(s.seq.token_ids[nc:nc + n])
+            starts.append(nc)
+            q_lens.append(n)
+            tables.append(s.seq.block_table)
+        max_blocks = max(len(t) for t in tables)
+        table = torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.int32)
+        q_lens_t = torch.tensor(q_lens)
+        starts_t = torch.tensor(starts)
+        seq_idx = torch.repeat_interleave(torch.arange(len(ordered)), q_lens_t)
+        first_tok = torch.cumsum(q_lens_t, 0) - q_lens_t
+        positions = torch.arange(len(input_ids)) - first_tok[seq_idx] + starts_t[seq_idx]
+        slots = table[seq_idx, positions // bs].long() * bs + positions % bs
+        ctx_lens = starts_t + q_lens_t
+        nd = len(decodes)
+        p_qlens = q_lens[nd:]
+        md = AttentionMetadata(
+            slot_mapping=slots.to(dev),
+            block_size=bs,
+            num_decode_tokens=nd,
+            decode_block_tables=table[:nd].to(dev),
+            decode_context_lens=ctx_lens[:nd].to(torch.int32).to(dev),
+            max_decode_context_len=int(ctx_lens[:nd].max()) if nd else 0,
+            num_prefills=len(prefills),
+            prefill_query_start_loc=torch.tensor([0] + list(_cumsum(p_qlens)), dtype=torch.int32).to(dev),
+            prefill_block_tables=table[nd:].to(dev),
+            prefill_context_lens=ctx_lens[nd:].to(torch.int32).to(dev),
+            max_prefill_query_len=max(p_qlens, default=0),
+            max_prefill_context_len=int(ctx_lens[nd:].max()) if prefills else 0,
+            decode_context_lens_list=ctx_lens[:nd].tolist(),
+            prefill_query_lens_list=p_qlens,
+            prefill_context_lens_list=ctx_lens[nd:].tolist(),
+        )
+        self.backend_cls.prepare(md)
+        last_token_index = first_tok + q_lens_t - 1
+        return ordered, torch.tensor(input_ids, device=dev), positions.to(dev), md, last_token_index
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSeq]) -> list[tuple[ScheduledSeq, int, float]]:
+        """Run one step; returns (scheduled seq, sampled token, its logprob) for sampling seqs."""
+        decodes = [s for s in scheduled if s.num_new_tokens == 1]
+        prefills = [s for s in scheduled if s.num_new_tokens > 1]
+        ordered, input_ids, positions, md, last_idx = self._build_metadata(decodes, prefills)
+        with set_forward_context(md):
+            hidden = self.model(input_ids, positions)
+        rows = [i for i, s in enumerate(ordered) if s.samples]
+        if not rows:
+            return []
+        sample_seqs = [ordered[i] for i in rows]
+        logits = self.model.compute_logits(hidden[last_idx[rows].to(self.device)]).float()
+        batch = SamplingBatch.build([s.seq.params for s in sample_seqs], [s.seq.generator for s in sample_seqs],
+                                    self.vocab_size, self.device)
+        tokens, logprobs = self.sampler(logits, batch)
+        return list(zip(sample_seqs, tokens.tolist(), logprobs.tolist()))
+
+
+def _cumsum(values):
+    total = 0
+    for v in values:
+        total += v
+        yield total

@@ -1,0 +1,11 @@
+"""Built-in plugin: the native model implementations."""
+from pagedllm.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def register_models(register):
+    from pagedllm.models import llama
+
+    register("LlamaForCausalLM", llama.LlamaForCausalLM)
+    register("MistralForCausalLM", llama.MistralForCausalLM)
+    register("Qwen2ForCausalLM", llama.Qwen2ForCausalLM)
