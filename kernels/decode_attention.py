@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels._triton_utils import dot, dot_flags, soft_cap_scores
+from pagedllm.kernels._triton_utils import dot_flags
 
 # Finite stand-in for -inf as the initial running max, so a row that has seen no key yet
 # rescales by exp(0) = 1 instead of exp(-inf - -inf) = NaN.
@@ -36,7 +36,8 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
                    block_size, head_dim, group,
                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    USE_SOFT_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
-                   SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                   SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                   P_DTYPE: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -52,6 +53,8 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
 
     q = tl.load(q_ptr + seq64 * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    if UPCAST_DOT:
+        q = q.to(tl.float32)
 
     start = split * partition_size
     end = tl.minimum(start + partition_size, ctx)
@@ -73,15 +76,19 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
                     + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + within[:, None] * stride_vs
                     + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = dot(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * scale
-        if USE_SOFT_CAP:
-            s = soft_cap_scores(s, soft_cap)
+        if UPCAST_DOT:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+        if USE_SOFT_CAP:  # soft_cap * tanh(s / soft_cap), tanh via exp (no libdevice)
+            s = soft_cap * (1.0 - 2.0 / (tl.exp(2.0 * s / soft_cap) + 1.0))
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        acc = acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v,
+                                            input_precision=DOT_PRECISION)
         m_i = m_new
 
     if SPLIT:
