@@ -21,7 +21,7 @@ from pagedllm.kernels._triton_utils import dot_flags
 
 # Finite stand-in for -inf as the initial running max, so a row that has seen no key yet
 # rescales by exp(0) = 1 instead of exp(-inf - -inf) = NaN.
-_NEG_INIT = -1.0e30
+_NEG_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit

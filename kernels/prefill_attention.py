@@ -17,7 +17,7 @@ import triton.language as tl
 
 from pagedllm.kernels._triton_utils import dot_flags
 
-_NEG_INIT = -1.0e30  # finite initial running max: see decode_attention
+_NEG_INIT = tl.constexpr(-1.0e30)  # finite initial running max: see decode_attention
 
 
 @triton.jit
