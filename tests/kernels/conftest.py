@@ -3,6 +3,7 @@
 ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is *decorated* (triton 3.x), so it is set
 here, before any test module imports a kernel; kernel modules that something imported earlier
 in this process (e.g. through the plugin manager) are re-imported so they pick it up.
+Without CUDA the ``slow`` sweeps are skipped unless a ``-m`` expression selects them.
 """
 import importlib
 import os
@@ -30,10 +31,18 @@ def device():
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (none found)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (none found)")
+    # The slow sweeps take many minutes in the CPU interpreter: run them only when asked
+    # for by a marker expression (-m slow), not in a plain `pytest tests/kernels`.
+    skip_slow = None if config.option.markexpr else pytest.mark.skip(
+        reason="slow without CUDA (interpreter sweeps, compile matrix); select with -m slow")
     for item in items:
-        if "gpu" in item.keywords and _HERE in item.path.parents:
-            item.add_marker(skip)
+        if _HERE not in item.path.parents:
+            continue
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+        elif "slow" in item.keywords and skip_slow is not None:
+            item.add_marker(skip_slow)
 
 
 def pytest_terminal_summary(terminalreporter):

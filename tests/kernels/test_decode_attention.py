@@ -60,6 +60,13 @@ def test_decode_huge_poison_and_mqa():
     check("decode_attention", out, ref, torch.float32)
 
 
+def test_decode_odd_shapes():
+    # Non-power-of-two group (3 query heads per KV head), head_dim 80, 3 KV heads.
+    case = make_case([(1, 1), (80, 1), (161, 1)], 16, 3, 3, 80, torch.float32, seed=8)
+    out, ref = _run(case, 80 ** -0.5, num_splits=2)
+    check("decode_attention", out, ref, torch.float32)
+
+
 def test_decode_fp16():
     case = make_case([(17, 1), (300, 1)], 16, 2, 4, 64, torch.float16, seed=9)
     out, ref = _run(case, 0.125, num_splits=2)

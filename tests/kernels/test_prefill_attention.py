@@ -48,6 +48,12 @@ def test_prefill_window_and_soft_cap(sliding_window, soft_cap, dtype):
     check("prefill_attention", out, ref, dtype)
 
 
+def test_prefill_odd_shapes():
+    case = make_case([(1, 1), (30, 30), (90, 20)], 16, 3, 3, 80, torch.float32, seed=19)
+    out, ref = _run(case, 80 ** -0.5)
+    check("prefill_attention", out, ref, torch.float32)
+
+
 def test_prefill_huge_poison_and_fp16():
     case = make_case([(3, 3), (33, 10), (65, 65)], 32, 1, 4, 128, torch.float16, seed=17,
                      poison=6e4)
