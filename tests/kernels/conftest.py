@@ -2,8 +2,9 @@
 
 ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is *decorated* (triton 3.x), so it is set
 here, before any test module imports a kernel; kernel modules that something imported earlier
-in this process (e.g. through the plugin manager) are re-imported so they pick it up.
-Without CUDA the ``slow`` sweeps are skipped unless a ``-m`` expression selects them.
+in this process (e.g. through the plugin manager) are re-imported so they pick it up. Triton
+itself must not be imported before this file runs (its own jit library, ``tl.max`` etc., would be
+compiled-mode and unusable from interpreted kernels); that is checked.
 """
 import importlib
 import os
@@ -15,6 +16,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+    _tl = sys.modules.get("triton.language")
+    if _tl is not None and type(_tl.standard.max).__name__ != "InterpretedFunction":
+        # triton's own jit library (tl.max, tl.sum, ...) was decorated compiled; interpreted
+        # kernels cannot call it. Set the variable before anything imports triton.
+        raise RuntimeError(
+            "triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1; "
+            "run with TRITON_INTERPRET=1 in the environment (or set it in tests/conftest.py)")
     for _name in [m for m in sys.modules if m.startswith("pagedllm.kernels.")]:
         importlib.reload(sys.modules[_name])
 
@@ -29,19 +37,15 @@ def device():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    """The slow sweeps take many minutes in the CPU interpreter: without CUDA they run only when
+    a marker expression asks (``-m slow``), not in a plain ``pytest tests/kernels``. (The root
+    conftest skips ``gpu`` tests without CUDA.)"""
+    if torch.cuda.is_available() or config.option.markexpr:
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (none found)")
-    # The slow sweeps take many minutes in the CPU interpreter: run them only when asked
-    # for by a marker expression (-m slow), not in a plain `pytest tests/kernels`.
-    skip_slow = None if config.option.markexpr else pytest.mark.skip(
+    skip_slow = pytest.mark.skip(
         reason="slow without CUDA (interpreter sweeps, compile matrix); select with -m slow")
     for item in items:
-        if _HERE not in item.path.parents:
-            continue
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
-        elif "slow" in item.keywords and skip_slow is not None:
+        if "slow" in item.keywords and _HERE in item.path.parents:
             item.add_marker(skip_slow)
 
 
