@@ -1,9 +1,12 @@
 """Torch attention backend: gather K/V through block tables, then scaled_dot_product_attention.
 
-Runs on CPU (the fast path there) and is the oracle for the Triton kernels. Per step,
-``prepare`` turns block tables into flat slot indices and masks once; each layer then does
-one gather and one SDPA call for all decodes, and one for all prefill chunks (padded).
-GQA is folded into the query length so K/V are never repeated per query head.
+Runs on CPU (the fast path there) and is the oracle for the Triton kernels. Each layer does
+one gather and one SDPA call for all decodes, and one of each for all prefill chunks
+(padded to the longest). K/V are gathered whole blocks at a time (``index_select`` over
+the block table: a few KB per row, memcpy speed) rather than slot by slot. The masks are
+additive (0 / -inf), built once per step in ``prepare``, and hide both the padding and the
+block tail beyond each context. GQA is folded into the query length, so K/V are never
+repeated per query head.
 """
 from __future__ import annotations
 
@@ -13,14 +16,15 @@ import torch.nn.functional as F
 from pagedllm.attention.backend import AttentionBackend, AttentionMetadata
 
 
-def _slot_indices(block_tables: torch.Tensor, context_lens: torch.Tensor, max_len: int,
-                  block_size: int) -> torch.Tensor:
-    """[B, max_len] cache slot of each context position; padding points at position 0."""
-    pos = torch.arange(max_len, device=block_tables.device)
-    valid = pos.unsqueeze(0) < context_lens.unsqueeze(1)
-    pos = torch.where(valid, pos.unsqueeze(0), 0)
-    blocks = torch.gather(block_tables.long(), 1, pos // block_size)
-    return blocks * block_size + pos % block_size
+def _gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, bs, KVH, D] x [B, nb] -> [B, KVH, nb*bs, D] (a strided view of the copy)."""
+    B, nb = block_tables.shape
+    _, bs, kvh, d = cache.shape
+    return cache.index_select(0, block_tables.reshape(-1)).view(B, nb * bs, kvh, d).transpose(1, 2)
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -30,43 +34,56 @@ class TorchAttentionBackend(AttentionBackend):
     def prepare(cls, md: AttentionMetadata) -> None:
         state = md.backend_state
         bs = md.block_size
+        dev = md.slot_mapping.device
         if md.num_decode_tokens:
-            L = md.max_decode_context_len
-            state["decode_slots"] = _slot_indices(md.decode_block_tables, md.decode_context_lens, L, bs)
-            key_pos = torch.arange(L, device=md.slot_mapping.device)
-            # [B, 1, 1, L]: True where the key is inside the context.
-            state["decode_key_pos"] = key_pos
-            state["decode_mask"] = (key_pos.unsqueeze(0) < md.decode_context_lens.unsqueeze(1))[:, None, None, :]
+            tables = md.decode_block_tables.long()
+            key_pos = torch.arange(tables.shape[1] * bs, device=dev)
+            state["decode_tables"] = tables
+            state["decode_q_pos"] = (md.decode_context_lens.long() - 1).view(-1, 1, 1, 1)
+            state["decode_key_pos"] = key_pos.view(1, 1, 1, -1)
+            # [B, 1, 1, L]: keys inside the context.
+            state["decode_allowed"] = key_pos.view(1, 1, 1, -1) <= state["decode_q_pos"]
         if md.num_prefills:
-            Lq, Lk = md.max_prefill_query_len, md.max_prefill_context_len
-            dev = md.slot_mapping.device
+            tables = md.prefill_block_tables.long()
+            Lq, Lk = md.max_prefill_query_len, tables.shape[1] * bs
             q_lens = torch.diff(md.prefill_query_start_loc).long()
             ctx = md.prefill_context_lens.long()
-            state["prefill_slots"] = _slot_indices(md.prefill_block_tables, md.prefill_context_lens, Lk, bs)
             qi = torch.arange(Lq, device=dev)
             q_valid = qi.unsqueeze(0) < q_lens.unsqueeze(1)  # [P, Lq]
             # Padded [P, Lq] -> packed token index (padding reads token 0 of the chunk).
             start = md.prefill_query_start_loc[:-1].long().unsqueeze(1)
+            state["prefill_tables"] = tables
             state["prefill_gather"] = (start + torch.where(q_valid, qi.unsqueeze(0), 0)).reshape(-1)
             state["prefill_valid"] = q_valid.reshape(-1)
             q_pos = (ctx - q_lens).unsqueeze(1) + qi.unsqueeze(0)  # absolute position of each query
-            k_pos = torch.arange(Lk, device=dev)
-            mask = k_pos.view(1, 1, Lk) <= q_pos.unsqueeze(2)  # causal (also bounds the context)
-            state["prefill_q_pos"] = q_pos
-            state["prefill_mask"] = mask | ~q_valid.unsqueeze(2) & (k_pos.view(1, 1, Lk) == 0)
+            k_pos = torch.arange(Lk, device=dev).view(1, 1, Lk)
+            state["prefill_q_pos"] = q_pos.unsqueeze(2)
+            state["prefill_key_pos"] = k_pos
+            state["prefill_q_valid"] = q_valid.unsqueeze(2)
+            # Causal (which also bounds the context); padded query rows see key 0 only.
+            state["prefill_allowed"] = (k_pos <= q_pos.unsqueeze(2)) | (~q_valid.unsqueeze(2) & (k_pos == 0))
 
-    def _window(self, mask: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        if self.sliding_window is None:
-            return mask
-        return mask & (k_pos > q_pos - self.sliding_window)
+    def _mask(self, md: AttentionMetadata, part: str, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask for ``part``, with this layer's sliding window, cached per step."""
+        key = (part, dtype, self.sliding_window)
+        cache = md.backend_state.setdefault("masks", {})
+        if key not in cache:
+            s = md.backend_state
+            allowed = s[f"{part}_allowed"]
+            if self.sliding_window is not None:
+                in_window = s[f"{part}_key_pos"] > s[f"{part}_q_pos"] - self.sliding_window
+                if part == "prefill":
+                    in_window = in_window | ~s["prefill_q_valid"]
+                allowed = allowed & in_window
+            cache[key] = _additive(allowed, dtype)
+        return cache[key]
 
     def _attend(self, q, k, v, mask):
-        """q: [B, KVH, G*Lq, D], k/v: [B, KVH, Lk, D], mask broadcastable to [B, 1, G*Lq, Lk]."""
+        """q: [B, KVH, G*Lq, D], k/v: [B, KVH, Lk, D], additive mask broadcastable to [B, 1, G*Lq, Lk]."""
         if self.logits_soft_cap is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
-        scores = torch.tanh(scores / self.logits_soft_cap) * self.logits_soft_cap
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = torch.tanh(scores / self.logits_soft_cap) * self.logits_soft_cap + mask.float()
         return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
 
     def forward(self, q, k, v, k_cache, v_cache, md: AttentionMetadata) -> torch.Tensor:
@@ -87,27 +104,17 @@ class TorchAttentionBackend(AttentionBackend):
         out = torch.empty_like(q)
         nd = md.num_decode_tokens
         if nd:
-            slots = state["decode_slots"]  # [B, L]
-            kd = flat_k[slots].transpose(1, 2)  # [B, KVH, L, D]
-            vd = flat_v[slots].transpose(1, 2)
+            tables = state["decode_tables"]
+            kd, vd = _gather_blocks(k_cache, tables), _gather_blocks(v_cache, tables)
             qd = q[:nd].view(nd, KVH, G, D)
-            mask = state["decode_mask"]
-            if self.sliding_window is not None:
-                q_pos = (md.decode_context_lens.long() - 1).view(nd, 1, 1, 1)
-                mask = mask & (state["decode_key_pos"].view(1, 1, 1, -1) > q_pos - self.sliding_window)
-            out[:nd] = self._attend(qd, kd, vd, mask).reshape(nd, H, D)
+            out[:nd] = self._attend(qd, kd, vd, self._mask(md, "decode", q.dtype)).reshape(nd, H, D)
         if md.num_prefills:
             P, Lq = md.num_prefills, md.max_prefill_query_len
-            slots = state["prefill_slots"]  # [P, Lk]
-            kp = flat_k[slots].transpose(1, 2)  # [P, KVH, Lk, D]
-            vp = flat_v[slots].transpose(1, 2)
+            tables = state["prefill_tables"]
+            kp, vp = _gather_blocks(k_cache, tables), _gather_blocks(v_cache, tables)
             qp = q[nd:][state["prefill_gather"]].view(P, Lq, KVH, G, D)
             qp = qp.permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Lq, D)
-            mask = state["prefill_mask"]  # [P, Lq, Lk]
-            if self.sliding_window is not None:
-                k_pos = torch.arange(mask.shape[-1], device=mask.device).view(1, 1, -1)
-                mask = mask & ((k_pos > state["prefill_q_pos"].unsqueeze(2) - self.sliding_window)
-                               | ~state["prefill_valid"].view(P, Lq, 1))
+            mask = self._mask(md, "prefill", q.dtype)  # [P, Lq, Lk]
             mask = mask.unsqueeze(1).expand(P, G, Lq, mask.shape[-1]).reshape(P, 1, G * Lq, -1)
             op = self._attend(qp, kp, vp, mask)  # [P, KVH, G*Lq, D]
             op = op.view(P, KVH, G, Lq, D).permute(0, 3, 1, 2, 4).reshape(P * Lq, H, D)
