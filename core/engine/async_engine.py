@@ -1,0 +1,315 @@
+"""AsyncEngine: one ``LLMEngine`` stepped in a background thread, shared by every caller.
+
+vLLM's ``AsyncLLMEngine`` role. The engine is not thread-safe, so only its own thread touches
+it: requests and aborts enter through a thread-safe inbox, outputs leave through per-request
+queues (an ``asyncio.Queue`` filled with ``loop.call_soon_threadsafe`` for async callers, a
+``queue.SimpleQueue`` for callers in other threads). Model compute therefore never blocks an
+event loop (torch releases the GIL inside kernels), and every caller in the process — HTTP
+requests, LangChain/LlamaIndex adapters — lands in the same continuous batch.
+
+A caller that stops consuming (client disconnect, ``aclose()``, cancellation, ``break``)
+aborts its request and its KV blocks are freed at the next step. If a step raises, the engine
+is dead: every pending request fails with ``EngineDeadError`` and ``healthy`` turns False.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_END = object()  # a stream ends without a finished output (aborted from elsewhere)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop raised; no request can be served until the process restarts."""
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """What one engine step did, for metrics listeners (called in the engine thread)."""
+
+    num_generated: int  # tokens sampled in the step = decode batch size
+    ttfts: list[float] = field(default_factory=list)  # seconds, requests that got their first token
+    itls: list[float] = field(default_factory=list)  # seconds between tokens of one request
+    # (final output, e2e seconds, mean seconds per output token after the first or None)
+    finished: list[tuple[RequestOutput, float, float | None]] = field(default_factory=list)
+    num_aborted: int = 0
+
+
+class _Stream:
+    """The way back to one caller; ``loop`` is None for a thread (sync) caller."""
+
+    __slots__ = ("request_id", "loop", "queue", "arrival", "first_token_time", "last_token_time", "num_outputs")
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None):
+        self.request_id = request_id
+        self.loop = loop
+        self.queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue() if loop else queue.SimpleQueue()
+        self.arrival = time.time()
+        self.first_token_time: float | None = None
+        self.last_token_time: float | None = None
+        self.num_outputs = 0
+
+
+class AsyncEngine:
+    """``generate()`` (async) and ``generate_sync()`` (any thread) over one stepping engine."""
+
+    def __init__(self, engine: LLMEngine, *, log_requests: bool = False):
+        self.engine = engine
+        self.log_requests = log_requests
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._listeners: list[Callable[[StepRecord], None]] = []
+        self._ids = itertools.count()
+        self.dead_error: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="pagedllm-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, **kwargs) -> "AsyncEngine":
+        return cls(LLMEngine(config), **kwargs)
+
+    # ---- what callers read --------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def healthy(self) -> bool:
+        return self.dead_error is None and self._thread.is_alive()
+
+    def add_step_listener(self, listener: Callable[[StepRecord], None]) -> None:
+        """``listener(StepRecord)`` runs in the engine thread after every step; keep it cheap."""
+        self._listeners.append(listener)
+
+    def new_request_id(self, prefix: str = "req") -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    # ---- async API ------------------------------------------------------------------------
+    async def generate(self, prompt, params: SamplingParams, request_id: str | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs (cumulative or delta per ``params.output_kind``).
+
+        Raises ValueError/TypeError for a bad request (from ``LLMEngine.add_request``) and
+        EngineDeadError when the engine loop died. Leaving the loop early aborts the request.
+        """
+        stream = self._submit(prompt, params, request_id, asyncio.get_running_loop())
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if item is _END:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(stream.request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks (at the next step); unknown ids are ignored."""
+        self._inbox.put(("abort", request_id))
+
+    # ---- sync API (other threads) ---------------------------------------------------------
+    def generate_sync(self, prompt, params: SamplingParams, request_id: str | None = None
+                      ) -> Iterator[RequestOutput]:
+        """Like ``generate`` but a plain iterator, for callers in threads (adapters, tools).
+
+        Closing the iterator early (``break``, ``close()``, garbage collection) aborts the request.
+        """
+        stream = self._submit(prompt, params, request_id, None)
+        finished = False
+        try:
+            while True:
+                item = stream.queue.get()
+                if item is _END:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(stream.request_id)
+
+    def shutdown(self, timeout: float | None = 5.0) -> None:
+        self._stopped = True
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout)
+
+    # ---- the engine thread ------------------------------------------------------------------
+    def _submit(self, prompt, params, request_id, loop) -> _Stream:
+        if self.dead_error is not None:
+            raise EngineDeadError(f"the engine loop died: {self.dead_error!r}")
+        if self._stopped:
+            raise EngineDeadError("the engine was shut down")
+        stream = _Stream(request_id or self.new_request_id(), loop)
+        self._inbox.put(("add", (stream, prompt, params)))
+        if self.dead_error is not None:  # died while we queued: nobody will drain the inbox
+            self._put_now(stream, EngineDeadError(f"the engine loop died: {self.dead_error!r}"))
+        return stream
+
+    def _run(self) -> None:
+        try:
+            while True:
+                block = not self.engine.has_unfinished_requests()
+                if not self._drain(block):
+                    return
+                if self.engine.has_unfinished_requests():
+                    self._step()
+        except BaseException as exc:  # noqa: BLE001 - any failure kills the loop: tell everyone
+            logger.exception("engine loop died")
+            self.dead_error = exc
+            err = EngineDeadError(f"the engine loop died: {exc!r}")
+            for stream in list(self._streams.values()):
+                self._put_now(stream, err)
+            self._streams.clear()
+            self._fail_inbox(err)
+
+    def _drain(self, block: bool) -> bool:
+        """Apply queued adds/aborts (waiting for one when idle); False once asked to stop."""
+        aborted = 0
+        while True:
+            try:
+                kind, payload = self._inbox.get() if block else self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            block = False
+            if kind == "stop":
+                return False
+            if kind == "add":
+                stream, prompt, params = payload
+                try:
+                    if stream.request_id in self._streams:
+                        raise ValueError(f"request_id {stream.request_id!r} is already in use")
+                    self.engine.add_request(stream.request_id, prompt, params, arrival_time=stream.arrival)
+                except (ValueError, TypeError) as exc:
+                    self._put_now(stream, exc)
+                    continue
+                self._streams[stream.request_id] = stream
+                if self.log_requests:
+                    logger.info("added request %s", stream.request_id)
+            elif kind == "abort":
+                stream = self._streams.pop(payload, None)
+                if stream is not None:
+                    self.engine.abort_request(payload)
+                    aborted += 1
+                    self._put_now(stream, _END)
+                    if self.log_requests:
+                        logger.info("aborted request %s", payload)
+        if aborted:
+            self._notify(StepRecord(num_generated=0, num_aborted=aborted))
+        return True
+
+    def _step(self) -> None:
+        before = self.engine.stats.generation_tokens
+        outputs = self.engine.step()
+        now = time.time()
+        record = StepRecord(num_generated=self.engine.stats.generation_tokens - before)
+        by_loop: dict = defaultdict(list)
+        sync: list = []
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            if stream.first_token_time is None:
+                stream.first_token_time = now
+                record.ttfts.append(now - stream.arrival)
+            else:
+                record.itls.append(now - stream.last_token_time)
+            stream.last_token_time = now
+            stream.num_outputs += 1
+            if out.finished:
+                del self._streams[out.request_id]
+                tpot = ((now - stream.first_token_time) / (stream.num_outputs - 1)
+                        if stream.num_outputs > 1 else None)
+                record.finished.append((out, now - stream.arrival, tpot))
+            (by_loop[stream.loop] if stream.loop else sync).append((stream, out))
+        self._deliver(by_loop, sync)
+        self._notify(record)
+
+    def _notify(self, record: StepRecord) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # a metrics bug must not kill serving
+                logger.exception("step listener failed")
+
+    @staticmethod
+    def _deliver(by_loop: dict, sync: list) -> None:
+        """One wake-up per event loop per step, however many of its requests got output."""
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: its callers are gone
+                pass
+        for stream, item in sync:
+            stream.queue.put(item)
+
+    def _put_now(self, stream: _Stream, item) -> None:
+        if stream.loop is None:
+            stream.queue.put(item)
+        else:
+            self._deliver({stream.loop: [(stream, item)]}, [])
+
+    def _fail_inbox(self, err: BaseException) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._put_now(payload[0], err)
+
+
+def _put_all(items: list) -> None:
+    for stream, item in items:
+        stream.queue.put_nowait(item)
+
+
+# ---- one engine per config per process -----------------------------------------------------
+_ENGINES: dict[str, AsyncEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _config_key(config: EngineConfig) -> str:
+    return repr({f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "resolved"})
+
+
+def get_engine(config: EngineConfig, **kwargs) -> AsyncEngine:
+    """The process-wide AsyncEngine for ``config`` (built on first use), so all callers batch together."""
+    key = _config_key(config)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None or not engine.healthy:
+            engine = _ENGINES[key] = AsyncEngine.from_config(config, **kwargs)
+        return engine

@@ -1,0 +1,126 @@
+"""What the completion and chat handlers share: model check, prompt checks, fan-in, SSE framing."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError
+from pagedllm.entrypoints.openai.protocol import APIError, SamplingFields, UsageInfo
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import SamplingParams
+
+DONE = "data: [DONE]\n\n"
+
+
+def sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncEngine, served_model_names: list[str]):
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = engine.engine.hf_config.vocab_size
+
+    def model_name(self, requested: str | None) -> str:
+        """The name answered in responses; an unknown requested name is a 404 (as OpenAI/vLLM)."""
+        if requested is None or requested in self.served_model_names:
+            return requested or self.served_model_names[0]
+        raise APIError(f"The model `{requested}` does not exist. Served: {self.served_model_names}",
+                       status_code=404, type="NotFoundError", param="model", code="model_not_found")
+
+    def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str) -> int:
+        """Validate one tokenized prompt; return the max_tokens that fits the context."""
+        n = len(token_ids)
+        if n == 0:
+            raise APIError("the prompt is empty", param=param)
+        bad = next((t for t in token_ids if t >= self.vocab_size), None)
+        if bad is not None:
+            raise APIError(f"token id {bad} is out of vocabulary (0..{self.vocab_size - 1})", param=param)
+        if n >= self.max_model_len:
+            raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                           f"prompt has {n} tokens; at least one token must be left to generate.", param=param)
+        if max_tokens is None:
+            return self.max_model_len - n
+        if n + max_tokens > self.max_model_len:
+            raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                           f"requested {n + max_tokens} tokens ({n} in the prompt, {max_tokens} in the "
+                           f"completion). Please reduce the prompt or max_tokens.", param="max_tokens")
+        return max_tokens
+
+    async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams], request_id: str
+                           ) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Run every prompt as its own engine request; yield ``(prompt_index, output)`` as they come.
+
+        Leaving early aborts every request still running (their generators' finalizers do it).
+        """
+        gens = [self.engine.generate({"prompt_token_ids": ids}, p, f"{request_id}-{i}")
+                for i, (ids, p) in enumerate(zip(prompts, params))]
+        if len(gens) == 1:
+            try:
+                async for out in gens[0]:
+                    yield 0, out
+            finally:
+                await gens[0].aclose()
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i, gen):
+            try:
+                async for out in gen:
+                    await queue.put((i, out, None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                await queue.put((i, None, exc))
+                return
+            await queue.put((i, None, None))
+
+        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                i, out, exc = await queue.get()
+                if exc is not None:
+                    raise exc
+                if out is None:
+                    remaining -= 1
+                    continue
+                yield i, out
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for g in gens:
+                await g.aclose()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens)
+
+
+def engine_error(exc: BaseException) -> APIError:
+    """An exception raised while generating, as the error the client sees."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, (ValueError, TypeError)):
+        return APIError(str(exc))
+    if isinstance(exc, EngineDeadError):
+        return APIError(str(exc), status_code=503, type="ServiceUnavailableError")
+    return APIError(f"internal error: {type(exc).__name__}: {exc}", status_code=500, type="InternalServerError")
+
+
+def sse_error(exc: BaseException) -> str:
+    return sse(json.dumps(engine_error(exc).body()))
+
+
+def stream_options(req: SamplingFields) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats); stream_options without stream is a 400 (as OpenAI)."""
+    opts = req.stream_options
+    if opts is None:
+        return False, False
+    if not req.stream:
+        raise APIError("stream_options is only allowed when stream is true", param="stream_options")
+    return bool(opts.include_usage), bool(opts.continuous_usage_stats)
