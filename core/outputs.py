@@ -5,6 +5,20 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Logprob:
+    """One token's log probability in the model's raw distribution, its rank (1 = most likely)
+    and its text; ``CompletionOutput.logprobs`` holds one ``{token_id: Logprob}`` dict per token."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+SampleLogprobs = list  # list[dict[int, Logprob]]
+PromptLogprobs = list  # list[dict[int, Logprob] | None], first entry None
+
+
+@dataclass
 class RequestMetrics:
     arrival_time: float
     first_scheduled_time: float | None = None
@@ -20,7 +34,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     cumulative_logprob: float | None
-    logprobs: list | None = None
+    logprobs: list | None = None  # list[dict[int, Logprob]], one per generated token
     finish_reason: str | None = None  # "stop", "length" or "abort"
     stop_reason: int | str | None = None
 

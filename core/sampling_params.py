@@ -1,10 +1,17 @@
-"""SamplingParams: vLLM's field names, defaults and validation."""
+"""SamplingParams: vLLM's field names, defaults and validation.
+
+Every user-facing knob of a request lives here and is checked once, when the object is
+built, so that a bad value fails at the caller with the field's name and its allowed range
+instead of deep inside a batched step that also serves other requests.
+"""
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field, fields
 
 _GREEDY_EPS = 1e-5
+_MAX_LOGIT_BIAS = 100.0  # OpenAI's and vLLM's clamp
 
 
 class RequestOutputKind(enum.Enum):
@@ -20,36 +27,104 @@ class SamplingType(enum.IntEnum):
 
 
 @dataclass
+class StructuredOutputsParams:
+    """One constraint on the output's shape (exactly one of the fields): vLLM's names.
+
+    ``json``: a JSON schema (dict or JSON string); ``regex``; ``choice``: the output is one of
+    these strings; ``grammar``: a Lark (llguidance) or GBNF grammar; ``json_object``: any JSON object.
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, name) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError("structured_outputs needs exactly one of json, regex, choice, grammar, "
+                             f"json_object; got {given or 'none'}")
+        if self.json is not None:
+            if isinstance(self.json, str):
+                try:
+                    json.loads(self.json)
+                except ValueError as e:
+                    raise ValueError(f"structured_outputs.json is not valid JSON: {e}") from None
+            elif not isinstance(self.json, dict):
+                raise TypeError(f"structured_outputs.json must be a dict or a JSON string, got {type(self.json).__name__}")
+        if self.regex is not None and not isinstance(self.regex, str):
+            raise TypeError("structured_outputs.regex must be a str")
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise TypeError("structured_outputs.grammar must be a str")
+        if self.choice is not None:
+            if (not isinstance(self.choice, (list, tuple)) or not self.choice
+                    or not all(isinstance(c, str) and c for c in self.choice)):
+                raise ValueError("structured_outputs.choice must be a non-empty list of non-empty strings")
+            self.choice = list(self.choice)
+
+
+# vLLM's older name for the same thing.
+GuidedDecodingParams = StructuredOutputsParams
+
+
+@dataclass
 class SamplingParams:
     """How to sample one request. ``temperature=0`` means greedy."""
 
     n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None
+    stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     detokenize: bool = True
+    truncate_prompt_tokens: int | None = None
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    structured_outputs: StructuredOutputsParams | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
-    # Filled by the engine: EOS ids of the model (not a user field).
+    # Filled by the engine (not user fields): EOS ids of the model, bad words as token ids.
     _eos_token_ids: tuple = field(default=(), repr=False, compare=False)
+    _bad_words_token_ids: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.stop_token_ids is None:
             self.stop_token_ids = []
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         self._verify()
 
     @classmethod
     def from_optional(cls, **kwargs) -> "SamplingParams":
         """Build from keyword arguments, dropping those that are None; unknown names are a TypeError."""
         known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        if "guided_decoding" in kwargs:  # vLLM's older name
+            kwargs["structured_outputs"] = kwargs.pop("guided_decoding")
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unexpected sampling parameter(s) {unknown}; accepted: {sorted(known)}")
@@ -57,8 +132,18 @@ class SamplingParams:
 
     def _verify(self) -> None:
         _int("n", self.n, low=1)
-        if self.n != 1:
-            raise ValueError(f"n={self.n}: only n=1 is supported in this release")
+        if self.best_of is not None:
+            _int("best_of", self.best_of)
+            if self.best_of < self.n:
+                raise ValueError(f"best_of={self.best_of} must be >= n={self.n}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _number(name, value)
+            if not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name}={value} must be in [-2, 2]")
+        _number("repetition_penalty", self.repetition_penalty)
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
         _number("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
@@ -82,13 +167,55 @@ class SamplingParams:
             raise ValueError(f"min_tokens={self.min_tokens} must be <= max_tokens={self.max_tokens}")
         if self.logprobs is not None:
             _int("logprobs", self.logprobs, low=0)
+        if self.prompt_logprobs is not None:
+            _int("prompt_logprobs", self.prompt_logprobs, low=0)
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids={self.stop_token_ids!r} must be a list of non-negative ints")
         self.stop_token_ids = list(self.stop_token_ids)
-        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "detokenize"):
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop={self.stop!r} must be a non-empty string or a list of non-empty strings")
+        self.stop = list(self.stop)
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings need detokenize=True (they are matched on the text)")
+        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "detokenize",
+                     "include_stop_str_in_output", "use_beam_search"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {type(self.logit_bias).__name__}")
+            bias = {}
+            for k, v in self.logit_bias.items():
+                try:
+                    tid = int(k)  # JSON (OpenAI) sends the token ids as strings
+                except (TypeError, ValueError):
+                    raise ValueError(f"logit_bias key {k!r} must be a token id") from None
+                if tid < 0:
+                    raise ValueError(f"logit_bias key {tid} must be a token id >= 0")
+                _number(f"logit_bias[{tid}]", v)
+                bias[tid] = max(-_MAX_LOGIT_BIAS, min(_MAX_LOGIT_BIAS, float(v)))
+            self.logit_bias = bias
+        if self.allowed_token_ids is not None:
+            if (not isinstance(self.allowed_token_ids, (list, tuple)) or not self.allowed_token_ids
+                    or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                               for t in self.allowed_token_ids)):
+                raise ValueError("allowed_token_ids must be a non-empty list of token ids >= 0")
+            self.allowed_token_ids = list(self.allowed_token_ids)
+        if self.bad_words is not None:
+            if not isinstance(self.bad_words, (list, tuple)) or not all(
+                    isinstance(w, str) and w.strip() for w in self.bad_words):
+                raise ValueError("bad_words must be a list of non-empty strings")
+            self.bad_words = list(self.bad_words)
+        if self.truncate_prompt_tokens is not None:
+            _int("truncate_prompt_tokens", self.truncate_prompt_tokens, low=1)
+        _number("length_penalty", self.length_penalty)
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping={self.early_stopping!r} must be True, False or 'never'")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise TypeError("structured_outputs must be StructuredOutputsParams or a dict of its fields")
+        if self.use_beam_search and self.structured_outputs is not None:
+            raise ValueError("use_beam_search cannot be combined with structured_outputs")
 
     @property
     def sampling_type(self) -> SamplingType:
@@ -99,6 +226,39 @@ class SamplingParams:
     @property
     def top_k_enabled(self) -> bool:
         return self.top_k > 0
+
+    @property
+    def num_samples(self) -> int:
+        """How many sequences the request runs (``best_of``, defaulting to ``n``)."""
+        return self.best_of if self.best_of is not None else self.n
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
+
+
+@dataclass
+class BeamSearchParams:
+    """``LLM.beam_search`` options (vLLM's names)."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+    early_stopping: bool | str = False
+
+    def __post_init__(self) -> None:
+        _int("beam_width", self.beam_width, low=1)
+        _int("max_tokens", self.max_tokens, low=1)
+        _number("length_penalty", self.length_penalty)
+        _number("temperature", self.temperature)
+        if self.temperature != 0.0:
+            raise ValueError(f"temperature={self.temperature}: beam search is deterministic, only 0 is supported")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping={self.early_stopping!r} must be True, False or 'never'")
 
 
 def _number(name: str, value) -> None:

@@ -1,9 +1,15 @@
 """Batched sampling over one step: every request's parameters become row tensors.
 
-Greedy rows take the argmax. Random rows apply temperature, then top-k, top-p and min-p
-(one descending sort shared by top-k and top-p, only when some row asks for them), then draw
-with the exponential-race trick ``argmax(p / E)``, ``E ~ Exp(1)``; seeded rows draw their
-noise from their own generator so their text does not depend on the rest of the batch.
+Order (vLLM v1's): raw logprobs are taken from the model's logits first; then the logits are
+processed: allowed-token whitelist, bad words, structured-output mask, ``min_tokens`` (EOS and
+stop ids banned), logit bias, repetition/frequency/presence penalties. Greedy rows take the
+argmax of the processed logits. Random rows apply temperature, min-p, then top-k and top-p
+(``topk`` when every such row has a top-k, one shared sort otherwise), and draw with the
+exponential race ``argmax(p / E)``, ``E ~ Exp(1)``; seeded rows draw their noise from their own
+generator so their text does not depend on the rest of the batch.
+
+Each step only pays for what some row asks for: every stage runs on the subset of rows that
+needs it and is skipped when none does.
 """
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.sampling_params import SamplingParams, SamplingType
+
+_NEG_INF = float("-inf")
+# Use ``topk`` instead of a full sort for top-k/top-p while every such row has a k below this.
+_TOPK_FAST_MAX = 1024
 
 
 @dataclass(slots=True)
@@ -26,14 +36,24 @@ class SamplingBatch:
     any_top_p: bool
     any_min_p: bool
     generators: list  # per row: torch.Generator or None
+    seqs: list | None = None  # per row: the Sequence (for history-dependent processing)
+    # -- logits processing, each None when no row needs it --
+    allowed: tuple | None = None  # (rows [A], mask [A, V] bool True = banned)
+    banned: tuple | None = None  # (row idx [N], token idx [N]) set to -inf
+    bias: tuple | None = None  # (row idx [N], token idx [N], value [N]) added
+    penalties: tuple | None = None  # (rows, presence, frequency, repetition, out (row, tok), all (row, tok))
+    bitmask: tuple | None = None  # (rows [S], int32 bitmask [S, ceil(V/32)]) from structured output
+    logprob_rows: list | None = None  # rows that want top logprobs
+    max_logprobs: int = 0
 
     @classmethod
-    def build(cls, params: list[SamplingParams], generators: list, vocab_size: int, device) -> "SamplingBatch":
+    def build(cls, params: list[SamplingParams], generators: list, vocab_size: int, device,
+              seqs: list | None = None) -> "SamplingBatch":
         greedy = [p.sampling_type is SamplingType.GREEDY for p in params]
         temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
         top_k = [p.top_k if p.top_k > 0 else vocab_size for p in params]
         kw = dict(device=device)
-        return cls(
+        batch = cls(
             temperature=torch.tensor(temps, dtype=torch.float32, **kw),
             top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, **kw),
             top_k=torch.tensor(top_k, dtype=torch.int64, **kw).clamp_(max=vocab_size),
@@ -44,51 +64,264 @@ class SamplingBatch:
             any_top_p=any(not g and p.top_p < 1.0 for g, p in zip(greedy, params)),
             any_min_p=any(not g and p.min_p > 0.0 for g, p in zip(greedy, params)),
             generators=generators,
+            seqs=seqs,
         )
+        if seqs is not None:
+            _build_processing(batch, params, seqs, vocab_size, device)
+        return batch
+
+
+def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: list, V: int, device) -> None:
+    """Turn the per-request processing options of this step into a few index tensors."""
+    allowed_rows, allowed_ids = [], []
+    ban_r, ban_t, bias_r, bias_t, bias_v = [], [], [], [], []
+    pen_rows, out_r, out_t, all_r, all_t = [], [], [], [], []
+    so_rows, logprob_rows, max_lp = [], [], 0
+    for i, (p, seq) in enumerate(zip(params, seqs)):
+        if p.allowed_token_ids is not None:
+            allowed_rows.append(i)
+            allowed_ids.append(p.allowed_token_ids)
+        n_out = seq.num_output_tokens
+        if n_out < p.min_tokens:
+            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(p._eos_token_ids))
+            ban_r.extend([i] * len(stops))
+            ban_t.extend(stops)
+        if p._bad_words_token_ids:
+            out = seq.output_token_ids
+            for word in p._bad_words_token_ids:
+                k = len(word) - 1
+                if k == 0 or (n_out >= k and out[n_out - k:] == word[:-1]):
+                    ban_r.append(i)
+                    ban_t.append(word[-1])
+        if p.logit_bias:
+            bias_r.extend([i] * len(p.logit_bias))
+            bias_t.extend(p.logit_bias.keys())
+            bias_v.extend(p.logit_bias.values())
+        if p.uses_penalties:
+            j = len(pen_rows)
+            pen_rows.append(i)
+            out = seq.output_token_ids
+            out_r.extend([j] * len(out))
+            out_t.extend(out)
+            if p.repetition_penalty != 1.0:
+                all_r.extend([j] * seq.num_tokens)
+                all_t.extend(seq.token_ids)
+        if getattr(seq, "matcher", None) is not None:
+            so_rows.append(i)
+        if p.logprobs is not None:
+            logprob_rows.append(i)
+            max_lp = max(max_lp, p.logprobs)
+    if allowed_rows:
+        mask = torch.ones(len(allowed_rows), V, dtype=torch.bool)
+        r = torch.repeat_interleave(torch.arange(len(allowed_rows)), torch.tensor([len(a) for a in allowed_ids]))
+        mask[r, torch.tensor([t for a in allowed_ids for t in a])] = False
+        batch.allowed = (torch.tensor(allowed_rows, device=device), mask.to(device))
+    if ban_r:
+        batch.banned = (torch.tensor(ban_r, device=device), torch.tensor(ban_t, device=device))
+    if bias_r:
+        batch.bias = (torch.tensor(bias_r, device=device), torch.tensor(bias_t, device=device),
+                      torch.tensor(bias_v, dtype=torch.float32, device=device))
+    if pen_rows:
+        pp = [params[i] for i in pen_rows]
+        f32 = dict(dtype=torch.float32, device=device)
+        batch.penalties = (
+            torch.tensor(pen_rows, device=device),
+            torch.tensor([p.presence_penalty for p in pp], **f32),
+            torch.tensor([p.frequency_penalty for p in pp], **f32),
+            torch.tensor([p.repetition_penalty for p in pp], **f32),
+            (torch.tensor(out_r, dtype=torch.long, device=device), torch.tensor(out_t, dtype=torch.long, device=device)),
+            (torch.tensor(all_r, dtype=torch.long, device=device), torch.tensor(all_t, dtype=torch.long, device=device)),
+        )
+    if so_rows:
+        from pagedllm.worker.structured_output import fill_bitmask
+
+        batch.bitmask = (torch.tensor(so_rows, device=device),
+                         fill_bitmask([seqs[i].matcher for i in so_rows], V).to(device))
+    if logprob_rows:
+        batch.logprob_rows = logprob_rows
+        batch.max_logprobs = max_lp
+
+
+def apply_penalties(logits: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor,
+                    repetition: torch.Tensor, out_idx: tuple, all_idx: tuple) -> torch.Tensor:
+    """vLLM's formulas: repetition divides positive / multiplies negative logits of every token
+    seen in prompt or output; frequency subtracts per output occurrence; presence once."""
+    R, V = logits.shape
+    counts = torch.zeros(R, V, dtype=logits.dtype, device=logits.device)
+    counts.index_put_(out_idx, torch.ones_like(out_idx[1], dtype=logits.dtype), accumulate=True)
+    seen_out = counts > 0
+    if all_idx[0].numel():
+        seen = torch.zeros(R, V, dtype=torch.bool, device=logits.device)
+        seen[all_idx] = True
+        rep = torch.where(seen, repetition.unsqueeze(1), torch.ones_like(logits))
+        logits = torch.where(logits > 0, logits / rep, logits * rep)
+    return logits - frequency.unsqueeze(1) * counts - presence.unsqueeze(1) * seen_out
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
-    """Mask (to -inf) tokens outside each row's top-k and top-p nucleus."""
+    """Mask (to -inf) tokens outside each row's top-k and top-p nucleus (one sort)."""
     sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
-    V = logits.shape[-1]
-    remove = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    return logits.scatter(-1, sorted_idx, _mask_sorted(sorted_logits, top_k, top_p))
+
+
+def _mask_sorted(sorted_logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+    """Descending-sorted logits -> the same with tokens past top-k / outside top-p at -inf.
+
+    top-p as in vLLM: a token is dropped when the mass of the tokens above it is >= p (the
+    most likely token always stays)."""
     if top_k is not None:
-        ranks = torch.arange(V, device=logits.device).unsqueeze(0)
-        remove |= ranks >= top_k.unsqueeze(1)
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        kth = sorted_logits.gather(1, (top_k - 1).clamp(0, sorted_logits.shape[1] - 1).unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, _NEG_INF)
     if top_p is not None:
         probs = sorted_logits.softmax(dim=-1)
         cum_before = probs.cumsum(dim=-1) - probs  # mass strictly above this token
-        remove |= cum_before > top_p.unsqueeze(1)
-    return logits.scatter(-1, sorted_idx, torch.where(remove, float("-inf"), sorted_logits))
+        remove = cum_before >= top_p.unsqueeze(1)
+        remove[:, 0] = False
+        sorted_logits = sorted_logits.masked_fill(remove, _NEG_INF)
+    return sorted_logits
+
+
+def apply_top_k_top_p_fast(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor | None) -> torch.Tensor:
+    """Same result as ``apply_top_k_top_p`` when every row has top_k < V: ``topk`` instead of a sort."""
+    k_max = int(top_k.max())
+    vals, idx = logits.topk(k_max, dim=-1)
+    kept = _mask_sorted(vals, top_k, top_p)
+    return torch.full_like(logits, _NEG_INF).scatter_(-1, idx, kept)
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     probs = logits.softmax(dim=-1)
     threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
-    return logits.masked_fill(probs < threshold, float("-inf"))
+    return logits.masked_fill(probs < threshold, _NEG_INF)
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Structured-output bitmask (bit set = allowed, 32 tokens per int32) applied as -inf."""
+    V = logits.shape[1]
+    bits = torch.arange(32, dtype=torch.int32, device=logits.device)
+    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().flatten(1)
+    if allowed.shape[1] < V:
+        allowed = torch.nn.functional.pad(allowed, (0, V - allowed.shape[1]), value=False)
+    return logits.masked_fill(~allowed[:, :V], _NEG_INF)
+
+
+def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Everything that changes the distribution before temperature (a new tensor if anything does)."""
+    if batch.allowed is None and batch.banned is None and batch.bias is None and batch.penalties is None \
+            and batch.bitmask is None:
+        return logits
+    x = logits.clone()
+    if batch.allowed is not None:
+        rows, mask = batch.allowed
+        x[rows] = x[rows].masked_fill(mask, _NEG_INF)
+    if batch.banned is not None:
+        x[batch.banned] = _NEG_INF
+    if batch.bitmask is not None:
+        rows, bitmask = batch.bitmask
+        x[rows] = apply_bitmask(x[rows], bitmask)
+    if batch.bias is not None:
+        r, t, v = batch.bias
+        x.index_put_((r, t), v, accumulate=True)
+    if batch.penalties is not None:
+        rows, presence, frequency, repetition, out_idx, all_idx = batch.penalties
+        x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
+    return x
+
+
+def sampling_distribution(x: torch.Tensor, batch: SamplingBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Processed logits -> logits after temperature, min-p, top-k and top-p (rows: the random rows)."""
+    sel = (lambda t: t) if rows is None else (lambda t: t[rows])
+    x = x / sel(batch.temperature).unsqueeze(1)
+    if batch.any_min_p:
+        x = apply_min_p(x, sel(batch.min_p))
+    if batch.any_top_k or batch.any_top_p:
+        top_k = sel(batch.top_k)
+        top_p = sel(batch.top_p) if batch.any_top_p else None
+        V = x.shape[1]
+        if batch.any_top_k and int(top_k.max()) < min(V, _TOPK_FAST_MAX):
+            x = apply_top_k_top_p_fast(x, top_k, top_p)
+        else:
+            x = apply_top_k_top_p(x, top_k if batch.any_top_k else None, top_p)
+    return x
 
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits: [B, V] float32 -> (token ids [B], logprob of each sampled token [B])."""
+        """logits: [B, V] float32 -> (token ids [B], raw logprob of each sampled token [B]).
+
+        Rows that asked for ``logprobs`` also get ``seq.step_logprobs`` = (top ids, top
+        logprobs, sampled token's rank) from the raw distribution, as vLLM reports them.
+        """
         raw_logprob_norm = torch.logsumexp(logits, dim=-1)
-        greedy_tokens = logits.argmax(dim=-1)
+        x = process_logits(logits, batch)
+        greedy_tokens = x.argmax(dim=-1)
         if batch.all_greedy:
             tokens = greedy_tokens
         else:
-            x = logits / batch.temperature.unsqueeze(1)
-            if batch.any_top_k or batch.any_top_p:
-                x = apply_top_k_top_p(x, batch.top_k if batch.any_top_k else None,
-                                      batch.top_p if batch.any_top_p else None)
-            if batch.any_min_p:
-                x = apply_min_p(x, batch.min_p)
-            probs = x.softmax(dim=-1)
+            random_rows = (~batch.greedy).nonzero().squeeze(1)
+            all_random = random_rows.numel() == x.shape[0]
+            xr = sampling_distribution(x if all_random else x[random_rows], batch,
+                                       None if all_random else random_rows)
+            probs = xr.softmax(dim=-1)
             noise = torch.empty_like(probs).exponential_()
+            row_of = {int(r): j for j, r in enumerate(random_rows.tolist())}
             for row, gen in enumerate(batch.generators):
-                if gen is not None:
-                    noise[row].exponential_(generator=gen)
+                if gen is not None and row in row_of:
+                    noise[row_of[row]].exponential_(generator=gen)
             sampled = (probs / noise).argmax(dim=-1)
-            tokens = torch.where(batch.greedy, greedy_tokens, sampled)
+            tokens = greedy_tokens.clone()
+            tokens[random_rows] = sampled
         logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - raw_logprob_norm
+        if batch.logprob_rows:
+            self._top_logprobs(logits, raw_logprob_norm, tokens, logprobs, batch)
         return tokens, logprobs
+
+    @staticmethod
+    def _top_logprobs(logits, norm, tokens, logprobs, batch: SamplingBatch) -> None:
+        rows = torch.tensor(batch.logprob_rows, device=logits.device)
+        lp = logits[rows] - norm[rows].unsqueeze(1)
+        chosen = logprobs[rows]
+        ranks = (lp > chosen.unsqueeze(1)).sum(dim=1) + 1
+        k = batch.max_logprobs
+        if k:
+            top_vals, top_ids = lp.topk(k, dim=-1)
+            top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+        ranks = ranks.tolist()
+        for j, row in enumerate(batch.logprob_rows):
+            seq = batch.seqs[row]
+            kk = seq.params.logprobs
+            seq.step_logprobs = (top_ids[j][:kk] if k else [], top_vals[j][:kk] if k else [], ranks[j])
+
+
+@torch.inference_mode()
+def compute_prompt_logprobs(compute_logits, hidden: torch.Tensor, ordered: list, last_idx: torch.Tensor) -> None:
+    """For sequences that want ``prompt_logprobs``, store the raw logprob, rank and top-k of every
+    prompt token this step's chunk predicts into ``seq.prompt_logprobs`` (index = token position).
+
+    Position ``p``'s logits predict token ``p + 1``; the first prompt token has none (None).
+    """
+    last = last_idx.tolist()
+    for i, s in enumerate(ordered):
+        seq = s.seq
+        k = seq.params.prompt_logprobs
+        if k is None:
+            continue
+        start = seq.num_computed_tokens  # first position of this chunk (absolute)
+        P = seq.num_prompt_tokens
+        n = min(s.num_new_tokens, P - 1 - start)  # positions whose next token is a prompt token
+        if n <= 0:
+            continue
+        first_row = last[i] - s.num_new_tokens + 1
+        logits = compute_logits(hidden[first_row:first_row + n]).float()
+        lp = logits.log_softmax(dim=-1)
+        targets = torch.tensor(seq.token_ids[start + 1:start + 1 + n], device=lp.device)
+        chosen = lp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        ranks = ((lp > chosen.unsqueeze(1)).sum(dim=1) + 1).tolist()
+        if k:
+            top_vals, top_ids = lp.topk(k, dim=-1)
+            top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+        store = seq.prompt_logprobs
+        if store is None:
+            store = seq.prompt_logprobs = [None] * P
+        for j, (t, c, r) in enumerate(zip(targets.tolist(), chosen.tolist(), ranks)):
+            store[start + 1 + j] = (t, c, r, top_ids[j] if k else [], top_vals[j] if k else [])
