@@ -1,7 +1,7 @@
-"""The ``pagedllm`` command: ``bench``, ``plugins``, ``demo``, ``generate`` and plugin commands.
+"""The ``pagedllm`` command: ``serve``, ``chat``, ``generate``, ``bench``, ``plugins``, ``demo`` and plugin commands.
 
 Each built-in command is one ``add_*`` function in ``BUILTIN_COMMANDS`` that adds its parser
-and sets ``func``; a new built-in (e.g. ``serve``) is one more function in that tuple.
+and sets ``func``; a new built-in is one more function in that tuple.
 Plugins add theirs through the ``register_commands(subparsers)`` hook and set ``func`` the
 same way. Heavy imports (torch, the engine) happen inside handlers so ``--help`` stays quick.
 """
@@ -35,6 +35,13 @@ def add_bench_parser(subparsers) -> None:
                          description="Offline throughput of pagedllm against transformers static batching, same run and workload.")
     throughput.add_cli_args(p)
     p.set_defaults(func=throughput.main)
+    from pagedllm.benchmarks import serve
+
+    p = kinds.add_parser("serve", help="streaming clients against an OpenAI-compatible server",
+                         description="Load a running OpenAI-compatible server (pagedllm, vLLM, ...) with concurrent "
+                                     "streaming clients; report output tok/s, TTFT and TPOT p50/p99, errors.")
+    serve.add_cli_args(p)
+    p.set_defaults(func=serve.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)
@@ -114,10 +121,85 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve --------------------------------------------------------------------------------
+
+def add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (vLLM's `vllm serve`)",
+                              description="Serve MODEL over an OpenAI-compatible API on --host:--port "
+                                          "(127.0.0.1:8000 by default; --host 0.0.0.0 to expose it).")
+    try:
+        from pagedllm.entrypoints.openai.api_server import add_serve_args, run_server
+    except ImportError as exc:  # the `serve` extra is not installed
+        message = f"pagedllm serve needs the server extra: pip install 'pagedllm[serve]' ({exc})"
+        p.set_defaults(func=lambda args: (print(message, file=sys.stderr), 2)[1])
+        return
+    add_serve_args(p, positional_model=True)
+    p.set_defaults(func=run_server)
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+def add_chat_parser(subparsers) -> None:
+    p = subparsers.add_parser("chat", help="interactive chat with a model in the terminal",
+                              description="Chat with a model turn by turn (streams the reply); "
+                                          "'/reset' clears the history, 'exit' or Ctrl+D quits.")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+    add_engine_args(p)
+    p.set_defaults(func=run_chat)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from pagedllm import EngineConfig, SamplingParams
+    from pagedllm.engine.async_engine import get_engine
+    from pagedllm.sampling_params import RequestOutputKind
+    from pagedllm.tokenizer import render_chat
+
+    kwargs = engine_kwargs(args)
+    engine = get_engine(EngineConfig.from_kwargs(**kwargs))
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                            output_kind=RequestOutputKind.DELTA)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.model} ('/reset' clears the history, 'exit' or Ctrl+D quits)")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if line.strip() in ("exit", "quit"):
+            break
+        if line.strip() == "/reset":
+            history.clear()
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        text = render_chat(engine.tokenizer, system + history)
+        ids = engine.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) >= engine.max_model_len - 1:  # keep the newest turns that fit
+            history[:] = history[-1:]
+            ids = engine.tokenizer.encode(render_chat(engine.tokenizer, system + history), add_special_tokens=False)
+        print("assistant> " if interactive else "", end="", flush=True)
+        reply = []
+        for out in engine.generate_sync({"prompt_token_ids": ids}, params):
+            reply.append(out.outputs[0].text)
+            print(out.outputs[0].text, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": "".join(reply)})
+    engine.shutdown()
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------
 
-# Built-in commands in help order. `serve` (OpenAI-compatible server) plugs in here.
-BUILTIN_COMMANDS = (add_bench_parser, add_plugins_parser, add_demo_parser, add_generate_parser)
+# Built-in commands in help order.
+BUILTIN_COMMANDS = (add_serve_parser, add_chat_parser, add_generate_parser, add_bench_parser, add_plugins_parser,
+                    add_demo_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
