@@ -210,7 +210,7 @@ _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams) if not f.name.startsw
 _NEUTRAL = {"n": 1, "best_of": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0,
             "repetition_penalty": 1.0, "logit_bias": {}, "stop": [], "include_stop_str_in_output": False}
 # Fields SamplingParams declares but the engine does not fill yet. Enabling one = deleting it here.
-ENGINE_PENDING = {"logprobs", "prompt_logprobs"}
+ENGINE_PENDING = {"prompt_logprobs"}
 
 
 def build_sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: int | None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from pagedllm.entrypoints.openai.logprobs import chat_logprobs
 from pagedllm.entrypoints.openai.protocol import (APIError, ChatChoice, ChatCompletionChunk,
                                                   ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
                                                   ChatMessage, ChatResponseMessage, ChatStreamChoice,
@@ -61,17 +62,22 @@ class ServingChat(OpenAIServing):
         if req.stream:
             return self._stream(model, request_id, ids, params, include_usage, continuous)
         texts, finish, stop, completion_tokens = [""] * params.n, {}, {}, 0
+        steps = [[] for _ in range(params.n)]
         try:
             async for _, out in self.generate_all([ids], [params], request_id):
                 for c in out.outputs:
                     texts[c.index] += c.text
+                    steps[c.index] += c.logprobs or []
                     completion_tokens += len(c.token_ids)
                     if c.finish_reason is not None:
                         finish[c.index], stop[c.index] = c.finish_reason, c.stop_reason
         except Exception as exc:
             raise engine_error(exc) from exc
+        k = params.logprobs
         choices = [ChatChoice(index=i, message=ChatResponseMessage(content=t), finish_reason=finish.get(i),
-                              stop_reason=stop.get(i)) for i, t in enumerate(texts)]
+                              stop_reason=stop.get(i),
+                              logprobs=None if k is None else {"content": chat_logprobs(steps[i], k, self.tokenizer)})
+                   for i, t in enumerate(texts)]
         return ChatCompletionResponse(id=request_id, model=model, choices=choices,
                                       usage=usage(len(ids), completion_tokens))
 
@@ -92,8 +98,11 @@ class ServingChat(OpenAIServing):
                     completion_tokens += len(c.token_ids)
                     if c.text or c.finish_reason is not None:
                         delta = ChatDelta(content=c.text) if c.text else ChatDelta()
+                        logprobs = None
+                        if params.logprobs is not None and c.logprobs:
+                            logprobs = {"content": chat_logprobs(c.logprobs, params.logprobs, self.tokenizer)}
                         yield chunk([ChatStreamChoice(index=c.index, delta=delta, finish_reason=c.finish_reason,
-                                                      stop_reason=c.stop_reason)], continuous)
+                                                      stop_reason=c.stop_reason, logprobs=logprobs)], continuous)
             if include_usage:
                 yield chunk([], with_usage=True)
         except Exception as exc:  # accepted requests end with an error event, never silently

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from pagedllm.entrypoints.openai.logprobs import completion_logprobs
 from pagedllm.entrypoints.openai.protocol import (APIError, CompletionChoice, CompletionRequest,
                                                   CompletionResponse, build_sampling_params, random_id,
                                                   structured_outputs_for)
@@ -47,32 +48,42 @@ class ServingCompletion(OpenAIServing):
         echo = [self.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
         include_usage, continuous = stream_options(req)
         if req.stream:
-            return self._stream(model, request_id, prompts, params, echo, n, include_usage, continuous)
+            return self._stream(model, request_id, prompts, params, echo, n, include_usage, continuous, req.logprobs)
         texts = {i * n + k: echo[i] for i in range(len(prompts)) for k in range(n)}
+        steps = {idx: [] for idx in texts}
         finish, stop, completion_tokens = {}, {}, 0
         try:
             async for i, out in self.generate_all(prompts, params, request_id):
                 for c in out.outputs:
                     idx = i * n + c.index
                     texts[idx] += c.text
+                    steps[idx] += c.logprobs or []
                     completion_tokens += len(c.token_ids)
                     if c.finish_reason is not None:
                         finish[idx], stop[idx] = c.finish_reason, c.stop_reason
         except Exception as exc:
             raise engine_error(exc) from exc
-        choices = [CompletionChoice(index=idx, text=texts[idx], finish_reason=finish.get(idx),
-                                    stop_reason=stop.get(idx)) for idx in sorted(texts)]
+        k = req.logprobs
+        choices = [CompletionChoice(
+            index=idx, text=texts[idx], finish_reason=finish.get(idx), stop_reason=stop.get(idx),
+            logprobs=None if k is None else completion_logprobs(steps[idx], k, self.tokenizer, len(echo[idx // n])))
+            for idx in sorted(texts)]
         return CompletionResponse(id=request_id, model=model, choices=choices,
                                   usage=usage(sum(map(len, prompts)), completion_tokens))
 
-    async def _stream(self, model, request_id, prompts, params, echo, n, include_usage, continuous
+    async def _stream(self, model, request_id, prompts, params, echo, n, include_usage, continuous, k
                       ) -> AsyncIterator[str]:
         prompt_tokens = sum(map(len, prompts))
         completion_tokens = 0
+        offsets = {i * n + j: len(echo[i]) for i in range(len(prompts)) for j in range(n)}
 
-        def chunk(idx, text, finish=None, stop_reason=None) -> str:
+        def chunk(idx, text, finish=None, stop_reason=None, steps=None) -> str:
+            logprobs = None
+            if k is not None and steps:
+                logprobs = completion_logprobs(steps, k, self.tokenizer, offsets[idx])
+                offsets[idx] += len(text)
             body = CompletionResponse(id=request_id, model=model, choices=[CompletionChoice(
-                index=idx, text=text, finish_reason=finish, stop_reason=stop_reason)])
+                index=idx, text=text, finish_reason=finish, stop_reason=stop_reason, logprobs=logprobs)])
             if continuous:
                 body.usage = usage(prompt_tokens, completion_tokens)
             return sse(body.model_dump_json())
@@ -86,7 +97,7 @@ class ServingCompletion(OpenAIServing):
                 for c in out.outputs:
                     completion_tokens += len(c.token_ids)
                     if c.text or c.finish_reason is not None:
-                        yield chunk(i * n + c.index, c.text, c.finish_reason, c.stop_reason)
+                        yield chunk(i * n + c.index, c.text, c.finish_reason, c.stop_reason, c.logprobs)
             if include_usage:
                 body = CompletionResponse(id=request_id, model=model, choices=[],
                                           usage=usage(prompt_tokens, completion_tokens))
