@@ -39,14 +39,28 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     """pydantic's error list as one 400 naming the first bad field."""
     errors = exc.errors()
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     if first.get("type") == "json_invalid":
         return APIError(f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
                         param=None, code="invalid_json")
-    param = ".".join(loc) or None
-    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                        for e in errors[:5])
+    param = _field_path(first.get("loc", ()))
+    message = "; ".join(f"{_field_path(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
     return APIError(message, param=param)
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _field_path(loc) -> str | None:
+    """``('prompt', 'list[int]', 0)`` -> ``prompt``: the request's field path without pydantic's union tags."""
+    parts = []
+    for p in loc:
+        if p == "body":
+            continue
+        if isinstance(p, int) or (isinstance(p, str) and p.isidentifier() and p not in _UNION_TAGS):
+            parts.append(str(p))
+        else:
+            break
+    return ".".join(parts) or None
 
 
 async def parse(request: Request, model: type[BaseModel]):
