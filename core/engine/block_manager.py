@@ -62,8 +62,8 @@ class BlockManager:
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids holding the longest cached prefix of ``seq`` (at least one token stays uncached)."""
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
+            return []  # prompt_logprobs need the logits of every prompt position: compute them
         max_blocks = (seq.num_tokens - 1) // self.block_size
         self._compute_hashes(seq, max_blocks)
         hits = []
@@ -104,6 +104,19 @@ class BlockManager:
             self.prefix_queries += seq.num_tokens
             self.prefix_hits += num_cached
         return num_cached
+
+    def fork(self, parent: Sequence, child: Sequence, num_blocks: int) -> None:
+        """Let ``child`` share the first ``num_blocks`` (full, computed) blocks of ``parent``.
+
+        For n>1 samples and beams: the prompt's KV is referenced, not copied; the child
+        recomputes the tokens after them into its own blocks (its copy of the partial block).
+        """
+        assert not child.block_table and num_blocks * self.block_size <= parent.num_computed_tokens
+        for block_id in parent.block_table[:num_blocks]:
+            self.blocks[block_id].ref_count += 1
+            child.block_table.append(block_id)
+        child.block_hashes = list(parent.block_hashes[:num_blocks])
+        child.num_computed_tokens = num_blocks * self.block_size
 
     def slots_needed(self, seq: Sequence, num_new_tokens: int) -> int:
         """New blocks required so that ``seq`` can hold ``num_new_tokens`` more computed tokens."""

@@ -27,6 +27,8 @@ class Sequence:
         "block_table", "block_hashes", "status", "params", "max_tokens", "finish_reason",
         "stop_reason", "cumulative_logprob", "metrics", "num_cached_tokens", "detok", "text",
         "generator",
+        # generation semantics (sampler / postprocess): see pagedllm.engine.llm_engine
+        "step_logprobs", "logprobs", "prompt_logprobs", "matcher", "group", "index", "emitted_len",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -49,6 +51,13 @@ class Sequence:
         self.detok = None  # incremental detokenizer state
         self.text = ""
         self.generator = None  # torch.Generator for seeded sampling
+        self.step_logprobs = None  # (top ids, top logprobs, rank) of the last sampled token
+        self.logprobs: list | None = [] if params.logprobs is not None else None
+        self.prompt_logprobs: list | None = None  # per prompt position, filled during prefill
+        self.matcher = None  # structured-output grammar state (llguidance)
+        self.group = None  # the SequenceGroup of an n>1 / best_of request
+        self.index = 0  # this sample's index in its group
+        self.emitted_len = 0  # characters of text already streamed
 
     @property
     def num_tokens(self) -> int:

@@ -20,7 +20,7 @@ from pagedllm.models import get_model_class
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
-from pagedllm.worker.sampler import Sampler, SamplingBatch
+from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +118,15 @@ class ModelRunner:
         ordered, input_ids, positions, md, last_idx = self._build_metadata(decodes, prefills)
         with set_forward_context(md):
             hidden = self.model(input_ids, positions)
+        if any(s.seq.params.prompt_logprobs is not None for s in ordered):
+            compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, last_idx)
         rows = [i for i, s in enumerate(ordered) if s.samples]
         if not rows:
             return []
         sample_seqs = [ordered[i] for i in rows]
         logits = self.model.compute_logits(hidden[last_idx[rows].to(self.device)]).float()
         batch = SamplingBatch.build([s.seq.params for s in sample_seqs], [s.seq.generator for s in sample_seqs],
-                                    self.vocab_size, self.device)
+                                    self.vocab_size, self.device, seqs=[s.seq for s in sample_seqs])
         tokens, logprobs = self.sampler(logits, batch)
         return list(zip(sample_seqs, tokens.tolist(), logprobs.tolist()))
 

@@ -167,17 +167,16 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: t
 def _mask_sorted(sorted_logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Descending-sorted logits -> the same with tokens past top-k / outside top-p at -inf.
 
-    top-p as in vLLM: a token is dropped when the mass of the tokens above it is >= p (the
-    most likely token always stays)."""
+    top-p exactly as vLLM computes it: in ascending order, tokens whose cumulative mass is
+    <= 1 - p are dropped (the most likely token always stays)."""
     if top_k is not None:
         kth = sorted_logits.gather(1, (top_k - 1).clamp(0, sorted_logits.shape[1] - 1).unsqueeze(1))
         sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, _NEG_INF)
     if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1)
-        cum_before = probs.cumsum(dim=-1) - probs  # mass strictly above this token
-        remove = cum_before >= top_p.unsqueeze(1)
-        remove[:, 0] = False
-        sorted_logits = sorted_logits.masked_fill(remove, _NEG_INF)
+        cum_asc = sorted_logits.softmax(dim=-1).flip(-1).cumsum(dim=-1)
+        remove = (cum_asc <= (1 - top_p).unsqueeze(1)) & (top_p < 1).unsqueeze(1)  # p=1 rows: off
+        remove[:, -1] = False
+        sorted_logits = sorted_logits.masked_fill(remove.flip(-1), _NEG_INF)
     return sorted_logits
 
 

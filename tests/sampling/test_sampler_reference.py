@@ -1,0 +1,156 @@
+"""The batched sampler's logits processing vs a plain float64 implementation of vLLM's formulas."""
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.sampler import SamplingBatch, Sampler, process_logits, sampling_distribution
+
+V = 1000
+EOS = 2
+
+
+def fake_seq(prompt, output):
+    ids = list(prompt) + list(output)
+    return SimpleNamespace(token_ids=ids, num_tokens=len(ids), num_prompt_tokens=len(prompt),
+                           num_output_tokens=len(output), output_token_ids=list(output), matcher=None)
+
+
+def reference(logits: torch.Tensor, p: SamplingParams, seq) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64, one row, step by step as vLLM documents it -> (processed, after temperature/min-p/top-k/top-p)."""
+    x = logits.double().clone()
+    out = seq.output_token_ids
+    if p.allowed_token_ids is not None:
+        keep = torch.zeros(V, dtype=torch.bool)
+        keep[p.allowed_token_ids] = True
+        x[~keep] = float("-inf")
+    for word in p._bad_words_token_ids:
+        if len(word) == 1 or out[len(out) - len(word) + 1:] == word[:-1]:
+            x[word[-1]] = float("-inf")
+    if len(out) < p.min_tokens:
+        for t in list(p.stop_token_ids) + list(p._eos_token_ids):
+            x[t] = float("-inf")
+    for t, b in (p.logit_bias or {}).items():
+        x[t] += b
+    for t in set(seq.token_ids):
+        if p.repetition_penalty != 1.0:
+            x[t] = x[t] / p.repetition_penalty if x[t] > 0 else x[t] * p.repetition_penalty
+    for t, c in Counter(out).items():
+        x[t] -= p.frequency_penalty * c + p.presence_penalty
+    processed = x.clone()
+    if p.temperature == 0:
+        return processed, None
+    x = x / p.temperature
+    if p.min_p > 0:
+        probs = x.softmax(-1)
+        x[probs < probs.max() * p.min_p] = float("-inf")
+    if p.top_k > 0:
+        asc = x.sort().values
+        x[x < asc[V - p.top_k]] = float("-inf")
+    if p.top_p < 1.0:
+        asc, idx = x.sort()
+        cum = asc.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - p.top_p
+        drop[-1] = False
+        x[idx[drop]] = float("-inf")
+    return processed, x
+
+
+def make_cases(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda lo, hi: float(lo + (hi - lo) * torch.rand((), generator=g))
+    cases = []
+    for i in range(12):
+        prompt = torch.randint(0, V, (int(torch.randint(3, 40, (), generator=g)),), generator=g).tolist()
+        output = torch.randint(0, 60, (int(torch.randint(0, 30, (), generator=g)),), generator=g).tolist()
+        kw = dict(temperature=0.0 if i % 4 == 0 else r(0.3, 1.5), max_tokens=100)
+        if i % 3 != 2:
+            kw.update(presence_penalty=r(-2, 2), frequency_penalty=r(-2, 2), repetition_penalty=r(0.5, 2.0))
+        if i % 2 == 0:
+            kw.update(top_k=int(torch.randint(1, 200, (), generator=g)))
+        if i % 5 != 4:
+            kw.update(top_p=r(0.3, 0.99))
+        if i % 3 == 1:
+            kw.update(min_p=r(0.01, 0.2))
+        if i % 4 == 1:
+            kw.update(logit_bias={int(t): r(-100, 100) for t in torch.randint(0, V, (5,), generator=g)})
+        if i == 5:
+            kw.update(allowed_token_ids=list(range(10, 400, 3)))
+        if i in (6, 7):
+            kw.update(min_tokens=len(output) + (1 if i == 6 else 0), stop_token_ids=[7, 8])
+        p = SamplingParams(**kw)
+        p._eos_token_ids = (EOS,)
+        if i == 3:
+            p._bad_words_token_ids = [[11], [output[-1] if output else 5, 12], [900, 901, 13]]
+        cases.append((p, fake_seq(prompt, output)))
+    return cases
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_processing_matches_float64_reference(seed):
+    cases = make_cases(seed)
+    params = [p for p, _ in cases]
+    seqs = [s for _, s in cases]
+    logits = torch.randn(len(cases), V, generator=torch.Generator().manual_seed(100 + seed)) * 3
+    batch = SamplingBatch.build(params, [None] * len(cases), V, "cpu", seqs=seqs)
+    processed = process_logits(logits, batch)
+    random_rows = (~batch.greedy).nonzero().squeeze(1)
+    dist = sampling_distribution(processed[random_rows], batch, random_rows)
+    checked = 0
+    for i, (p, seq) in enumerate(cases):
+        ref_proc, ref_dist = reference(logits[i], p, seq)
+        _assert_same(processed[i], ref_proc, f"row {i} processed")
+        if ref_dist is not None:
+            j = random_rows.tolist().index(i)
+            _assert_same(dist[j], ref_dist, f"row {i} distribution ({p})")
+            checked += 1
+    assert checked >= 6
+
+
+def _assert_same(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    fin_got, fin_ref = torch.isfinite(got), torch.isfinite(ref)
+    assert torch.equal(fin_got, fin_ref), f"{what}: {int((fin_got != fin_ref).sum())} tokens masked differently"
+    torch.testing.assert_close(got[fin_got].double(), ref[fin_ref], rtol=1e-5, atol=1e-4, msg=what)
+
+
+def test_greedy_rows_take_argmax_of_processed_logits_and_fast_topk_equals_sort():
+    cases = make_cases(3)
+    params = [p for p, _ in cases]
+    seqs = [s for _, s in cases]
+    logits = torch.randn(len(cases), V, generator=torch.Generator().manual_seed(7)) * 3
+    batch = SamplingBatch.build(params, [None] * len(cases), V, "cpu", seqs=seqs)
+    tokens, logprobs = Sampler()(logits, batch)
+    for i, (p, seq) in enumerate(cases):
+        ref_proc, ref_dist = reference(logits[i], p, seq)
+        if p.temperature == 0:
+            assert tokens[i] == int(ref_proc.argmax())
+        else:
+            assert torch.isfinite(ref_dist[tokens[i]]), f"row {i} sampled a masked token"
+        raw = torch.log_softmax(logits[i].double(), -1)[tokens[i]]
+        assert abs(float(logprobs[i]) - float(raw)) < 1e-4  # raw logprob of the sampled token
+    from pagedllm.worker.sampler import apply_top_k_top_p, apply_top_k_top_p_fast
+
+    x = torch.randn(6, V)
+    k = torch.tensor([1, 5, 50, 300, 999, 20])
+    p = torch.tensor([0.9, 0.5, 0.99, 0.7, 0.95, 1.0])
+    assert torch.equal(apply_top_k_top_p_fast(x, k, p), apply_top_k_top_p(x, k, p))
+
+
+def test_seeded_rows_do_not_depend_on_the_batch():
+    p = SamplingParams(temperature=1.0, seed=1234, top_p=0.95)
+    others = [SamplingParams(temperature=0.7, top_k=5), SamplingParams(temperature=0.0), SamplingParams(min_p=0.1)]
+    logits = torch.randn(4, V, generator=torch.Generator().manual_seed(5))
+    draws_alone, draws_batch = [], []
+    ga, gb = torch.Generator().manual_seed(1234), torch.Generator().manual_seed(1234)
+    for _ in range(20):
+        alone = SamplingBatch.build([p], [ga], V, "cpu", seqs=[fake_seq([1], [])])
+        draws_alone.append(int(Sampler()(logits[:1], alone)[0][0]))
+        batch = SamplingBatch.build(others + [p], [None, None, None, gb], V, "cpu",
+                                    seqs=[fake_seq([1], [])] * 4)
+        draws_batch.append(int(Sampler()(torch.cat([logits[1:], logits[:1]]), batch)[0][3]))
+    assert draws_alone == draws_batch
+    assert len(set(draws_alone)) > 1
