@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(PY) -m pagedllm.entrypoints.cli demo
+	$(PY) -m pagedllm.entrypoints.cli serve HuggingFaceTB/SmolLM2-135M-Instruct
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --timeout=900 tests
