@@ -134,11 +134,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     requests = build_workload(tokenizer, args.num_prompts, args.min_output_len, args.max_output_len, seed=args.seed)
 
+    stats = workload_stats(requests)
+    print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + "
+          f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
     if args.backend in ("pagedllm", "both"):
-        results["pagedllm"] = bench_pagedllm(args, dtype_name, requests)
+        results["pagedllm"] = _done("pagedllm", bench_pagedllm(args, dtype_name, requests))
     if args.backend in ("hf", "both"):
-        results["hf"] = bench_hf(resolved.path, dtype, device, requests, args.hf_batch_size)
+        results["hf"] = _done("hf", bench_hf(resolved.path, dtype, device, requests, args.hf_batch_size))
     ratio = None
     if "pagedllm" in results and "hf" in results:
         ratio = results["pagedllm"]["output_tokens_per_s"] / results["hf"]["output_tokens_per_s"]
@@ -148,7 +151,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "dtype": dtype_name,
         "device": str(device),
         "seed": args.seed,
-        "workload": workload_stats(requests),
+        "workload": stats,
         "results": results,
         "ratio_pagedllm_over_hf": ratio,
         "machine": {
@@ -160,6 +163,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _done(name: str, result: dict) -> dict:
+    """Say on stderr when a backend finishes: a full run takes minutes on a CPU."""
+    print(f"{name}: {result['output_tokens']} output tokens in {result['elapsed_s']:.1f} s "
+          f"({result['output_tokens_per_s']:.1f} tok/s)", file=sys.stderr, flush=True)
+    return result
 
 
 def format_table(report: dict) -> str:
