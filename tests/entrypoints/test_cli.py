@@ -103,3 +103,20 @@ def test_bench_throughput_hf_end_to_end(tiny_chat_model, tmp_path, capsys):
 def test_bench_rejects_bad_num_prompts(tiny_chat_model):
     with pytest.raises(ValueError, match="--num-prompts"):
         main(["bench", "throughput", "--backend", "hf", "--model", tiny_chat_model, "--num-prompts", "0"])
+
+
+@pytest.mark.slow  # builds a whole engine (~5-20 s here)
+def test_generate_prints_the_completion(tiny_chat_model, capsys):
+    assert main(["generate", "Why is the sky blue?", "--chat", "--model", tiny_chat_model, "--dtype", "float32",
+                 "--max-tokens", "4", "--temperature", "0", "--max-num-seqs", "4"]) == 0
+    assert capsys.readouterr().out.strip()  # a random model says something, never nothing
+
+
+@pytest.mark.slow  # builds a whole engine (~5-20 s here)
+def test_demo_runs_the_four_prompts(tiny_chat_model, capsys):
+    assert main(["demo", "--model", tiny_chat_model, "--dtype", "float32", "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    for prompt in ("Hello, my name is", "The president of the United States is",
+                   "The capital of France is", "The future of AI is"):
+        assert f"Prompt: {prompt!r}" in out
+    assert "output tokens in" in out and "tok/s" in out
