@@ -135,6 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     requests = build_workload(tokenizer, args.num_prompts, args.min_output_len, args.max_output_len, seed=args.seed)
 
     stats = workload_stats(requests)
+    load_before = _load_avg()
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + "
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
@@ -160,9 +161,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            # 1-min load average before/after: a busy shared machine slows every backend.
+            "load_avg_1m": [load_before, _load_avg()],
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def _done(name: str, result: dict) -> dict:
