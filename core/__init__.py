@@ -1,10 +1,12 @@
 """pagedllm: a vLLM-style paged-attention inference engine. The names are vLLM's."""
 from pagedllm.config import EngineConfig
 from pagedllm.llm import LLM
-from pagedllm.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
+                                      StructuredOutputsParams)
 
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "RequestMetrics",
-           "RequestOutputKind", "EngineConfig", "__version__"]
+           "RequestOutputKind", "EngineConfig", "Logprob", "BeamSearchParams", "StructuredOutputsParams",
+           "GuidedDecodingParams", "__version__"]

@@ -8,8 +8,9 @@ from tqdm.auto import tqdm
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
-from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.engine.beam_search import BeamSearchOutput, beam_search
+from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import render_chat
 
 
@@ -44,7 +45,35 @@ class LLM:
                                 f"({sorted(kwargs)}), not both")
             sampling_params = SamplingParams.from_optional(**kwargs)
         params = _params_list(sampling_params, len(prompts))
+        if any(p.use_beam_search for p in params):
+            return self._generate_beam(prompts, params, use_tqdm)
         return self._run(prompts, params, use_tqdm)
+
+    def beam_search(self, prompts, params: BeamSearchParams) -> list[BeamSearchOutput]:
+        """Beam search (vLLM's ``LLM.beam_search``): one BeamSearchOutput per prompt, best first."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        return beam_search(self, _as_prompt_list(prompts), params, self.llm_engine.eos_token_ids)
+
+    def _generate_beam(self, prompts: list, params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        """``SamplingParams(use_beam_search=True)``: width ``best_of`` (or ``n``), the ``n`` best returned."""
+        outputs = []
+        for prompt, p in zip(prompts, params):
+            if not p.use_beam_search:
+                outputs.extend(self._run([prompt], [p], use_tqdm))
+                continue
+            bp = BeamSearchParams(beam_width=p.num_samples, max_tokens=p.max_tokens or 16, ignore_eos=p.ignore_eos,
+                                  length_penalty=p.length_penalty, early_stopping=p.early_stopping)
+            text, prompt_ids = self.llm_engine.tokenize_prompt(prompt)
+            result = self.beam_search([prompt_ids], bp)[0]
+            completions = [CompletionOutput(index=i, text=b.text, token_ids=b.tokens[len(prompt_ids):],
+                                            cumulative_logprob=b.cum_logprob, finish_reason=b.finish_reason)
+                           for i, b in enumerate(result.sequences[:p.n])]
+            self._request_counter += 1
+            outputs.append(RequestOutput(request_id=f"llm-{self._request_counter}", prompt=text,
+                                         prompt_token_ids=prompt_ids, prompt_logprobs=None, outputs=completions,
+                                         finished=True))
+        return outputs
 
     def chat(self, messages, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
              use_tqdm: bool = True, chat_template: str | None = None, add_generation_prompt: bool = True,
