@@ -75,6 +75,14 @@ def test_n2_and_logprobs(client):
     assert lp.text_offset[0] == 0 and all(v <= 0 for v in lp.token_logprobs)
 
 
+def test_best_of_returns_n_whole_choices(client):
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=1.0, n=2, best_of=3,
+                                  seed=3, extra_body={"ignore_eos": True})
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert all(c.text and c.finish_reason == "length" for c in r.choices)
+    assert r.usage.completion_tokens == 10
+
+
 def test_stop_string_and_seed(client):
     base = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, temperature=0)
     words = base.choices[0].text.split()

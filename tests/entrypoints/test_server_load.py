@@ -72,3 +72,22 @@ def test_disconnect_midstream_aborts_and_frees_blocks(server):
     ok = requests.post(server.url + "/completions", json={"model": "tiny", "prompt": "Still there?", "max_tokens": 4},
                        timeout=60)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+
+
+def test_disconnect_before_a_non_streamed_answer_aborts(server):
+    before = scrape(server.base).get("pagedllm:request_success_total{finished_reason=abort}", 0)
+    body = {"model": "tiny", "prompt": "Write a very long story.", "max_tokens": 450, "temperature": 0,
+            "ignore_eos": True}
+    for _ in range(3):
+        try:
+            requests.post(server.url + "/completions", json=body, timeout=0.3)
+        except requests.exceptions.Timeout:
+            pass
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = scrape(server.base)
+        if m.get("pagedllm:request_success_total{finished_reason=abort}", 0) - before == 3:
+            break
+        time.sleep(0.1)
+    assert m.get("pagedllm:request_success_total{finished_reason=abort}", 0) - before == 3
+    assert m["pagedllm:kv_cache_usage_perc"] == 0.0

@@ -7,6 +7,7 @@ OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import logging
 import os
@@ -70,6 +71,30 @@ async def parse(request: Request, model: type[BaseModel]):
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+async def cancel_on_disconnect(request: Request, work):
+    """Run ``work`` (after the body was read) but cancel it, aborting its engine requests, if the client leaves.
+
+    Streaming answers return at once (StreamingResponse watches for disconnects itself); a
+    non-streaming one generates here, so a client that times out must not leave it running.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    return task.result()
 
 
 class _GuardMiddleware:
@@ -144,6 +169,8 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
                                        type="InternalServerError"))
 
     def answer(result):
+        if isinstance(result, Response):
+            return result
         if isinstance(result, BaseModel):
             return JSONResponse(result.model_dump(mode="json"))
         return StreamingResponse(result, media_type="text/event-stream",
@@ -151,11 +178,13 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
 
     @app.post("/v1/completions")
     async def create_completion(request: Request):
-        return answer(await completions.create(await parse(request, CompletionRequest)))
+        req = await parse(request, CompletionRequest)
+        return answer(await cancel_on_disconnect(request, completions.create(req)))
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
-        return answer(await chat.create(await parse(request, ChatCompletionRequest)))
+        req = await parse(request, ChatCompletionRequest)
+        return answer(await cancel_on_disconnect(request, chat.create(req)))
 
     @app.get("/v1/models")
     async def list_models():

@@ -244,7 +244,13 @@ def build_sampling_params(req: SamplingFields, *, max_tokens: int | None, logpro
         message = str(exc)
         param = message.split("=", 1)[0].split(" ", 1)[0] if message else None
         raise APIError(message, param=param if param in wanted else None) from exc
-    params.output_kind = RequestOutputKind.DELTA
+    if params.best_of is not None and params.best_of > params.n:
+        # Which n samples win is known only at the end: one final output carries them whole.
+        if req.stream:
+            raise APIError(f"best_of={params.best_of} > n={params.n} cannot be streamed", param="best_of")
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+    else:
+        params.output_kind = RequestOutputKind.DELTA
     return params
 
 
