@@ -145,17 +145,24 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
 def apply_penalties(logits: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor,
                     repetition: torch.Tensor, out_idx: tuple, all_idx: tuple) -> torch.Tensor:
     """vLLM's formulas: repetition divides positive / multiplies negative logits of every token
-    seen in prompt or output; frequency subtracts per output occurrence; presence once."""
-    R, V = logits.shape
-    counts = torch.zeros(R, V, dtype=logits.dtype, device=logits.device)
-    counts.index_put_(out_idx, torch.ones_like(out_idx[1], dtype=logits.dtype), accumulate=True)
-    seen_out = counts > 0
+    seen in prompt or output; frequency subtracts per output occurrence; presence once.
+
+    Sparse: only the (row, token) pairs of the history are touched, never the whole [R, V]."""
+    V = logits.shape[1]
+    logits = logits.clone()
     if all_idx[0].numel():
-        seen = torch.zeros(R, V, dtype=torch.bool, device=logits.device)
-        seen[all_idx] = True
-        rep = torch.where(seen, repetition.unsqueeze(1), torch.ones_like(logits))
-        logits = torch.where(logits > 0, logits / rep, logits * rep)
-    return logits - frequency.unsqueeze(1) * counts - presence.unsqueeze(1) * seen_out
+        key = torch.unique(all_idx[0] * V + all_idx[1])
+        r, t = key // V, key % V
+        vals = logits[r, t]
+        rep = repetition[r]
+        logits[r, t] = torch.where(vals > 0, vals / rep, vals * rep)
+    if out_idx[0].numel():
+        r, t = out_idx
+        logits.index_put_((r, t), -frequency[r], accumulate=True)
+        key = torch.unique(r * V + t)
+        ur = key // V
+        logits.index_put_((ur, key % V), -presence[ur], accumulate=True)
+    return logits
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
@@ -223,7 +230,10 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         x.index_put_((r, t), v, accumulate=True)
     if batch.penalties is not None:
         rows, presence, frequency, repetition, out_idx, all_idx = batch.penalties
-        x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
+        if rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
+            x = apply_penalties(x, presence, frequency, repetition, out_idx, all_idx)
+        else:
+            x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
     return x
 
 
@@ -253,37 +263,66 @@ class Sampler:
         """
         raw_logprob_norm = torch.logsumexp(logits, dim=-1)
         x = process_logits(logits, batch)
-        greedy_tokens = x.argmax(dim=-1)
         if batch.all_greedy:
-            tokens = greedy_tokens
+            tokens = x.argmax(dim=-1)
         else:
             random_rows = (~batch.greedy).nonzero().squeeze(1)
-            all_random = random_rows.numel() == x.shape[0]
-            xr = sampling_distribution(x if all_random else x[random_rows], batch,
-                                       None if all_random else random_rows)
-            probs = xr.softmax(dim=-1)
-            noise = torch.empty_like(probs).exponential_()
-            row_of = {int(r): j for j, r in enumerate(random_rows.tolist())}
-            for row, gen in enumerate(batch.generators):
-                if gen is not None and row in row_of:
-                    noise[row_of[row]].exponential_(generator=gen)
-            sampled = (probs / noise).argmax(dim=-1)
-            tokens = greedy_tokens.clone()
-            tokens[random_rows] = sampled
+            if random_rows.numel() == x.shape[0]:
+                tokens = self._sample_random(x, batch, random_rows)
+            else:
+                tokens = x.argmax(dim=-1)
+                tokens[random_rows] = self._sample_random(x, batch, random_rows)
         logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - raw_logprob_norm
         if batch.logprob_rows:
             self._top_logprobs(logits, raw_logprob_norm, tokens, logprobs, batch)
         return tokens, logprobs
 
     @staticmethod
+    def _sample_random(x: torch.Tensor, batch: SamplingBatch, rows: torch.Tensor) -> torch.Tensor:
+        """Exponential-race draw for the random rows. Rows with a small top-k sample among their
+        ``topk`` candidates only (noise for k tokens, not V); the others over the full vocabulary.
+        Which path a row takes depends only on its own parameters, and a seeded row draws exactly
+        k (or V) numbers from its generator, so its text does not depend on the batch."""
+        V = x.shape[1]
+        k_all = batch.top_k[rows]
+        fast = k_all < min(V, _TOPK_FAST_MAX)
+        out = torch.empty(rows.numel(), dtype=torch.long, device=x.device)
+        for use_fast in (True, False):
+            mask = fast if use_fast else ~fast
+            if not bool(mask.any()):
+                continue
+            sub = rows[mask]
+            k = k_all[mask]
+            xr = (x if sub.numel() == x.shape[0] else x[sub]) / batch.temperature[sub].unsqueeze(1)
+            if batch.any_min_p:
+                xr = apply_min_p(xr, batch.min_p[sub])
+            top_p = batch.top_p[sub] if batch.any_top_p else None
+            if use_fast:
+                vals, idx = xr.topk(int(k.max()), dim=-1)
+                xr = _mask_sorted(vals, k, top_p)
+            elif top_p is not None or bool((k < V).any()):
+                xr = apply_top_k_top_p(xr, k if bool((k < V).any()) else None, top_p)
+            probs = xr.softmax(dim=-1)
+            noise = torch.empty_like(probs).exponential_()
+            for j, r in enumerate(sub.tolist()):
+                gen = batch.generators[r]
+                if gen is not None:
+                    width = int(k[j]) if use_fast else V
+                    noise[j, :width].exponential_(generator=gen)
+            choice = (probs / noise).argmax(dim=-1)
+            out[mask] = idx.gather(1, choice.unsqueeze(1)).squeeze(1) if use_fast else choice
+        return out
+
+    @staticmethod
     def _top_logprobs(logits, norm, tokens, logprobs, batch: SamplingBatch) -> None:
         rows = torch.tensor(batch.logprob_rows, device=logits.device)
-        lp = logits[rows] - norm[rows].unsqueeze(1)
-        chosen = logprobs[rows]
-        ranks = (lp > chosen.unsqueeze(1)).sum(dim=1) + 1
+        raw = logits if rows.numel() == logits.shape[0] else logits[rows]
+        chosen_logit = raw.gather(1, tokens[rows].unsqueeze(1))
+        ranks = (raw > chosen_logit).sum(dim=1) + 1
         k = batch.max_logprobs
         if k:
-            top_vals, top_ids = lp.topk(k, dim=-1)
+            top_vals, top_ids = raw.topk(k, dim=-1)
+            top_vals = top_vals - norm[rows].unsqueeze(1)
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
         ranks = ranks.tolist()
         for j, row in enumerate(batch.logprob_rows):
