@@ -5,7 +5,7 @@ import asyncio
 import threading
 
 import pytest
-from conftest import make_tiny_model
+from model_fixtures import make_tiny_model
 
 from pagedllm import EngineConfig, SamplingParams
 from pagedllm.engine.async_engine import AsyncEngine, get_engine

@@ -1,7 +1,7 @@
 """Bad input raises ValueError/TypeError naming the parameter; nothing already accepted is harmed."""
 import pytest
 
-from conftest import make_tiny_model
+from model_fixtures import make_tiny_model
 from pagedllm import LLM, SamplingParams
 
 

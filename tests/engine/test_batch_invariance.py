@@ -1,7 +1,7 @@
 """Each prompt's greedy tokens must not depend on what else runs: batch, prefix cache, preemption."""
 import pytest
 
-from conftest import BUNDLED, SEED_PROMPTS
+from model_fixtures import BUNDLED, SEED_PROMPTS
 from pagedllm import LLM, SamplingParams
 
 MAX_TOKENS = 24

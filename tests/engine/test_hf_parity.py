@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import SEED_PROMPTS, hf_greedy, make_tiny_model
+from model_fixtures import SEED_PROMPTS, hf_greedy, make_tiny_model
 from pagedllm import LLM, SamplingParams
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import make_tiny_model
+from model_fixtures import make_tiny_model
 
 TINY_MAX_MODEL_LEN = 512
 

@@ -34,7 +34,7 @@ def test_beam_search_matches_transformers_on_bundled_model(bundled_llm_fp32, hf_
 
 
 def test_beam_search_matches_transformers_on_tiny_random_models(tmp_path):
-    from conftest import make_tiny_model
+    from model_fixtures import make_tiny_model
     from transformers import AutoModelForCausalLM
 
     for arch in ("llama", "qwen2"):
