@@ -34,7 +34,11 @@ def register_attention_backends(register):
 
 @hookspec
 def register_adapters(register):
-    """Register framework adapters: ``register(name, module_path)``."""
+    """Register framework adapters: ``register(name, module_path, requires=None)``.
+
+    ``requires`` names the distribution the adapter plugs into (``langchain-core``); its installed
+    version is shown by ``pagedllm plugins``. The module is imported only when a user imports it.
+    """
 
 
 @hookspec

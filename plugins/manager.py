@@ -11,6 +11,7 @@ DEFAULT_PLUGINS = (
     "pagedllm.plugins.builtin_models",
     "pagedllm.plugins.builtin_sources",
     "pagedllm.plugins.builtin_attention",
+    "pagedllm.plugins.builtin_adapters",
 )
 
 ENTRY_POINT_GROUP = "pagedllm"
@@ -58,5 +59,32 @@ def get_plugins() -> list[dict]:
         dist = dist_info.get(plugin)
         if dist is not None:
             info["version"] = dist.version
+        adapters = get_adapters(plugin)
+        if adapters:
+            info["adapters"] = adapters
         plugins.append(info)
     return sorted(plugins, key=lambda p: p["name"])
+
+
+def get_adapters(plugin=None) -> list[dict]:
+    """Registered adapters (of one plugin, or all): name, module and the adapted framework's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    load_plugins()
+    found = []
+
+    def register(name: str, module_path: str, requires: str | None = None) -> None:
+        entry = {"name": name, "module": module_path}
+        if requires:
+            try:
+                entry["requires"] = f"{requires}=={version(requires)}"
+            except PackageNotFoundError:
+                entry["requires"] = f"{requires} (not installed)"
+        found.append(entry)
+
+    plugins = [plugin] if plugin is not None else pm.get_plugins()
+    for p in plugins:
+        hook = getattr(p, "register_adapters", None)
+        if hook is not None:
+            hook(register=register)
+    return found

@@ -1,0 +1,1 @@
+"""Framework adapters over ``pagedllm.provider``: LangChain, LlamaIndex, the OpenAI client."""
