@@ -4,9 +4,10 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import gpt2, llama
+    from pagedllm.models import gpt2, llama, opt
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
     register("Qwen2ForCausalLM", llama.Qwen2ForCausalLM)
     register("GPT2LMHeadModel", gpt2.GPT2LMHeadModel)
+    register("OPTForCausalLM", opt.OPTForCausalLM)
