@@ -4,10 +4,11 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import gpt2, llama, opt
+    from pagedllm.models import gpt2, gpt_neox, llama, opt
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
     register("Qwen2ForCausalLM", llama.Qwen2ForCausalLM)
     register("GPT2LMHeadModel", gpt2.GPT2LMHeadModel)
     register("OPTForCausalLM", opt.OPTForCausalLM)
+    register("GPTNeoXForCausalLM", gpt_neox.GPTNeoXForCausalLM)

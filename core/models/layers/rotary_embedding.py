@@ -75,3 +75,13 @@ class RotaryEmbedding(nn.Module):
         cos = self.cos_cache[positions].unsqueeze(1)
         sin = self.sin_cache[positions].unsqueeze(1)
         return self._apply(q, cos, sin), self._apply(k, cos, sin)
+
+
+def partial_rotary_factor(config, legacy_attr: str | None = None) -> float:
+    """Fraction of each head that is rotated: 5.x keeps it in rope_parameters, 4.x on the config."""
+    value = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor")
+    if value is None:
+        value = getattr(config, "partial_rotary_factor", None)
+    if value is None and legacy_attr:
+        value = getattr(config, legacy_attr, None)
+    return 1.0 if value is None else float(value)
