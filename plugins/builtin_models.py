@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import gpt2, gpt_neox, llama, opt
+    from pagedllm.models import gpt2, gpt_neox, llama, opt, phi
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -12,3 +12,4 @@ def register_models(register):
     register("GPT2LMHeadModel", gpt2.GPT2LMHeadModel)
     register("OPTForCausalLM", opt.OPTForCausalLM)
     register("GPTNeoXForCausalLM", gpt_neox.GPTNeoXForCausalLM)
+    register("PhiForCausalLM", phi.PhiForCausalLM)
