@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import gpt2, gpt_neox, llama, opt, phi
+    from pagedllm.models import gpt2, gpt_neox, gptj, llama, opt, phi
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -13,3 +13,4 @@ def register_models(register):
     register("OPTForCausalLM", opt.OPTForCausalLM)
     register("GPTNeoXForCausalLM", gpt_neox.GPTNeoXForCausalLM)
     register("PhiForCausalLM", phi.PhiForCausalLM)
+    register("GPTJForCausalLM", gptj.GPTJForCausalLM)
