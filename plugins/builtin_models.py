@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import gpt2, gpt_neox, gptj, llama, opt, phi
+    from pagedllm.models import falcon, gpt2, gpt_neox, gptj, llama, opt, phi
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -14,3 +14,4 @@ def register_models(register):
     register("GPTNeoXForCausalLM", gpt_neox.GPTNeoXForCausalLM)
     register("PhiForCausalLM", phi.PhiForCausalLM)
     register("GPTJForCausalLM", gptj.GPTJForCausalLM)
+    register("FalconForCausalLM", falcon.FalconForCausalLM)
