@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import falcon, gpt2, gpt_neox, gptj, llama, opt, phi
+    from pagedllm.models import falcon, gpt2, gpt_neox, gptj, llama, opt, phi, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -15,3 +15,4 @@ def register_models(register):
     register("PhiForCausalLM", phi.PhiForCausalLM)
     register("GPTJForCausalLM", gptj.GPTJForCausalLM)
     register("FalconForCausalLM", falcon.FalconForCausalLM)
+    register("Qwen3ForCausalLM", qwen3.Qwen3ForCausalLM)

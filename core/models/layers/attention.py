@@ -28,3 +28,10 @@ class Attention(nn.Module):
         v = v.view(T, self.num_kv_heads, self.head_dim)
         out = self.impl.forward(q, k, v, self.k_cache, self.v_cache, get_forward_context())
         return out.reshape(T, self.num_heads * self.head_dim)
+
+
+def layer_sliding_window(config, layer_idx: int, sliding_by_default: bool) -> int | None:
+    """This layer's window: 5.x configs list ``layer_types``; older ones follow the family's pattern."""
+    layer_types = getattr(config, "layer_types", None)
+    sliding = layer_types[layer_idx] == "sliding_attention" if layer_types else sliding_by_default
+    return getattr(config, "sliding_window", None) if sliding else None
