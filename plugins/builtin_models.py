@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import falcon, gpt2, gpt_neox, gptj, llama, opt, phi, qwen3
+    from pagedllm.models import falcon, gemma, gpt2, gpt_neox, gptj, llama, opt, phi, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -16,3 +16,5 @@ def register_models(register):
     register("GPTJForCausalLM", gptj.GPTJForCausalLM)
     register("FalconForCausalLM", falcon.FalconForCausalLM)
     register("Qwen3ForCausalLM", qwen3.Qwen3ForCausalLM)
+    register("GemmaForCausalLM", gemma.GemmaForCausalLM)
+    register("Gemma2ForCausalLM", gemma.Gemma2ForCausalLM)
