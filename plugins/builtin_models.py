@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import falcon, gemma, gpt2, gpt_neox, gptj, llama, opt, phi, phi3, qwen3
+    from pagedllm.models import falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -19,3 +19,4 @@ def register_models(register):
     register("GemmaForCausalLM", gemma.GemmaForCausalLM)
     register("Gemma2ForCausalLM", gemma.Gemma2ForCausalLM)
     register("Phi3ForCausalLM", phi3.Phi3ForCausalLM)
+    register("MixtralForCausalLM", mixtral.MixtralForCausalLM)

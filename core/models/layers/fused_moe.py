@@ -1,0 +1,63 @@
+"""Mixture-of-experts MLP: softmax top-k routing, experts' weights stacked, tokens grouped per expert.
+
+Tokens are sorted by chosen expert so each active expert runs one matmul over all its tokens
+(one Python iteration per expert, never per token). Routing mirrors transformers: softmax in
+float32, ``torch.topk`` (so ties resolve the same way), renormalised over the top k.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_reduce
+
+
+class FusedMoE(nn.Module):
+    def __init__(self, num_experts: int, top_k: int, hidden_size: int, intermediate_size: int,
+                 renormalize: bool = True):
+        super().__init__()
+        self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
+        self.tp_rank, self.tp_size = get_tp_rank(), get_tp_world_size()
+        self.inter = intermediate_size // self.tp_size
+        # [E, gate rows | up rows, H] and [E, H, I]: each rank holds a slice of every expert.
+        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.inter, hidden_size), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.inter), requires_grad=False)
+        self.w13_weight.weight_loader = self.weight_loader
+        self.w2_weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard: tuple) -> None:
+        """``shard`` = (expert or None for all experts, "w1" | "w3" | "w2" | "w13")."""
+        expert, which = shard
+        target = param.data if expert is None else param.data[expert]
+        I, r = self.inter, self.tp_rank
+        if which == "w2":
+            target.copy_(loaded.narrow(-1, r * I, I))
+        elif which == "w13":  # fused [gate | up] rows of the full intermediate size
+            gate, up = loaded.chunk(2, dim=-2)
+            target.narrow(-2, 0, I).copy_(gate.narrow(-2, r * I, I))
+            target.narrow(-2, I, I).copy_(up.narrow(-2, r * I, I))
+        else:
+            target.narrow(-2, 0 if which == "w1" else I, I).copy_(loaded.narrow(-2, r * I, I))
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(router_logits.float(), dim=-1)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        token_of = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = x.index_select(0, token_of)
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                gate, up = F.linear(xs[start:start + n], self.w13_weight[e]).chunk(2, dim=-1)
+                out[start:start + n] = F.linear(F.silu(gate) * up, self.w2_weight[e])
+                start += n
+        out.mul_(weights.reshape(-1)[order].unsqueeze(-1))
+        final = torch.zeros_like(x).index_add_(0, token_of, out)
+        return tp_all_reduce(final)
