@@ -75,6 +75,7 @@ class EngineConfig:
     quantization: str | None = None
     disable_log_stats: bool = True
     served_model_name: str | list[str] | None = None
+    model_impl: str = "auto"  # auto (native when we have one, else transformers) | native | transformers
     # Filled in by the engine once the model is known.
     resolved: dict = field(default_factory=dict, repr=False)
 
@@ -121,6 +122,8 @@ class EngineConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
+        if self.model_impl not in ("auto", "native", "transformers"):
+            raise ValueError(f"model_impl={self.model_impl!r}; choose auto, native or transformers")
 
     @property
     def torch_device(self) -> torch.device:

@@ -61,7 +61,7 @@ class LLMEngine:
                                    if not isinstance(getattr(self.hf_config, "torch_dtype", None), str) else None)
         self.max_model_len = self._derive_max_model_len()
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
-                                  config.block_size, config.attention_backend)
+                                  config.block_size, config.attention_backend, config.model_impl)
         num_blocks = self._num_kv_blocks()
         self._check_fits(num_blocks)
         self.runner.allocate_kv_cache(num_blocks)

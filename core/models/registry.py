@@ -29,3 +29,22 @@ def get_model_class(config) -> type[nn.Module]:
         if arch in _registry():
             return _registry()[arch]
     raise ValueError(f"model architecture(s) {archs} are not supported; supported: {supported_architectures()}")
+
+
+MODEL_IMPLS = ("auto", "native", "transformers")
+
+
+def resolve_model_class(config, model_impl: str = "auto") -> type[nn.Module]:
+    """``native``: ours or an error; ``transformers``: the HF fallback; ``auto``: ours when we have one."""
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl={model_impl!r}; choose one of {', '.join(MODEL_IMPLS)}")
+    if model_impl != "transformers":
+        try:
+            return get_model_class(config)
+        except ValueError:
+            if model_impl == "native":
+                raise
+    from pagedllm.models.transformers_fallback import TransformersForCausalLM, check_supported
+
+    check_supported(config)
+    return TransformersForCausalLM

@@ -16,7 +16,7 @@ from pagedllm.attention import AttentionMetadata, get_attention_backend
 from pagedllm.engine.scheduler import ScheduledSeq
 from pagedllm.forward_context import set_forward_context
 from pagedllm.loader import iterate_weights
-from pagedllm.models import get_model_class
+from pagedllm.models.registry import resolve_model_class
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
@@ -27,14 +27,15 @@ logger = logging.getLogger(__name__)
 
 class ModelRunner:
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
-                 max_model_len: int, block_size: int, attention_backend: str | None = None):
+                 max_model_len: int, block_size: int, attention_backend: str | None = None,
+                 model_impl: str = "auto"):
         self.hf_config = hf_config
         self.dtype = dtype
         self.device = device
         self.block_size = block_size
         self.vocab_size = hf_config.vocab_size
         t0 = time.perf_counter()
-        model_cls = get_model_class(hf_config)
+        model_cls = resolve_model_class(hf_config, model_impl)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
