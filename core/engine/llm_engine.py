@@ -26,6 +26,7 @@ from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
 from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_block
 from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.sampler import wants_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ class LLMEngine:
         for s, token, logprob in results:
             seq = s.seq
             seq.token_ids.append(token)
-            seq.cumulative_logprob += logprob
+            if logprob is not None:
+                seq.cumulative_logprob += logprob
             stats.generation_tokens += 1
             if seq.metrics.first_token_time is None:
                 seq.metrics.first_token_time = now
@@ -412,7 +414,8 @@ class LLMEngine:
         seq.emitted_len = len(visible)
         logprobs = None if entries is None else [self._logprob_dict(e, p.detokenize) for e in entries]
         return CompletionOutput(index=seq.index, text=text, token_ids=token_ids,
-                                cumulative_logprob=seq.cumulative_logprob, logprobs=logprobs,
+                                cumulative_logprob=seq.cumulative_logprob if wants_logprob(p) else None,
+                                logprobs=logprobs,
                                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason)
 
     def _make_output(self, seq: Sequence, advanced: dict | None = None) -> RequestOutput | None:

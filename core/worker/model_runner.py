@@ -129,7 +129,8 @@ class ModelRunner:
         batch = SamplingBatch.build([s.seq.params for s in sample_seqs], [s.seq.generator for s in sample_seqs],
                                     self.vocab_size, self.device, seqs=[s.seq for s in sample_seqs])
         tokens, logprobs = self.sampler(logits, batch)
-        return list(zip(sample_seqs, tokens.tolist(), logprobs.tolist()))
+        logprobs = logprobs.tolist() if logprobs is not None else [None] * len(sample_seqs)
+        return list(zip(sample_seqs, tokens.tolist(), logprobs))
 
 
 def _cumsum(values):

@@ -45,6 +45,9 @@ class SamplingBatch:
     bitmask: tuple | None = None  # (rows [S], int32 bitmask [S, ceil(V/32)]) from structured output
     logprob_rows: list | None = None  # rows that want top logprobs
     max_logprobs: int = 0
+    # Some row needs the sampled token's logprob (logprobs, or best_of ranking); else the
+    # full-vocabulary logsumexp is skipped (vLLM also reports no cumulative_logprob then).
+    needs_logprob: bool = True
 
     @classmethod
     def build(cls, params: list[SamplingParams], generators: list, vocab_size: int, device,
@@ -65,10 +68,16 @@ class SamplingBatch:
             any_min_p=any(not g and p.min_p > 0.0 for g, p in zip(greedy, params)),
             generators=generators,
             seqs=seqs,
+            needs_logprob=any(wants_logprob(p) for p in params),
         )
         if seqs is not None:
             _build_processing(batch, params, seqs, vocab_size, device)
         return batch
+
+
+def wants_logprob(p: SamplingParams) -> bool:
+    """Whether a request reports logprobs or needs them to rank its samples."""
+    return p.logprobs is not None or p.best_of is not None
 
 
 def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: list, V: int, device) -> None:
@@ -256,12 +265,11 @@ def sampling_distribution(x: torch.Tensor, batch: SamplingBatch, rows: torch.Ten
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits: [B, V] float32 -> (token ids [B], raw logprob of each sampled token [B]).
+        """logits: [B, V] float32 -> (token ids [B], raw logprob of each sampled token [B] or None).
 
         Rows that asked for ``logprobs`` also get ``seq.step_logprobs`` = (top ids, top
         logprobs, sampled token's rank) from the raw distribution, as vLLM reports them.
         """
-        raw_logprob_norm = torch.logsumexp(logits, dim=-1)
         x = process_logits(logits, batch)
         if batch.all_greedy:
             tokens = x.argmax(dim=-1)
@@ -272,6 +280,9 @@ class Sampler:
             else:
                 tokens = x.argmax(dim=-1)
                 tokens[random_rows] = self._sample_random(x, batch, random_rows)
+        if not batch.needs_logprob:
+            return tokens, None
+        raw_logprob_norm = torch.logsumexp(logits, dim=-1)
         logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - raw_logprob_norm
         if batch.logprob_rows:
             self._top_logprobs(logits, raw_logprob_norm, tokens, logprobs, batch)

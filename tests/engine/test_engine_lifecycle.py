@@ -101,3 +101,15 @@ def test_stop_token_ids_and_seeded_sampling(tiny_path):
     other_seed = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, min_p=0.01, seed=99, max_tokens=12,
                                 ignore_eos=True)
     assert llm.generate("The capital of France is", other_seed, use_tqdm=False)[0].outputs[0].token_ids != alone
+
+
+def test_cumulative_logprob_only_when_asked(tiny_path):
+    """As in vLLM V1: no logprobs requested -> no cumulative_logprob (and no log-softmax work)."""
+    llm = LLM(tiny_path, dtype="float32", kv_cache_memory=16 << 20)
+    plain = llm.generate("The future of AI is", SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)[0]
+    asked = llm.generate("The future of AI is", SamplingParams(temperature=0, max_tokens=6, logprobs=0),
+                         use_tqdm=False)[0]
+    assert plain.outputs[0].cumulative_logprob is None
+    assert plain.outputs[0].token_ids == asked.outputs[0].token_ids
+    total = sum(entry[t].logprob for t, entry in zip(asked.outputs[0].token_ids, asked.outputs[0].logprobs))
+    assert abs(asked.outputs[0].cumulative_logprob - total) < 1e-4

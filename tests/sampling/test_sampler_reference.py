@@ -123,6 +123,8 @@ def test_greedy_rows_take_argmax_of_processed_logits_and_fast_topk_equals_sort()
     seqs = [s for _, s in cases]
     logits = torch.randn(len(cases), V, generator=torch.Generator().manual_seed(7)) * 3
     batch = SamplingBatch.build(params, [None] * len(cases), V, "cpu", seqs=seqs)
+    assert batch.needs_logprob == any(p.logprobs is not None or p.best_of is not None for p in params)
+    batch.needs_logprob = True  # check the raw logprob of every row, not only those that ask
     tokens, logprobs = Sampler()(logits, batch)
     for i, (p, seq) in enumerate(cases):
         ref_proc, ref_dist = reference(logits[i], p, seq)
