@@ -40,8 +40,3 @@ def load_mapped(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
         raise ValueError(f"checkpoint is missing weights: {missing[:8]}")
     return loaded
 
-
-def split_fused(name: str, tensor: torch.Tensor, fragment: str, target: str, shards: list, sizes: list[int]):
-    """Split a checkpoint's fused tensor (rows) into the shards of one of our fused parameters."""
-    new = name.replace(fragment, target)
-    return [(new, part, shard) for part, shard in zip(tensor.split(sizes, dim=0), shards)]
