@@ -108,8 +108,12 @@ def with_tools_in_system(messages: list[dict], tools: list) -> list[dict]:
     import json
 
     specs = "\n".join(json.dumps(t.get("function", t)) for t in tools)
-    note = ("You can call these tools. To call one, answer only with JSON "
-            '{"name": <tool name>, "arguments": <arguments object>}.\n' + specs)
+    return with_system_note(messages, "You can call these tools. To call one, answer only with JSON "
+                            '{"name": <tool name>, "arguments": <arguments object>}.\n' + specs)
+
+
+def with_system_note(messages: list[dict], note: str) -> list[dict]:
+    """``note`` appended to the system message (or as one, first)."""
     if messages and messages[0].get("role") == "system":
         return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{note}"}, *messages[1:]]
     return [{"role": "system", "content": note}, *messages]

@@ -26,7 +26,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
-from pagedllm.provider import Completion, Provider, Usage, get_provider
+from pagedllm.provider import Completion, Provider, Usage, get_provider, with_system_note
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 
@@ -80,8 +80,8 @@ class VLLM(BaseLLM):
     def provider(self) -> Provider:
         kwargs = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
                       trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
-                      download_dir=self.download_dir, **self.vllm_kwargs)
-        return _provider(self, self.model, kwargs)
+                      download_dir=self.download_dir)
+        return _provider(self, self.model, kwargs | self.vllm_kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -229,8 +229,8 @@ class ChatVLLM(BaseChatModel):
 
     @property
     def provider(self) -> Provider:
-        kwargs = dict(trust_remote_code=self.trust_remote_code, dtype=self.dtype, **self.vllm_kwargs)
-        return _provider(self, self.model, kwargs)
+        kwargs = dict(trust_remote_code=self.trust_remote_code, dtype=self.dtype)
+        return _provider(self, self.model, kwargs | self.vllm_kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -249,7 +249,7 @@ class ChatVLLM(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "pagedllm"
-        params["ls_model_name"] = self.model or ""
+        params["ls_model_name"] = kwargs.get("model") or self.model or ""
         params["ls_model_type"] = "chat"
         for key, field in (("ls_temperature", "temperature"), ("ls_max_tokens", "max_tokens")):
             value = kwargs.get(field, getattr(self, field))
@@ -267,6 +267,10 @@ class ChatVLLM(BaseChatModel):
         if stop is not None:
             fields["stop"] = stop
         dicts = [_to_dict(m) for m in messages]
+        so = fields.get("structured_outputs")
+        if so is not None and so.json is not None:  # the model writes better JSON when it sees the schema
+            dicts = with_system_note(dicts, "Answer only with a JSON object that matches this JSON schema:\n"
+                                     + json.dumps(so.json))
         call_tool = bool(tools) and tool_choice != "none" and dicts[-1]["role"] != "tool"
         if call_tool:
             fields["structured_outputs"] = StructuredOutputsParams(json=_tool_call_schema(tools, tool_choice),
@@ -364,9 +368,10 @@ class ChatVLLM(BaseChatModel):
 
     def with_structured_output(self, schema: dict | type, *, include_raw: bool = False,
                                method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
-                               **kwargs: Any) -> Runnable[LanguageModelInput, dict | BaseModel]:
+                               strict: bool | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, dict | BaseModel]:
         """Outputs that parse as ``schema``, enforced token by token (``json_schema``, the default),
-        through a forced tool call (``function_calling``) or as any JSON object (``json_mode``)."""
+        through a forced tool call (``function_calling``) or as any JSON object (``json_mode``).
+        Enforcement is always strict, so ``strict`` changes nothing."""
         if kwargs:
             raise ValueError(f"unexpected arguments {sorted(kwargs)}")
         is_model = isinstance(schema, type) and issubclass(schema, BaseModel)

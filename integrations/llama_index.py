@@ -1,0 +1,172 @@
+"""LlamaIndex adapter: ``Vllm``, an ``LLM`` over a pagedllm Provider.
+
+Same fields as ``llama_index.llms.vllm.Vllm`` (changing the import is the migration), but its
+``metadata`` comes from the engine, every method streams for real (sync and async), and instruct
+models are prompted through their chat template by default. ``api_url`` points it at a server.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
+                                              CompletionResponse, CompletionResponseAsyncGen,
+                                              CompletionResponseGen, LLMMetadata, MessageRole)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.llm import LLM
+
+from pagedllm.provider import Completion, Provider, get_provider
+from pagedllm.sampling_params import SamplingParams
+
+
+def _server_base(api_url: str) -> str:
+    """llama-index's ``api_url`` (often ``.../generate``) as an OpenAI base URL (``.../v1``)."""
+    base = api_url.rstrip("/").removesuffix("/generate").removesuffix("/v1")
+    return base + "/v1"
+
+
+class Vllm(LLM):
+    """``Settings.llm = Vllm(model="HuggingFaceTB/SmolLM2-135M-Instruct")``."""
+
+    model: str = Field(default="facebook/opt-125m", description="model name, local folder or .gguf file")
+    temperature: float = Field(default=1.0, ge=0.0)
+    tensor_parallel_size: int | None = 1
+    trust_remote_code: bool | None = False
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop: list[str] | None = None
+    ignore_eos: bool = False
+    max_new_tokens: int = 512
+    logprobs: int | None = None
+    dtype: str = "auto"
+    download_dir: str | None = None
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="engine arguments (vLLM names)")
+    api_url: str = Field(default="", description="an OpenAI-compatible server instead of the in-process engine")
+    use_chat_template: bool | None = Field(
+        default=None, description="prompt complete() through the chat template (default: when the model has one)")
+
+    _provider: Provider | None = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "pagedllm_Vllm"
+
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            if self.api_url:
+                self._provider = get_provider(self.model or None, base_url=_server_base(self.api_url))
+            else:
+                kwargs = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
+                              trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
+                              download_dir=self.download_dir)
+                self._provider = get_provider(self.model, **(kwargs | self.vllm_kwargs))
+        return self._provider
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        info = self.provider.info
+        return LLMMetadata(context_window=info.context_window or 3900, num_output=self.max_new_tokens,
+                           model_name=info.name, is_chat_model=info.is_chat_model)
+
+    def _params(self, kwargs: dict) -> SamplingParams:
+        fields = {"n": self.n, "best_of": self.best_of, "temperature": self.temperature,
+                  "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                  "top_p": self.top_p, "top_k": self.top_k, "stop": self.stop, "ignore_eos": self.ignore_eos,
+                  "max_tokens": self.max_new_tokens, "logprobs": self.logprobs}
+        return SamplingParams.from_optional(**(fields | kwargs))
+
+    def _prompt(self, prompt: str, formatted: bool):
+        """A chat request for instruct models (their template), else the raw prompt."""
+        use_template = self.use_chat_template
+        if use_template is None:
+            use_template = self.provider.info.is_chat_model
+        if use_template and not formatted:
+            return [{"role": "user", "content": prompt}]
+        return prompt
+
+    @staticmethod
+    def _messages(messages: Sequence[ChatMessage]) -> list[dict]:
+        return [{"role": m.role.value, "content": m.content or ""} for m in messages]
+
+    @staticmethod
+    def _raw(result: Completion) -> dict:
+        return {"finish_reason": result.finish_reasons[0], "usage": {
+            "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens}}
+
+    # ---- completion -------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        result = self.provider.generate(self._prompt(prompt, formatted), self._params(kwargs))
+        return CompletionResponse(text=result.texts[0], raw=self._raw(result))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        deltas = self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs))
+
+        def gen() -> CompletionResponseGen:
+            text = ""
+            for d in deltas:
+                if d.text:
+                    text += d.text
+                    yield CompletionResponse(text=text, delta=d.text)
+        return gen()
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        result = await self.provider.agenerate(self._prompt(prompt, formatted), self._params(kwargs))
+        return CompletionResponse(text=result.texts[0], raw=self._raw(result))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
+                               ) -> CompletionResponseAsyncGen:
+        deltas = self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs))
+
+        async def gen() -> CompletionResponseAsyncGen:
+            text = ""
+            async for d in deltas:
+                if d.text:
+                    text += d.text
+                    yield CompletionResponse(text=text, delta=d.text)
+        return gen()
+
+    # ---- chat -------------------------------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        result = self.provider.generate(self._messages(messages), self._params(kwargs))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.texts[0]),
+                            raw=self._raw(result))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        deltas = self.provider.stream(self._messages(messages), self._params(kwargs))
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            for d in deltas:
+                if d.text:
+                    text += d.text
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        result = await self.provider.agenerate(self._messages(messages), self._params(kwargs))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.texts[0]),
+                            raw=self._raw(result))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        deltas = self.provider.astream(self._messages(messages), self._params(kwargs))
+
+        async def gen() -> ChatResponseAsyncGen:
+            text = ""
+            async for d in deltas:
+                if d.text:
+                    text += d.text
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
+        return gen()
