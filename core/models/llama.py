@@ -14,7 +14,7 @@ from pagedllm.models.layers.activation import SiluAndMul
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.layernorm import RMSNorm
 from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
+from pagedllm.models.layers.rotary_embedding import get_rope, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 
 
@@ -32,7 +32,7 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=o_bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, self.head_dim, max_position, rope_parameters(config))
+        self.rotary_emb = get_rope(self.head_dim, self.head_dim, max_position, rope_parameters(config))
         sliding_window = getattr(config, "sliding_window", None)
         if getattr(config, "use_sliding_window", True) is False:
             sliding_window = None
@@ -41,10 +41,12 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         T = hidden.shape[0]
-        q, k = self.rotary_emb(positions, q.view(T, self.num_heads, self.head_dim),
-                               k.view(T, self.num_kv_heads, self.head_dim))
+        # q and k are adjacent in the fused output: rotate them together, as one stack of heads.
+        qk = qkv[:, :self.q_size + self.kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim)
+        qk = self.rotary_emb.forward_heads(positions, qk)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size:]
         return self.o_proj(self.attn(q, k, v))
 
 

@@ -70,11 +70,36 @@ class RotaryEmbedding(nn.Module):
             out = torch.cat((out, rest), dim=-1)
         return out
 
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows of ``positions``; reused while the same positions tensor comes back
+        (every layer of a step shares one instance, see ``get_rope``)."""
+        if positions is not getattr(self, "_last_positions", None):
+            self._last_positions = positions
+            self._last_cos_sin = (self.cos_cache[positions].unsqueeze(1), self.sin_cache[positions].unsqueeze(1))
+        return self._last_cos_sin
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""
-        cos = self.cos_cache[positions].unsqueeze(1)
-        sin = self.sin_cache[positions].unsqueeze(1)
+        cos, sin = self._cos_sin(positions)
         return self._apply(q, cos, sin), self._apply(k, cos, sin)
+
+    def forward_heads(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rotate any [T, n, head_dim] stack of heads (e.g. q and k side by side) in one pass."""
+        cos, sin = self._cos_sin(positions)
+        return self._apply(x, cos, sin)
+
+
+_ROPE_CACHE: dict = {}
+
+
+def get_rope(head_dim: int, rotary_dim: int, max_position: int, params: dict,
+             is_neox_style: bool = True) -> RotaryEmbedding:
+    """One shared RotaryEmbedding per configuration (vLLM's get_rope): layers reuse its tables."""
+    key = (head_dim, rotary_dim, max_position, repr(sorted(params.items())), is_neox_style,
+           torch.get_default_dtype(), str(torch.empty(0).device))
+    if key not in _ROPE_CACHE:
+        _ROPE_CACHE[key] = RotaryEmbedding(head_dim, rotary_dim, max_position, params, is_neox_style)
+    return _ROPE_CACHE[key]
 
 
 def partial_rotary_factor(config, legacy_attr: str | None = None) -> float:
