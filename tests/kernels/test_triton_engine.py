@@ -1,0 +1,20 @@
+"""The whole engine on the triton attention backend (interpreted on CPU) equals the torch backend."""
+import pytest
+
+from model_fixtures import SEED_PROMPTS, make_tiny_model
+from pagedllm import LLM, SamplingParams
+
+
+@pytest.mark.parametrize("block_size", [16])
+def test_engine_greedy_tokens_triton_equals_torch(tmp_path, block_size):
+    path = make_tiny_model(tmp_path / "llama", num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                           num_key_value_heads=2)
+    # Prompts of different lengths (crossing a block), chunked prefill mixed with decodes.
+    prompts = [SEED_PROMPTS[0], SEED_PROMPTS[1] * 3, SEED_PROMPTS[2] * 2, SEED_PROMPTS[3]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    kwargs = dict(dtype="float32", kv_cache_memory=8 << 20, block_size=block_size, max_num_batched_tokens=32)
+    ref = LLM(path, attention_backend="torch", **kwargs).generate(prompts, params, use_tqdm=False)
+    llm = LLM(path, attention_backend="triton", **kwargs)
+    assert llm.llm_engine.runner.backend_cls.name == "triton"
+    out = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in out] == [o.outputs[0].token_ids for o in ref]
