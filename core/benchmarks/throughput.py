@@ -28,6 +28,10 @@ from pagedllm.benchmarks.workload import (
 from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
 
 BACKENDS = ("pagedllm", "hf", "both")
+SAMPLING = ("greedy", "penalties", "compare")
+# What a chat client typically sends besides greedy: the workload of issue 3's target.
+PENALTIES_PROFILE = dict(temperature=0.8, top_p=0.95, top_k=50, presence_penalty=0.5, frequency_penalty=0.5,
+                         repetition_penalty=1.1, logprobs=5)
 WARMUP_TOKENS = 4
 
 
@@ -43,6 +47,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="longest output length drawn (default: %(default)s)")
     parser.add_argument("--hf-batch-size", type=int, default=DEFAULT_HF_BATCH_SIZE,
                         help="static batch size of the hf backend (default: %(default)s)")
+    parser.add_argument("--sampling", choices=SAMPLING, default="greedy",
+                        help="pagedllm's sampling: greedy, penalties (temperature, top-p/k, presence/frequency/"
+                             "repetition penalties, logprobs=5), or compare (both on one engine, with their ratio); "
+                             "the hf peer is always greedy (default: %(default)s)")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
     add_engine_args(parser)
     return parser
@@ -59,12 +67,14 @@ def rates(raw: dict) -> dict:
     }
 
 
-def run_pagedllm(llm, requests: list[SyntheticRequest]) -> dict:
+def run_pagedllm(llm, requests: list[SyntheticRequest], sampling: str = "greedy") -> dict:
     """All requests in one ``LLM.generate`` call; output tokens are those actually returned."""
     from pagedllm import SamplingParams
 
     prompts = [r.prompt_token_ids for r in requests]
-    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0) for r in requests]
+    extra = PENALTIES_PROFILE if sampling == "penalties" else {"temperature": 0.0}
+    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, seed=i, **extra) if sampling == "penalties"
+              else SamplingParams(max_tokens=r.output_len, ignore_eos=True, **extra) for i, r in enumerate(requests)]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
@@ -82,7 +92,11 @@ def run_pagedllm(llm, requests: list[SyntheticRequest]) -> dict:
 
 
 def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> dict:
-    """Build the engine (untimed), warm it up on two short requests, then time the workload."""
+    """Build the engine (untimed), warm it up on two short requests, then time the workload.
+
+    With ``--sampling compare`` the same engine runs the greedy and the penalties profile
+    (prefix cache reset in between); the result is the greedy run with the other attached.
+    """
     from pagedllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
@@ -90,7 +104,17 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
     load_s = time.perf_counter() - t0
     warm = [r.prompt_token_ids for r in requests[:2]]
     llm.generate(warm, SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True, temperature=0.0), use_tqdm=False)
-    result = rates(run_pagedllm(llm, requests))
+    profiles = ["greedy", "penalties"] if args.sampling == "compare" else [args.sampling]
+    runs = {}
+    for profile in profiles:
+        llm.llm_engine.block_manager.reset_prefix_cache()
+        runs[profile] = rates(run_pagedllm(llm, requests, profile))
+        runs[profile]["sampling"] = profile
+    result = runs[profiles[0]]
+    if len(runs) == 2:
+        result["penalties_run"] = runs["penalties"]
+        result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
+                                           / runs["greedy"]["output_tokens_per_s"])
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     del llm
     gc.collect()
@@ -189,15 +213,20 @@ def format_table(report: dict) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in report["results"].items():
-        label = f"hf (batch {r['batch_size']})" if name == "hf" else name
-        lines.append(f"| {label} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} | "
-                     f"{r['total_tokens_per_s']:.1f} | {r['elapsed_s']:.1f} |")
+        label = f"hf (batch {r['batch_size']})" if name == "hf" else f"{name} ({r.get('sampling', 'greedy')})"
+        for row_label, row in [(label, r)] + ([("pagedllm (penalties)", r["penalties_run"])]
+                                              if "penalties_run" in r else []):
+            lines.append(f"| {row_label} | {row['requests_per_s']:.2f} | {row['output_tokens_per_s']:.1f} | "
+                         f"{row['total_tokens_per_s']:.1f} | {row['elapsed_s']:.1f} |")
     w = report["workload"]
     lines.append("")
     lines.append(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens, "
                  f"{report['model']}, {report['dtype']} on {report['device']}")
     if report["ratio_pagedllm_over_hf"] is not None:
         lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
+    paged = report["results"].get("pagedllm", {})
+    if "penalties_over_greedy" in paged:
+        lines.append(f"penalties/greedy (output tok/s): {paged['penalties_over_greedy']:.1%}")
     return "\n".join(lines)
 
 

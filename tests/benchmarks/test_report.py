@@ -28,9 +28,19 @@ def test_rates():
 
 def test_table_lists_backends_and_ratio():
     table = format_table(fake_report())
-    assert "| pagedllm | 4.00 | 500.0 | 700.0 | 2.0 |" in table
+    assert "| pagedllm (greedy) | 4.00 | 500.0 | 700.0 | 2.0 |" in table
     assert "| hf (batch 32) | 0.80 | 100.0 | 140.0 | 10.0 |" in table
     assert "ratio pagedllm/hf (output tok/s): 5.00x" in table
+
+
+def test_table_shows_penalties_run_and_its_share_of_greedy():
+    report = fake_report()
+    counts = {"num_requests": 8, "prompt_tokens": 400, "output_tokens": 1000}
+    report["results"]["pagedllm"]["penalties_run"] = rates({**counts, "elapsed_s": 2.5})
+    report["results"]["pagedllm"]["penalties_over_greedy"] = 0.8
+    table = format_table(report)
+    assert "| pagedllm (penalties) | 3.20 | 400.0 | 560.0 | 2.5 |" in table
+    assert "penalties/greedy (output tok/s): 80.0%" in table
 
 
 def test_plot_writes_png(tmp_path):
