@@ -62,11 +62,16 @@ SYSTEM_PROMPTS = (
 
 @dataclass(frozen=True, slots=True)
 class SyntheticRequest:
-    """One benchmark request: the rendered chat prompt, its token ids and the output length."""
+    """One benchmark request: the rendered chat prompt, its token ids and the output length.
+
+    ``messages`` is the conversation the prompt was rendered from, for chat-level backends
+    (the LangChain adapter) that must send the same request as messages, not token ids.
+    """
 
     prompt: str
     prompt_token_ids: list[int]
     output_len: int
+    messages: list[dict] | None = None
 
 
 def make_user_message(rng: random.Random) -> str:
@@ -118,7 +123,8 @@ def build_workload(
         output_len = rng.randint(min_output_len, max_output_len)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        requests.append(SyntheticRequest(prompt=prompt, prompt_token_ids=list(ids), output_len=output_len))
+        requests.append(SyntheticRequest(prompt=prompt, prompt_token_ids=list(ids), output_len=output_len,
+                                         messages=messages))
     return requests
 
 

@@ -42,6 +42,13 @@ def add_bench_parser(subparsers) -> None:
                                      "streaming clients; report output tok/s, TTFT and TPOT p50/p99, errors.")
     serve.add_cli_args(p)
     p.set_defaults(func=serve.main)
+    from pagedllm.benchmarks import adapters
+
+    p = kinds.add_parser("adapters", help="LangChain ChatVLLM.ainvoke overhead vs LLM.generate",
+                         description="N concurrent ChatVLLM.ainvoke calls against the same N requests in one "
+                                     "LLM.generate call: output tok/s of each and their ratio (issue 5: >= 85%).")
+    adapters.add_cli_args(p)
+    p.set_defaults(func=adapters.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)
