@@ -14,10 +14,12 @@ import argparse
 import asyncio
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from pagedllm.benchmarks.throughput import _load_avg, rates
 from pagedllm.benchmarks.workload import SyntheticRequest, build_workload, workload_stats
@@ -139,7 +141,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     results, texts = {}, {}
     for name, bench in (("llm_generate", bench_llm), ("chatvllm_ainvoke", bench_adapter)):
-        results[name], texts[name] = bench(args, dtype_name, requests, args.output_len)
+        # Each path in a fresh process: torch kernels started from a non-main thread (the
+        # adapter's engine thread) run slower once the main thread has run an OpenMP team.
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results[name], texts[name] = pool.submit(bench, args, dtype_name, requests, args.output_len).result()
         r = results[name]
         print(f"{name}: {r['output_tokens']} output tokens in {r['elapsed_s']:.2f} s "
               f"({r['output_tokens_per_s']:.1f} tok/s)", file=sys.stderr, flush=True)
