@@ -156,9 +156,9 @@ def apply_penalties(logits: torch.Tensor, presence: torch.Tensor, frequency: tor
     """vLLM's formulas: repetition divides positive / multiplies negative logits of every token
     seen in prompt or output; frequency subtracts per output occurrence; presence once.
 
-    Sparse: only the (row, token) pairs of the history are touched, never the whole [R, V]."""
+    Sparse: only the (row, token) pairs of the history are touched, never the whole [R, V].
+    Works in place: callers pass a tensor they own (a clone, or an indexed copy)."""
     V = logits.shape[1]
-    logits = logits.clone()
     if all_idx[0].numel():
         key = torch.unique(all_idx[0] * V + all_idx[1])
         r, t = key // V, key % V
@@ -328,13 +328,21 @@ class Sampler:
     def _top_logprobs(logits, norm, tokens, logprobs, batch: SamplingBatch) -> None:
         rows = torch.tensor(batch.logprob_rows, device=logits.device)
         raw = logits if rows.numel() == logits.shape[0] else logits[rows]
-        chosen_logit = raw.gather(1, tokens[rows].unsqueeze(1))
-        ranks = (raw > chosen_logit).sum(dim=1) + 1
+        chosen = tokens[rows].unsqueeze(1)
+        chosen_logit = raw.gather(1, chosen)
         k = batch.max_logprobs
         if k:
             top_vals, top_ids = raw.topk(k, dim=-1)
+            # A sampled token inside the top-k has every larger logit in the top-k too: rank it
+            # there, and count over the whole vocabulary only for the rows where it is not.
+            ranks = (top_vals > chosen_logit).sum(dim=1) + 1
+            outside = (~(top_ids == chosen).any(dim=1)).nonzero().squeeze(1)
+            if outside.numel():
+                ranks[outside] = (raw[outside] > chosen_logit[outside]).sum(dim=1) + 1
             top_vals = top_vals - norm[rows].unsqueeze(1)
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+        else:
+            ranks = (raw > chosen_logit).sum(dim=1) + 1
         ranks = ranks.tolist()
         for j, row in enumerate(batch.logprob_rows):
             seq = batch.seqs[row]

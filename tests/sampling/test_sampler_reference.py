@@ -156,3 +156,27 @@ def test_seeded_rows_do_not_depend_on_the_batch():
         draws_batch.append(int(Sampler()(torch.cat([logits[1:], logits[:1]]), batch)[0][3]))
     assert draws_alone == draws_batch
     assert len(set(draws_alone)) > 1
+
+
+def test_sampled_token_rank_and_top_logprobs_match_a_full_count():
+    """Ranks of sampled tokens, inside and outside the reported top-k, against counting the vocabulary."""
+    B = 64
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(3)) * 2
+    logits[::2, 7] += 40.0  # peaked rows: the sampled token is inside the top-k there
+    params = [SamplingParams(temperature=2.0, logprobs=2, seed=i) for i in range(B)]
+    seqs = [fake_seq([1, 2], []) for _ in range(B)]
+    for seq, p in zip(seqs, params):
+        seq.params = p
+    gens = [torch.Generator().manual_seed(i) for i in range(B)]
+    batch = SamplingBatch.build(params, gens, V, "cpu", seqs=seqs)
+    tokens, _ = Sampler()(logits, batch)
+    outside = 0
+    ref = logits.double().log_softmax(-1)
+    for i, seq in enumerate(seqs):
+        top_ids, top_lps, rank = seq.step_logprobs
+        tok = int(tokens[i])
+        assert rank == int((logits[i] > logits[i, tok]).sum()) + 1
+        assert top_ids == logits[i].topk(2).indices.tolist()
+        assert all(abs(lp - float(ref[i, t])) < 1e-4 for t, lp in zip(top_ids, top_lps))
+        outside += tok not in top_ids
+    assert 0 < outside < B  # both paths of the rank shortcut were taken
