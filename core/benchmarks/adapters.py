@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -21,7 +20,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from pagedllm.benchmarks.throughput import _load_avg, rates
+from pagedllm.benchmarks.report import load_avg, write_json
+from pagedllm.benchmarks.throughput import rates
 from pagedllm.benchmarks.workload import SyntheticRequest, build_workload, workload_stats
 from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
 
@@ -135,7 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
     requests = build_workload(tokenizer, args.num_requests, args.output_len, args.output_len, seed=args.seed)
     stats = workload_stats(requests)
-    load_before = _load_avg()
+    load_before = load_avg()
     print(f"workload: {stats['num_requests']} chat requests, {stats['prompt_tokens']} prompt + "
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
 
@@ -174,7 +174,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "load_avg_1m": [load_before, _load_avg()],
+            "load_avg_1m": [load_before, load_avg()],
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -206,9 +206,5 @@ def main(args: argparse.Namespace) -> int:
     """Entry of ``pagedllm bench adapters``: run, print the table, optionally write JSON."""
     report = run_benchmark(args)
     print(format_table(report))
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"results written to {args.output_json}")
+    write_json(report, args.output_json)
     return 0 if report["same_output_tokens"] else 1

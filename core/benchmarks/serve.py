@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 
+from pagedllm.benchmarks.report import write_json
 from pagedllm.benchmarks.workload import (DEFAULT_MAX_OUTPUT_LEN, DEFAULT_MIN_OUTPUT_LEN, DEFAULT_NUM_REQUESTS,
                                           build_workload, workload_stats)
 
@@ -118,7 +118,5 @@ def main(args: argparse.Namespace) -> int:
     print(format_report(report))
     for err in report["first_errors"]:
         print(f"  error: {err}")
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.output_json)
     return 1 if report["errors"] else 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
 import time
 
 from pagedllm.benchmarks.hf_backend import DEFAULT_HF_BATCH_SIZE
+from pagedllm.benchmarks.report import load_avg, write_json
 from pagedllm.benchmarks.workload import (
     DEFAULT_MAX_OUTPUT_LEN,
     DEFAULT_MIN_OUTPUT_LEN,
@@ -159,7 +159,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     requests = build_workload(tokenizer, args.num_prompts, args.min_output_len, args.max_output_len, seed=args.seed)
 
     stats = workload_stats(requests)
-    load_before = _load_avg()
+    load_before = load_avg()
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + "
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
@@ -186,17 +186,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
             # 1-min load average before/after: a busy shared machine slows every backend.
-            "load_avg_1m": [load_before, _load_avg()],
+            "load_avg_1m": [load_before, load_avg()],
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 def _done(name: str, result: dict) -> dict:
@@ -234,9 +227,5 @@ def main(args: argparse.Namespace) -> int:
     """Entry of ``pagedllm bench throughput``: run, print the table, optionally write JSON."""
     report = run_benchmark(args)
     print(format_table(report))
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"results written to {args.output_json}")
+    write_json(report, args.output_json)
     return 0
