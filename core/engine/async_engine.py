@@ -127,22 +127,14 @@ class AsyncEngine:
         EngineDeadError when the engine loop died. Leaving the loop early aborts the request.
         """
         stream = self._submit(prompt, params, request_id, asyncio.get_running_loop())
-        finished = False
+        done = False
         try:
-            while True:
-                item = await stream.queue.get()
-                if item is _END:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+            while not done:
+                output, done = _unpack(await stream.queue.get())
+                if output is not None:
+                    yield output
         finally:
-            if not finished:
+            if not done:
                 self.abort(stream.request_id)
 
     def abort(self, request_id: str) -> None:
@@ -157,22 +149,14 @@ class AsyncEngine:
         Closing the iterator early (``break``, ``close()``, garbage collection) aborts the request.
         """
         stream = self._submit(prompt, params, request_id, None)
-        finished = False
+        done = False
         try:
-            while True:
-                item = stream.queue.get()
-                if item is _END:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+            while not done:
+                output, done = _unpack(stream.queue.get())
+                if output is not None:
+                    yield output
         finally:
-            if not finished:
+            if not done:
                 self.abort(stream.request_id)
 
     def shutdown(self, timeout: float | None = 5.0) -> None:
@@ -311,6 +295,17 @@ class AsyncEngine:
                 return
             if kind == "add":
                 self._put_now(payload[0], err)
+
+
+def _unpack(item) -> tuple[RequestOutput | None, bool]:
+    """A stream queue item -> (output to hand out or None, whether the stream is over).
+
+    An error item is raised; the stream is over then too (nothing left to abort)."""
+    if item is _END:
+        return None, True
+    if isinstance(item, BaseException):
+        raise item
+    return item, item.finished
 
 
 def _put_all(items: list) -> None:
