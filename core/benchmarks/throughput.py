@@ -72,9 +72,10 @@ def run_pagedllm(llm, requests: list[SyntheticRequest], sampling: str = "greedy"
     from pagedllm import SamplingParams
 
     prompts = [r.prompt_token_ids for r in requests]
-    extra = PENALTIES_PROFILE if sampling == "penalties" else {"temperature": 0.0}
-    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, seed=i, **extra) if sampling == "penalties"
-              else SamplingParams(max_tokens=r.output_len, ignore_eos=True, **extra) for i, r in enumerate(requests)]
+    penalties = sampling == "penalties"
+    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True,
+                             **(dict(PENALTIES_PROFILE, seed=i) if penalties else {"temperature": 0.0}))
+              for i, r in enumerate(requests)]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start

@@ -44,7 +44,7 @@ def generate_router() -> APIRouter:
         if len(ids) >= engine.max_model_len:
             raise APIError(f"prompt has {len(ids)} tokens; the maximum context length is {engine.max_model_len}",
                            param="prompt")
-        results = engine.generate(prompt, params, random_id("generate"))
+        results = engine.generate({"prompt_token_ids": ids}, params, random_id("generate"))  # tokenized once
 
         if stream:
             async def lines():

@@ -115,15 +115,11 @@ def run_generate(args: argparse.Namespace) -> int:
     from pagedllm import LLM, SamplingParams
 
     llm = LLM(**engine_kwargs(args))
-    prompt = args.prompt
-    if args.chat:  # token ids of the rendered template: it already holds its special tokens
-        tokenizer = llm.get_tokenizer()
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
-    prompts = [prompt]
-    (out,) = llm.generate(prompts, params, use_tqdm=False)
+    if args.chat:
+        (out,) = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)
+    else:
+        (out,) = llm.generate([args.prompt], params, use_tqdm=False)
     print(out.outputs[0].text)
     return 0
 
