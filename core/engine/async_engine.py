@@ -130,9 +130,11 @@ class AsyncEngine:
         done = False
         try:
             while not done:
-                output, done = _unpack(await stream.queue.get())
-                if output is not None:
-                    yield output
+                item, done = _unpack(await stream.queue.get())
+                if isinstance(item, BaseException):
+                    raise item  # done already: the id may belong to another live request
+                if item is not None:
+                    yield item
         finally:
             if not done:
                 self.abort(stream.request_id)
@@ -152,9 +154,11 @@ class AsyncEngine:
         done = False
         try:
             while not done:
-                output, done = _unpack(stream.queue.get())
-                if output is not None:
-                    yield output
+                item, done = _unpack(stream.queue.get())
+                if isinstance(item, BaseException):
+                    raise item  # done already: the id may belong to another live request
+                if item is not None:
+                    yield item
         finally:
             if not done:
                 self.abort(stream.request_id)
@@ -297,14 +301,14 @@ class AsyncEngine:
                 self._put_now(payload[0], err)
 
 
-def _unpack(item) -> tuple[RequestOutput | None, bool]:
-    """A stream queue item -> (output to hand out or None, whether the stream is over).
+def _unpack(item) -> tuple[RequestOutput | BaseException | None, bool]:
+    """A stream queue item -> (output or error to hand out, or None; whether the stream is over).
 
-    An error item is raised; the stream is over then too (nothing left to abort)."""
+    An error ends the stream: its request is gone (or never existed), so nothing is aborted."""
     if item is _END:
         return None, True
     if isinstance(item, BaseException):
-        raise item
+        return item, True
     return item, item.finished
 
 

@@ -92,6 +92,15 @@ def test_bad_request_raises_for_that_caller_only(engine):
     assert len(list(engine.generate_sync("fine", greedy(2)))) == 2
 
 
+def test_duplicate_request_id_fails_without_aborting_the_live_request(engine):
+    live = engine.generate_sync("Hello", greedy(40), request_id="dup")
+    first = next(live)  # "dup" is running now
+    with pytest.raises(ValueError, match="already in use"):
+        list(engine.generate_sync("Other", greedy(2), request_id="dup"))
+    rest = list(live)
+    assert 1 + len(rest) == 40 and rest[-1].outputs[0].finish_reason == "length", first
+
+
 def test_registry_shares_one_engine_per_config(config):
     a, b = get_engine(config), get_engine(config.replace())
     assert a is b
