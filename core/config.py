@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -76,12 +76,10 @@ class EngineConfig:
     disable_log_stats: bool = True
     served_model_name: str | list[str] | None = None
     model_impl: str = "auto"  # auto (native when we have one, else transformers) | native | transformers
-    # Filled in by the engine once the model is known.
-    resolved: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
-        known = {f.name for f in fields(cls)} - {"resolved"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(

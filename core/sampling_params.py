@@ -223,9 +223,6 @@ class SamplingParams:
             return SamplingType.GREEDY
         return SamplingType.RANDOM_SEED if self.seed is not None else SamplingType.RANDOM
 
-    @property
-    def top_k_enabled(self) -> bool:
-        return self.top_k > 0
 
     @property
     def num_samples(self) -> int:

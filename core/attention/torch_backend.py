@@ -66,6 +66,8 @@ class TorchAttentionBackend(AttentionBackend):
         state = md.backend_state
         bs = md.block_size
         dev = md.slot_mapping.device
+        writes = md.slot_mapping >= 0  # the same for every layer: decide once per step
+        state["write_mask"] = None if bool(writes.all()) else writes
         if md.num_decode_tokens:
             state["decode_groups"] = [
                 _decode_group(md, rows, bs, dev) for rows in _length_buckets(md.decode_context_lens_list)]
@@ -115,8 +117,8 @@ class TorchAttentionBackend(AttentionBackend):
         num_slots = k_cache.shape[0] * k_cache.shape[1]
         flat_k = k_cache.view(num_slots, self.num_kv_heads, self.head_dim)
         flat_v = v_cache.view(num_slots, self.num_kv_heads, self.head_dim)
-        write = md.slot_mapping >= 0
-        if bool(write.all()):
+        write = md.backend_state["write_mask"]
+        if write is None:
             flat_k.index_copy_(0, md.slot_mapping, k)
             flat_v.index_copy_(0, md.slot_mapping, v)
         else:

@@ -323,7 +323,7 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def _config_key(config: EngineConfig) -> str:
-    return repr({f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "resolved"})
+    return repr(dataclasses.asdict(config))
 
 
 def get_engine(config: EngineConfig, **kwargs) -> AsyncEngine:

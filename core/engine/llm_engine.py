@@ -18,7 +18,7 @@ from transformers import AutoConfig, GenerationConfig
 from pagedllm.config import EngineConfig, GiB, resolve_dtype
 from pagedllm.engine.block_manager import BlockManager
 from pagedllm.engine.scheduler import Scheduler
-from pagedllm.engine.sequence import Sequence, SequenceStatus
+from pagedllm.engine.sequence import Sequence
 from pagedllm.engine.sequence_group import SequenceGroup
 from pagedllm.loader import resolve_model
 from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
@@ -303,9 +303,7 @@ class LLMEngine:
                     if ids:
                         words.add(tuple(ids))
             params._bad_words_token_ids = [list(w) for w in sorted(words)]
-        if params.structured_outputs is not None:
-            self._structured_compiler().matcher(params.structured_outputs)  # fail early on a bad grammar
-        return params
+        return params  # a bad grammar fails in _init_seq, before the request is registered
 
     def _structured_compiler(self):
         compiler = getattr(self, "_so_compiler", None)

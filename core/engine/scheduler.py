@@ -24,10 +24,6 @@ class ScheduledSeq:
     num_new_tokens: int
 
     @property
-    def is_decode(self) -> bool:
-        return self.num_new_tokens == 1 and self.seq.num_computed_tokens == self.seq.num_tokens - 1
-
-    @property
     def samples(self) -> bool:
         """True when this step computes the sequence's last known token, so it gets a new one."""
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens

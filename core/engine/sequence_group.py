@@ -14,14 +14,13 @@ from pagedllm.engine.sequence import Sequence, SequenceStatus
 
 
 class SequenceGroup:
-    __slots__ = ("request_id", "params", "seqs", "forked", "finished_counted")
+    __slots__ = ("request_id", "params", "seqs", "forked")
 
     def __init__(self, parent: Sequence):
         self.request_id = parent.request_id
         self.params = parent.params
         self.seqs: list[Sequence] = [parent]
         self.forked = False
-        self.finished_counted = False
 
     @property
     def num_samples(self) -> int:

@@ -7,7 +7,6 @@ chunks back to back. Slot mapping and positions are computed with tensor ops, no
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 from torch import nn
@@ -29,12 +28,10 @@ class ModelRunner:
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
                  model_impl: str = "auto"):
-        self.hf_config = hf_config
         self.dtype = dtype
         self.device = device
         self.block_size = block_size
         self.vocab_size = hf_config.vocab_size
-        t0 = time.perf_counter()
         model_cls = resolve_model_class(hf_config, model_impl)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -55,8 +52,6 @@ class ModelRunner:
             layer.impl = self.backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.scale,
                                           layer.sliding_window, layer.logits_soft_cap)
         self.sampler = Sampler()
-        self.kv_cache = None
-        self.load_time = time.perf_counter() - t0
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:
@@ -64,7 +59,7 @@ class ModelRunner:
         return len(self.attention_layers), layer.num_kv_heads, layer.head_dim
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.kv_cache = allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device)
+        allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device)
 
     # ---- one step ------------------------------------------------------------------
     def _build_metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]):
