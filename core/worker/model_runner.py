@@ -50,7 +50,8 @@ class ModelRunner:
         self.backend_cls = get_attention_backend(attention_backend, device)
         for layer in self.attention_layers:
             layer.impl = self.backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.scale,
-                                          layer.sliding_window, layer.logits_soft_cap)
+                                          layer.sliding_window, layer.logits_soft_cap,
+                                          alibi_slopes=layer.alibi_slopes)
         self.sampler = Sampler()
 
     @property
