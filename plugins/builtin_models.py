@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
+    from pagedllm.models import chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -20,3 +20,5 @@ def register_models(register):
     register("Gemma2ForCausalLM", gemma.Gemma2ForCausalLM)
     register("Phi3ForCausalLM", phi3.Phi3ForCausalLM)
     register("MixtralForCausalLM", mixtral.MixtralForCausalLM)
+    register("ChatGLMModel", chatglm.ChatGLMForCausalLM)  # ChatGLM2/3 configs name the base model class
+    register("ChatGLMForConditionalGeneration", chatglm.ChatGLMForCausalLM)
