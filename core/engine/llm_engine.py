@@ -88,8 +88,9 @@ class LLMEngine:
 
     # ---- set-up --------------------------------------------------------------------
     def _derive_max_model_len(self) -> int:
-        # ChatGLM configs call the context length `seq_length` (vLLM reads both)
-        key = next((k for k in ("max_position_embeddings", "seq_length") if getattr(self.hf_config, k, None)),
+        # ChatGLM configs call the context length `seq_length`, Baichuan-13B `model_max_length` (vLLM reads all)
+        key = next((k for k in ("max_position_embeddings", "seq_length", "model_max_length")
+                    if getattr(self.hf_config, k, None)),
                    "max_position_embeddings")
         limit = getattr(self.hf_config, key, None) or 2048
         if self.config.max_model_len is None:

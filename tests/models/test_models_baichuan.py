@@ -179,6 +179,7 @@ def test_baichuan_matches_reference(folder):
     path, case, w = folder
     llm = LLM(str(path), dtype="float32", kv_cache_memory=32 << 20, block_size=16, trust_remote_code=True)
     assert type(llm.llm_engine.hf_config).__name__ == case["cls"]  # the folder's own config class
+    assert llm.llm_engine.max_model_len == 256  # 13B configs give only model_max_length
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, prompt_logprobs=1)
     outs = llm.generate(PROMPTS, params, use_tqdm=False)  # one batch
