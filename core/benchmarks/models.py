@@ -160,14 +160,27 @@ def build_model_folder(family: str, size: str, folder: str, tokenizer_path: str)
     return meta
 
 
-def ensure_model_folder(family: str, size: str, cache_dir, tokenizer_path: str) -> Path:
-    """The cached folder of ``family``, built first (in a fresh process) when missing."""
-    folder = model_folder(family, size, cache_dir)
-    if not (folder / META_FILE).exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
+def build_model_folders(todo: list[tuple[str, str, str]], tokenizer_path: str) -> dict[str, str]:
+    """Build each ``(family, size, folder)`` in turn (in one fresh process for all); the errors by family."""
+    errors = {}
+    for family, size, folder in todo:
         print(f"{family}: building a random {size} model in {folder}", file=sys.stderr, flush=True)
-        _in_fresh_process(build_model_folder, family, size, str(folder), tokenizer_path)
-    return folder
+        try:
+            build_model_folder(family, size, folder, tokenizer_path)
+        except Exception as exc:  # the others still get built
+            errors[family] = f"building the model failed: {type(exc).__name__}: {exc}"
+    return errors
+
+
+def ensure_model_folders(families: list[str], size: str, cache_dir, tokenizer_path: str
+                         ) -> tuple[dict[str, Path], dict[str, str]]:
+    """The cached folder of each family, the missing ones built first in one fresh process; build errors."""
+    folders = {family: model_folder(family, size, cache_dir) for family in families}
+    todo = [(family, size, str(folder)) for family, folder in folders.items() if not (folder / META_FILE).exists()]
+    if not todo:
+        return folders, {}
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return folders, _in_fresh_process(build_model_folders, todo, tokenizer_path)
 
 
 def bench_folder(folder: str, model_impl: str, engine: dict, requests) -> dict:
@@ -214,6 +227,19 @@ def not_covered() -> dict[str, str]:
             for arch in supported_architectures() if arch not in covered}
 
 
+def add_ratios(rows: dict[str, dict]) -> dict[str, dict]:
+    """Each row's output tok/s over the llama row's, and whether a native row meets the 0.8 bound.
+
+    The fallback's ratio is only reported (``meets_target`` None), as is a row that did not run.
+    """
+    ref = rows.get(REFERENCE, {}).get("output_tokens_per_s")
+    for name, row in rows.items():
+        ratio = row["output_tokens_per_s"] / ref if ref and "output_tokens_per_s" in row else None
+        row["ratio_to_llama"] = ratio
+        row["meets_target"] = None if name == FALLBACK or ratio is None else ratio >= TARGET_RATIO
+    return rows
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Build (or reuse) each family's folder, run the workload on each in a fresh process, compare."""
     import torch
@@ -242,12 +268,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + {stats['output_tokens']} "
           f"output tokens; {dtype_name} on {device}; rows: {', '.join(names)}", file=sys.stderr, flush=True)
 
+    folders, build_errors = ensure_model_folders([n for n in names if n != FALLBACK], args.size, cache_dir,
+                                                 tokenizer_path)
     rows = {}
     for name in names:
         family, impl = (REFERENCE, "transformers") if name == FALLBACK else (name, "native")
         row = {"family": family, "model_impl": impl}
         try:
-            folder = ensure_model_folder(family, args.size, cache_dir, tokenizer_path)
+            if family in build_errors:
+                raise RuntimeError(build_errors[family])
+            folder = folders[family]
             meta = json.loads((folder / META_FILE).read_text())
             row.update(architecture=meta["architecture"], params_total=meta["params_total"],
                        params_active=meta["params_active"], folder=str(folder))
@@ -259,12 +289,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             print(f"{name}: FAILED: {row['error']}", file=sys.stderr, flush=True)
         rows[name] = row
 
-    ref = rows[REFERENCE].get("output_tokens_per_s")
-    for name, row in rows.items():
-        ratio = row["output_tokens_per_s"] / ref if ref and "output_tokens_per_s" in row else None
-        row["ratio_to_llama"] = ratio
-        # The bound applies to native families; the fallback's ratio is only reported.
-        row["meets_target"] = None if name == FALLBACK or ratio is None else ratio >= TARGET_RATIO
+    add_ratios(rows)
     ran = [r for r in rows.values() if "output_tokens" in r]
     return {
         "benchmark": "models",
