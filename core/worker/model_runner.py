@@ -37,8 +37,8 @@ class ModelRunner:
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                self.model: nn.Module = model_cls(hf_config, max_position=max(
-                    max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0))
+                # the longest position this engine will use (longrope picks its factors by it, as vLLM)
+                self.model: nn.Module = model_cls(hf_config, max_position=max_model_len)
         finally:
             torch.set_default_dtype(previous)
         self.model.load_weights(iterate_weights(model_path))
