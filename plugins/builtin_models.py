@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
+    from pagedllm.models import baichuan, chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -15,8 +15,12 @@ def register_models(register):
     register("PhiForCausalLM", phi.PhiForCausalLM)
     register("GPTJForCausalLM", gptj.GPTJForCausalLM)
     register("FalconForCausalLM", falcon.FalconForCausalLM)
+    register("BaiChuanForCausalLM", baichuan.BaiChuanForCausalLM)  # Baichuan-7B
+    register("BaichuanForCausalLM", baichuan.BaichuanForCausalLM)  # Baichuan-13B, Baichuan2
     register("Qwen3ForCausalLM", qwen3.Qwen3ForCausalLM)
     register("GemmaForCausalLM", gemma.GemmaForCausalLM)
     register("Gemma2ForCausalLM", gemma.Gemma2ForCausalLM)
     register("Phi3ForCausalLM", phi3.Phi3ForCausalLM)
     register("MixtralForCausalLM", mixtral.MixtralForCausalLM)
+    register("ChatGLMModel", chatglm.ChatGLMForCausalLM)  # ChatGLM2/3 configs name the base model class
+    register("ChatGLMForConditionalGeneration", chatglm.ChatGLMForCausalLM)

@@ -51,13 +51,16 @@ class AttentionBackend:
     name: str = "abstract"
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 sliding_window: int | None = None, logits_soft_cap: float | None = None):
+                 sliding_window: int | None = None, logits_soft_cap: float | None = None,
+                 alibi_slopes: list[float] | None = None):
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
         self.sliding_window = sliding_window
         self.logits_soft_cap = logits_soft_cap
+        # One slope per query head: ``slope[h] * (key_pos - query_pos)`` is added to the scaled scores.
+        self.alibi_slopes = alibi_slopes
 
     @classmethod
     def prepare(cls, metadata: AttentionMetadata) -> None:

@@ -6,7 +6,8 @@ one gather and one SDPA call for all decodes, and one of each for all prefill ch
 the block table: a few KB per row, memcpy speed) rather than slot by slot. The masks are
 additive (0 / -inf), built once per step in ``prepare``, and hide both the padding and the
 block tail beyond each context. GQA is folded into the query length, so K/V are never
-repeated per query head.
+repeated per query head. ALiBi layers get the bias ``slope[h] * (key_pos - q_pos)`` folded
+into that mask (then one mask per query head, built once per step like the others).
 """
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ class TorchAttentionBackend(AttentionBackend):
             prefill["allowed"] = (k_pos <= q_pos.unsqueeze(2)) | (~q_valid.unsqueeze(2) & (k_pos == 0))
 
     def _mask(self, part: dict, dtype: torch.dtype) -> torch.Tensor:
-        """The additive mask of one part of the step, with this layer's sliding window; cached."""
-        key = (dtype, self.sliding_window)
+        """The additive mask of one part of the step, with this layer's sliding window and ALiBi; cached."""
+        key = (dtype, self.sliding_window, None if self.alibi_slopes is None else tuple(self.alibi_slopes))
         cache = part.setdefault("masks", {})
         if key not in cache:
             allowed = part["allowed"]
@@ -99,11 +100,27 @@ class TorchAttentionBackend(AttentionBackend):
                 if "pad_rows" in part:
                     in_window = in_window | part["pad_rows"]
                 allowed = allowed & in_window
-            cache[key] = _additive(allowed, dtype)
+            if self.alibi_slopes is None:
+                cache[key] = _additive(allowed, dtype)
+            else:
+                cache[key] = self._alibi_mask(part, _additive(allowed, torch.float32)).to(dtype)
         return cache[key]
 
+    def _alibi_mask(self, part: dict, mask: torch.Tensor) -> torch.Tensor:
+        """``mask + slope[h] * (key_pos - q_pos)`` per query head ``h = kv_head * G + g``, in the
+        layout the queries are folded into: decode [B, KVH, G, Lk], prefill [P, KVH, G*Lq, Lk]."""
+        KVH = self.num_kv_heads
+        G = self.num_heads // KVH
+        slopes = torch.tensor(self.alibi_slopes, dtype=torch.float32, device=mask.device)
+        rel = (part["key_pos"] - part["q_pos"]).float()
+        if rel.dim() == 4:  # decode group: [B, 1, 1, Lk]
+            return mask + slopes.view(1, KVH, G, 1) * rel
+        P, Lq, Lk = rel.shape  # prefill
+        bias = slopes.view(1, KVH, G, 1, 1) * rel.view(P, 1, 1, Lq, Lk)
+        return (mask.view(P, 1, 1, Lq, Lk) + bias).reshape(P, KVH, G * Lq, Lk)
+
     def _attend(self, q, k, v, mask):
-        """q: [B, KVH, G*Lq, D], k/v: [B, KVH, Lk, D], additive mask broadcastable to [B, 1, G*Lq, Lk]."""
+        """q: [B, KVH, G*Lq, D], k/v: [B, KVH, Lk, D], additive mask broadcastable to [B, KVH, G*Lq, Lk]."""
         if self.logits_soft_cap is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
@@ -159,8 +176,9 @@ class TorchAttentionBackend(AttentionBackend):
         kp, vp = _gather_blocks(k_cache, prefill["tables"]), _gather_blocks(v_cache, prefill["tables"])
         qp = q[prefill["gather"]].view(P, Lq, KVH, G, D)
         qp = qp.permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Lq, D)
-        mask = self._mask(prefill, q.dtype)  # [P, Lq, Lk]
-        mask = mask.unsqueeze(1).expand(P, G, Lq, mask.shape[-1]).reshape(P, 1, G * Lq, -1)
+        mask = self._mask(prefill, q.dtype)  # [P, Lq, Lk]; ALiBi: already [P, KVH, G*Lq, Lk]
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1).expand(P, G, Lq, mask.shape[-1]).reshape(P, 1, G * Lq, -1)
         op = self._attend(qp, kp, vp, mask)  # [P, KVH, G*Lq, D]
         op = op.view(P, KVH, G, Lq, D).permute(0, 3, 1, 2, 4).reshape(P * Lq, H, D)
         out.copy_(op[prefill["valid"]])

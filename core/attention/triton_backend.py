@@ -31,6 +31,12 @@ class TritonAttentionBackend(AttentionBackend):
 
     name = "triton"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.alibi_slopes is not None:
+            raise ValueError("attention_backend='triton' does not support alibi_slopes (ALiBi models such as "
+                             "Falcon-RW and Baichuan-13B); use attention_backend='torch'")
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:

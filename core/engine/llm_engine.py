@@ -88,12 +88,16 @@ class LLMEngine:
 
     # ---- set-up --------------------------------------------------------------------
     def _derive_max_model_len(self) -> int:
-        limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        # ChatGLM configs call the context length `seq_length`, Baichuan-13B `model_max_length` (vLLM reads all)
+        key = next((k for k in ("max_position_embeddings", "seq_length", "model_max_length")
+                    if getattr(self.hf_config, k, None)),
+                   "max_position_embeddings")
+        limit = getattr(self.hf_config, key, None) or 2048
         if self.config.max_model_len is None:
             return limit
         if self.config.max_model_len > limit:
             raise ValueError(f"max_model_len={self.config.max_model_len} is larger than the model's "
-                             f"max_position_embeddings={limit}")
+                             f"{key}={limit}")
         return self.config.max_model_len
 
     def _num_kv_blocks(self) -> int:

@@ -49,6 +49,14 @@ def add_bench_parser(subparsers) -> None:
                                      "LLM.generate call: output tok/s of each and their ratio (issue 5: >= 85%).")
     adapters.add_cli_args(p)
     p.set_defaults(func=adapters.main)
+    from pagedllm.benchmarks import models
+
+    p = kinds.add_parser("models", help="each native model family's CPU throughput vs the Llama path (issue 7)",
+                         description="A random ~135M config of each native family (and the Llama config through "
+                                     "the Transformers fallback) on the same workload, each in its own process: "
+                                     "output tok/s and the ratio to Llama's (issue 7: >= 0.8).")
+    models.add_cli_args(p)
+    p.set_defaults(func=models.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)

@@ -1,7 +1,9 @@
 """Falcon (7B-style multi-query, 40B/180B-style grouped "new decoder architecture", plain MHA).
 
 Each variant lays its fused QKV rows out differently; they are split into q/k/v shards at load
-time so the forward pass is one layout. ALiBi checkpoints (falcon-rw) are not supported natively.
+time so the forward pass is one layout. ALiBi checkpoints (falcon-rw, ``alibi=True``) have no
+rotary embedding; their bias is added before the 1/sqrt(head_dim) scaling in the reference code,
+so the slopes handed to the attention layer are divided by it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
-from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.attention import Attention, local_alibi_slopes
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -48,14 +50,26 @@ class FalconAttention(nn.Module):
                                                  bias=config.bias)
         self.nh, self.nkv = self.query_key_value.num_heads, self.query_key_value.num_kv_heads
         self.dense = RowParallelLinear(config.hidden_size, config.hidden_size, bias=config.bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, self.head_dim, max_position, rope_parameters(config))
-        self.attn = Attention(self.nh, self.head_dim, self.head_dim ** -0.5, self.nkv)
+        scale = self.head_dim ** -0.5
+        self.rotary_emb = None
+        slopes = None
+        if config.alibi:
+            slopes = [s * scale for s in _bf16(local_alibi_slopes(heads, self.nh))]
+        else:
+            self.rotary_emb = RotaryEmbedding(self.head_dim, self.head_dim, max_position, rope_parameters(config))
+        self.attn = Attention(self.nh, self.head_dim, scale, self.nkv, alibi_slopes=slopes)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         T, D = hidden.shape[0], self.head_dim
         q, k, v = self.query_key_value(hidden).split([self.nh * D, self.nkv * D, self.nkv * D], dim=-1)
-        q, k = self.rotary_emb(positions, q.view(T, self.nh, D), k.view(T, self.nkv, D))
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(positions, q.view(T, self.nh, D), k.view(T, self.nkv, D))
         return self.dense(self.attn(q.reshape(T, -1), k.reshape(T, -1), v))
+
+
+def _bf16(slopes: list[float]) -> list[float]:
+    """Falcon's reference code rounds its ALiBi slopes to bfloat16 (a no-op up to 8 heads, not for 32)."""
+    return torch.tensor(slopes, dtype=torch.float32).bfloat16().float().tolist()
 
 
 class FalconMLP(nn.Module):
@@ -116,8 +130,6 @@ class FalconModel(nn.Module):
 class FalconForCausalLM(nn.Module):
     def __init__(self, config, max_position: int | None = None):
         super().__init__()
-        if getattr(config, "alibi", False):
-            raise NotImplementedError("Falcon with alibi=True has no native implementation; use model_impl='transformers'")
         self.config = config
         self.transformer = FalconModel(config, max_position or config.max_position_embeddings)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)

@@ -14,7 +14,7 @@ from pagedllm.models.layers.activation import SiluAndMul
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.layernorm import RMSNorm
 from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagedllm.models.layers.rotary_embedding import get_rope, rope_parameters
+from pagedllm.models.layers.rotary_embedding import get_rope, partial_rotary_factor, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 
 
@@ -32,7 +32,8 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=o_bias)
-        self.rotary_emb = get_rope(self.head_dim, self.head_dim, max_position, rope_parameters(config))
+        rotary_dim = int(self.head_dim * partial_rotary_factor(config))  # < head_dim in Phi-4-mini
+        self.rotary_emb = get_rope(self.head_dim, rotary_dim, max_position, rope_parameters(config))
         sliding_window = getattr(config, "sliding_window", None)
         if getattr(config, "use_sliding_window", True) is False:
             sliding_window = None

@@ -5,20 +5,11 @@ from typing import Iterable
 
 import torch
 
-from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, partial_rotary_factor, rope_parameters
 from pagedllm.models.llama import LlamaForCausalLM
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):
-    def __init__(self, config, max_position: int | None = None):
-        super().__init__(config, max_position)
-        factor = partial_rotary_factor(config)
-        if factor != 1.0:
-            max_position = max_position or config.max_position_embeddings
-            for layer in self.model.layers:
-                attn = layer.self_attn
-                attn.rotary_emb = RotaryEmbedding(attn.head_dim, int(attn.head_dim * factor), max_position,
-                                                  rope_parameters(config))
+    """The Llama block; partial rotary and longrope come through the shared rotary layer."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Split the checkpoint's fused rows into Llama's q/k/v and gate/up names (our shards)."""

@@ -37,8 +37,8 @@ class ModelRunner:
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                self.model: nn.Module = model_cls(hf_config, max_position=max(
-                    max_model_len, getattr(hf_config, "max_position_embeddings", 0) or 0))
+                # the longest position this engine will use (longrope picks its factors by it, as vLLM)
+                self.model: nn.Module = model_cls(hf_config, max_position=max_model_len)
         finally:
             torch.set_default_dtype(previous)
         self.model.load_weights(iterate_weights(model_path))
@@ -50,7 +50,8 @@ class ModelRunner:
         self.backend_cls = get_attention_backend(attention_backend, device)
         for layer in self.attention_layers:
             layer.impl = self.backend_cls(layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.scale,
-                                          layer.sliding_window, layer.logits_soft_cap)
+                                          layer.sliding_window, layer.logits_soft_cap,
+                                          alibi_slopes=layer.alibi_slopes)
         self.sampler = Sampler()
 
     @property

@@ -120,3 +120,77 @@ def test_demo_runs_the_four_prompts(tiny_chat_model, capsys):
                    "The capital of France is", "The future of AI is"):
         assert f"Prompt: {prompt!r}" in out
     assert "output tokens in" in out and "tok/s" in out
+
+
+class _ConfigReached(Exception):
+    """Raised by the patched EngineConfig.validate: the flags made it into an engine config."""
+
+
+class _InlineExecutor:
+    """Stands in for bench adapters' spawned worker process, so the patched config is seen."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "Hi", "--model", "{model}"],
+    ["demo", "--model", "{model}"],
+    ["chat", "--model", "{model}"],
+    ["serve", "{model}"],
+    ["bench", "throughput", "--backend", "pagedllm", "--model", "{model}", "--num-prompts", "1"],
+    ["bench", "adapters", "--model", "{model}", "--num-requests", "1"],
+], ids=lambda c: " ".join(c[:2]) if c[0] == "bench" else c[0])
+@pytest.mark.parametrize("impl", ["native", "transformers"])
+def test_model_impl_flag_reaches_the_engine_config(command, impl, tiny_chat_model, monkeypatch):
+    from pagedllm.config import EngineConfig
+
+    seen = []
+
+    def capture(self):
+        seen.append(self)
+        raise _ConfigReached
+
+    monkeypatch.setattr(EngineConfig, "validate", capture)
+    monkeypatch.setattr("pagedllm.benchmarks.adapters.ProcessPoolExecutor", _InlineExecutor)
+    argv = [a.replace("{model}", tiny_chat_model) for a in command] + ["--model-impl", impl, "--trust-remote-code"]
+    with pytest.raises(_ConfigReached):
+        main(argv)
+    assert [(c.model_impl, c.trust_remote_code, c.model) for c in seen] == [(impl, True, tiny_chat_model)]
+
+
+def test_model_impl_defaults_to_auto_and_lists_the_registry_choices():
+    from pagedllm.entrypoints.cli import build_parser
+    from pagedllm.entrypoints.cli_args import MODEL_IMPLS
+    from pagedllm.models.registry import MODEL_IMPLS as registry_impls
+
+    assert MODEL_IMPLS == registry_impls
+    assert build_parser().parse_args(["generate", "Hi"]).model_impl == "auto"
+    assert build_parser().parse_args(["serve"]).model_impl == "auto"
+
+
+@pytest.mark.parametrize("command", [["generate", "Hi"], ["serve"], ["bench", "throughput"], ["chat"]])
+def test_model_impl_flag_rejects_an_unknown_value(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(command + ["--model-impl", "hf"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model-impl" in err and "'hf'" in err
+    for choice in ("auto", "native", "transformers"):
+        assert choice in err.split("--model-impl", 1)[1]

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import pagedllm
 from pagedllm.engine.async_engine import AsyncEngine
 from pagedllm.entrypoints.api_server import generate_router
+from pagedllm.entrypoints.cli_args import add_model_impl_arg
 from pagedllm.entrypoints.openai.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
                                                   DetokenizeRequest, TokenizeRequest)
 from pagedllm.entrypoints.openai.serving_chat import ServingChat
@@ -280,6 +281,7 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     eng.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: %(default)s)")
     eng.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     eng.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    add_model_impl_arg(eng)
     eng.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="tensor-parallel workers")
     eng.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline-parallel stages")
     eng.add_argument("--gpu-memory-utilization", type=float, default=0.9,
@@ -307,7 +309,7 @@ def serve_engine_kwargs(args: argparse.Namespace) -> dict:
                 max_num_batched_tokens=args.max_num_batched_tokens, quantization=args.quantization,
                 enforce_eager=args.enforce_eager, enable_prefix_caching=args.enable_prefix_caching,
                 seed=args.seed, device=args.device, block_size=args.block_size,
-                served_model_name=args.served_model_name)
+                served_model_name=args.served_model_name, model_impl=args.model_impl)
 
 
 def ready_message(host: str, port: int, model: str, api_key: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Rotary position embeddings with a precomputed cos/sin table (default, linear, llama3)."""
+"""Rotary position embeddings with a precomputed cos/sin table (default, linear, llama3, longrope)."""
 from __future__ import annotations
 
 import math
@@ -14,6 +14,19 @@ def rope_parameters(config) -> dict:
         params = dict(getattr(config, "rope_scaling", None) or {})
     params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
     params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    if params["rope_type"] == "su":  # Phi-3's first name for longrope
+        params["rope_type"] = "longrope"
+    if params["rope_type"] == "longrope":
+        # As transformers: Phi-3 keeps the pre-training length on the config itself, and that wins;
+        # `factor` defaults to the stretch max_position_embeddings / original_max_position_embeddings.
+        original = (getattr(config, "original_max_position_embeddings", None)
+                    or params.get("original_max_position_embeddings") or config.max_position_embeddings)
+        params["original_max_position_embeddings"] = original
+        if params.get("factor") is None:
+            params["factor"] = config.max_position_embeddings / original
+        if params.get("attention_factor") is None:
+            factor = params["factor"]
+            params["attention_factor"] = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
     return params
 
 
@@ -34,6 +47,28 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _longrope_inv_freq(rotary_dim: int, p: dict, max_position: int) -> torch.Tensor:
+    """Phi-3 LongRoPE (``longrope``, formerly ``su``): one rescale factor per frequency.
+
+    The long factors serve contexts past ``original_max_position_embeddings``, the short ones
+    contexts within it. transformers picks per forward call (long once ``max(position) + 1``
+    exceeds that length), so a request that crosses it while generating keeps the KV it computed
+    with the short factors and continues with the long ones. vLLM picks once, at start-up, by
+    ``max_model_len``, so cached keys never mix the two; so do we: ``max_position`` here is the
+    engine's ``max_model_len``. Both agree whenever every forward pass of a request lies on one
+    side of the boundary: prompts longer than it, or ``max_model_len`` within it. The cos/sin
+    tables are scaled by ``attention_factor`` (default sqrt(1 + ln(factor) / ln(original))) on both.
+    """
+    use_long = max_position > p["original_max_position_embeddings"]
+    factors = p["long_factor" if use_long else "short_factor"]
+    if len(factors) != rotary_dim // 2:
+        raise ValueError(f"rope longrope: {'long' if use_long else 'short'}_factor has {len(factors)} entries; "
+                         f"the rotary dimension {rotary_dim} needs {rotary_dim // 2}")
+    ext = torch.tensor(factors, dtype=torch.float32)
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    return 1.0 / (ext * float(p["rope_theta"]) ** exponent)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, rotary_dim: int, max_position: int, params: dict,
                  is_neox_style: bool = True):
@@ -43,16 +78,22 @@ class RotaryEmbedding(nn.Module):
         self.is_neox_style = is_neox_style
         rope_type = params["rope_type"]
         inv_freq = _inv_freq(rotary_dim, float(params["rope_theta"]))
+        scale = 1.0  # multiplies cos and sin (longrope's attention factor)
         if rope_type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, params)
         elif rope_type == "linear":
             inv_freq = inv_freq / params["factor"]
+        elif rope_type == "longrope":
+            inv_freq, scale = _longrope_inv_freq(rotary_dim, params, max_position), params["attention_factor"]
         elif rope_type != "default":
-            raise ValueError(f"rope_type={rope_type!r} is not supported yet (default, linear, llama3)")
+            raise ValueError(f"rope_type={rope_type!r} is not supported yet (default, linear, llama3, longrope)")
         t = torch.arange(max_position, dtype=torch.int64).float()
         freqs = torch.outer(t, inv_freq)  # same float32 products as HF's matmul
-        self.register_buffer("cos_cache", freqs.cos(), persistent=False)
-        self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+        cos, sin = freqs.cos(), freqs.sin()
+        if scale != 1.0:
+            cos, sin = cos * scale, sin * scale
+        self.register_buffer("cos_cache", cos, persistent=False)
+        self.register_buffer("sin_cache", sin, persistent=False)
 
     def to_dtype(self, dtype: torch.dtype) -> None:
         self.cos_cache = self.cos_cache.to(dtype)
