@@ -93,10 +93,16 @@ def _registry() -> dict[str, type[AttentionBackend]]:
 
 
 def get_attention_backend(name: str | None, device: torch.device) -> type[AttentionBackend]:
-    """Pick a backend: ``name`` if given, else ``triton`` on CUDA and ``torch`` elsewhere."""
+    """Pick a backend: ``name`` if given, else ``triton`` on CUDA, ``cpu`` on CPU when its C kernel
+    builds here, and ``torch`` otherwise."""
     registry = _registry()
     if name is None or name == "auto":
-        name = "triton" if device.type == "cuda" and "triton" in registry else "torch"
+        if device.type == "cuda" and "triton" in registry:
+            name = "triton"
+        elif device.type == "cpu" and "cpu" in registry and registry["cpu"].available():
+            name = "cpu"
+        else:
+            name = "torch"
     if name not in registry:
         raise ValueError(
             f"attention_backend={name!r} is not available; choose one of {sorted(registry)}")

@@ -69,9 +69,6 @@ class TorchAttentionBackend(AttentionBackend):
         dev = md.slot_mapping.device
         writes = md.slot_mapping >= 0  # the same for every layer: decide once per step
         state["write_mask"] = None if bool(writes.all()) else writes
-        if md.num_decode_tokens:
-            state["decode_groups"] = [
-                _decode_group(md, rows, bs, dev) for rows in _length_buckets(md.decode_context_lens_list)]
         if md.num_prefills:
             tables = md.prefill_block_tables.long()
             Lq, Lk = md.max_prefill_query_len, tables.shape[1] * bs
@@ -131,6 +128,15 @@ class TorchAttentionBackend(AttentionBackend):
         return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
 
     def forward(self, q, k, v, k_cache, v_cache, md: AttentionMetadata) -> torch.Tensor:
+        self._write_cache(k, v, k_cache, v_cache, md)
+        out = torch.empty_like(q)
+        if md.num_decode_tokens:
+            self._decode(q[:md.num_decode_tokens], k_cache, v_cache, md, out[:md.num_decode_tokens])
+        if md.num_prefills:
+            self._prefill(q[md.num_decode_tokens:], k_cache, v_cache, md, out[md.num_decode_tokens:])
+        return out
+
+    def _write_cache(self, k, v, k_cache, v_cache, md: AttentionMetadata) -> None:
         num_slots = k_cache.shape[0] * k_cache.shape[1]
         flat_k = k_cache.view(num_slots, self.num_kv_heads, self.head_dim)
         flat_v = v_cache.view(num_slots, self.num_kv_heads, self.head_dim)
@@ -142,32 +148,37 @@ class TorchAttentionBackend(AttentionBackend):
             flat_k.index_copy_(0, md.slot_mapping[write], k[write])
             flat_v.index_copy_(0, md.slot_mapping[write], v[write])
 
+    def _decode(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
+        """q, out: [num_decodes, H, D]; one SDPA call per group of similar context lengths."""
         state = md.backend_state
+        if "decode_groups" not in state:  # built by the first layer that needs them
+            state["decode_groups"] = [_decode_group(md, rows, md.block_size, q.device)
+                                      for rows in _length_buckets(md.decode_context_lens_list)]
+        H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
+        nd = q.shape[0]
+        qd = q.view(nd, KVH, H // KVH, D)
+        for group in state["decode_groups"]:
+            rows, tables = group["rows"], group["tables"]
+            kd, vd = _gather_blocks(k_cache, tables), _gather_blocks(v_cache, tables)
+            qg = qd if rows is None else qd.index_select(0, rows)
+            og = self._attend(qg, kd, vd, self._mask(group, q.dtype)).reshape(-1, H, D)
+            if rows is None:
+                out.copy_(og)
+            else:
+                out.index_copy_(0, rows, og)
+
+    def _prefill(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
+        """q, out: the packed prefill tokens [num_prefill_tokens, H, D]; chunks padded to the longest."""
         H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim
         G = H // KVH
-        out = torch.empty_like(q)
-        nd = md.num_decode_tokens
-        if nd:
-            qd = q[:nd].view(nd, KVH, G, D)
-            for group in state["decode_groups"]:
-                rows, tables = group["rows"], group["tables"]
-                kd, vd = _gather_blocks(k_cache, tables), _gather_blocks(v_cache, tables)
-                qg = qd if rows is None else qd.index_select(0, rows)
-                og = self._attend(qg, kd, vd, self._mask(group, q.dtype)).reshape(-1, H, D)
-                if rows is None:
-                    out[:nd] = og
-                else:
-                    out.index_copy_(0, rows, og)
-        if md.num_prefills:
-            P, Lq = md.num_prefills, md.max_prefill_query_len
-            prefill = state["prefill"]
-            kp, vp = _gather_blocks(k_cache, prefill["tables"]), _gather_blocks(v_cache, prefill["tables"])
-            qp = q[nd:][prefill["gather"]].view(P, Lq, KVH, G, D)
-            qp = qp.permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Lq, D)
-            mask = self._mask(prefill, q.dtype)  # [P, Lq, Lk]; ALiBi: already [P, KVH, G*Lq, Lk]
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1).expand(P, G, Lq, mask.shape[-1]).reshape(P, 1, G * Lq, -1)
-            op = self._attend(qp, kp, vp, mask)  # [P, KVH, G*Lq, D]
-            op = op.view(P, KVH, G, Lq, D).permute(0, 3, 1, 2, 4).reshape(P * Lq, H, D)
-            out[nd:] = op[prefill["valid"]]
-        return out
+        P, Lq = md.num_prefills, md.max_prefill_query_len
+        prefill = md.backend_state["prefill"]
+        kp, vp = _gather_blocks(k_cache, prefill["tables"]), _gather_blocks(v_cache, prefill["tables"])
+        qp = q[prefill["gather"]].view(P, Lq, KVH, G, D)
+        qp = qp.permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Lq, D)
+        mask = self._mask(prefill, q.dtype)  # [P, Lq, Lk]; ALiBi: already [P, KVH, G*Lq, Lk]
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1).expand(P, G, Lq, mask.shape[-1]).reshape(P, 1, G * Lq, -1)
+        op = self._attend(qp, kp, vp, mask)  # [P, KVH, G*Lq, D]
+        op = op.view(P, KVH, G, Lq, D).permute(0, 3, 1, 2, 4).reshape(P * Lq, H, D)
+        out.copy_(op[prefill["valid"]])

@@ -263,6 +263,30 @@ def sampling_distribution(x: torch.Tensor, batch: SamplingBatch, rows: torch.Ten
     return x
 
 
+_ARGMAX_CHUNK = 1024
+
+
+def fast_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(-1)`` for [B, V], same indices (first maximum) but several times faster on CPU.
+
+    torch's CPU argmax over a vocabulary-wide row is a scalar loop; ``amax`` is vectorised. So:
+    the max of each 1024-wide chunk, the first chunk holding the row max, then argmax inside it.
+    """
+    B, V = x.shape
+    n = V // _ARGMAX_CHUNK
+    if x.device.type != "cpu" or n < 2:
+        return x.argmax(dim=-1)
+    chunks = x[:, :n * _ARGMAX_CHUNK].view(B, n, _ARGMAX_CHUNK)
+    chunk_max = chunks.amax(dim=-1)  # [B, n]
+    best = chunk_max.argmax(dim=-1)  # the first chunk that holds the maximum
+    idx = best * _ARGMAX_CHUNK + chunks[torch.arange(B, device=x.device), best].argmax(dim=-1)
+    if n * _ARGMAX_CHUNK < V:  # the tail only wins when strictly larger (it comes last)
+        tail_max, tail_idx = x[:, n * _ARGMAX_CHUNK:].max(dim=-1)
+        idx = torch.where(tail_max > chunk_max.gather(1, best.unsqueeze(1)).squeeze(1),
+                          n * _ARGMAX_CHUNK + tail_idx, idx)
+    return idx
+
+
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """logits: [B, V] float32 -> (token ids [B], raw logprob of each sampled token [B] or None).
@@ -272,13 +296,13 @@ class Sampler:
         """
         x = process_logits(logits, batch)
         if batch.all_greedy:
-            tokens = x.argmax(dim=-1)
+            tokens = fast_argmax(x)
         else:
             random_rows = (~batch.greedy).nonzero().squeeze(1)
             if random_rows.numel() == x.shape[0]:
                 tokens = self._sample_random(x, batch, random_rows)
             else:
-                tokens = x.argmax(dim=-1)
+                tokens = fast_argmax(x)
                 tokens[random_rows] = self._sample_random(x, batch, random_rows)
         if not batch.needs_logprob:
             return tokens, None
@@ -320,7 +344,7 @@ class Sampler:
                 if gen is not None:
                     width = int(k[j]) if use_fast else V
                     noise[j, :width].exponential_(generator=gen)
-            choice = (probs / noise).argmax(dim=-1)
+            choice = fast_argmax(probs / noise)
             out[mask] = idx.gather(1, choice.unsqueeze(1)).squeeze(1) if use_fast else choice
         return out
 

@@ -1,0 +1,32 @@
+"""CPU attention backend: the torch backend, with decodes through the C paged-decode kernel.
+
+Decode attention dominates a CPU step once batches are large, and on the torch path it is
+bound by gathering K/V blocks into a padded copy. ``pagedllm.kernels.cpu_decode`` reads the
+paged cache in place instead. Everything else (cache writes, prefill chunks, and decodes the
+kernel does not cover: logit soft-capping, ALiBi, other dtypes, very large heads) is the torch
+backend's code, which also serves as the kernel's oracle in the tests.
+"""
+from __future__ import annotations
+
+from pagedllm.attention.backend import AttentionMetadata
+from pagedllm.attention.torch_backend import TorchAttentionBackend
+from pagedllm.kernels import cpu_decode
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    name = "cpu"
+
+    @staticmethod
+    def available() -> bool:
+        """True when the kernel compiled and loaded on this machine."""
+        return cpu_decode.load() is not None
+
+    def _decode(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
+        lib = cpu_decode.load()
+        plain = self.logits_soft_cap is None and self.alibi_slopes is None
+        if lib is not None and plain and cpu_decode.supports(q, k_cache):
+            done = cpu_decode.paged_decode(lib, q, k_cache, v_cache, md.decode_block_tables, md.decode_context_lens,
+                                           md.max_decode_context_len, self.scale, self.sliding_window, out=out)
+            if done is not None:
+                return
+        super()._decode(q, k_cache, v_cache, md, out)

@@ -1,0 +1,120 @@
+"""CPU paged decode attention: a small C kernel compiled at first use, called through ctypes.
+
+Why: on CPU the torch path gathers every decode's K/V blocks into a padded copy and then runs
+SDPA over it, so each K/V byte crosses memory three times and padding is computed too. The
+C kernel (``cpu_paged_decode.c``) reads K/V straight from the paged cache, once, and only the
+real context. It is plain C with OpenMP (no torch headers), so it compiles in about a second;
+the shared object is cached in ``~/.cache/pagedllm/kernels`` keyed by source, flags and CPU.
+
+When no C compiler is found, or ``PAGEDLLM_CPU_KERNEL=0``, ``load()`` returns None and the
+torch backend keeps its gather + SDPA path (which is also the kernel's test oracle).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_paged_decode.c")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+_LIBS: dict[tuple[str, ...], ctypes.CDLL | None] = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pagedllm")
+    return Path(root) / "kernels"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return "\n".join(line for line in text.splitlines() if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build(extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile the kernel (or reuse the cached build); raises RuntimeError if it cannot."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc/gcc) on PATH")
+    flags = FLAGS + tuple(extra_flags)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *flags, _cpu_id()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_paged_decode-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(built, target)  # atomic: concurrent builders never see a half-written file
+    return target
+
+
+def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled kernel, or None (logged once) when it is disabled or cannot be built."""
+    key = tuple(extra_flags)
+    if key in _LIBS:
+        return _LIBS[key]
+    lib = None
+    if os.environ.get("PAGEDLLM_CPU_KERNEL", "1") != "0":
+        try:
+            lib = ctypes.CDLL(str(build(key)))
+            p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+            lib.paged_decode.argtypes = [p, p, p, p, i, p, p, i, i, i, i, i, f, i, i, p, i, i]
+            lib.paged_decode.restype = i
+        except (RuntimeError, OSError) as exc:
+            logger.warning("CPU decode kernel unavailable (%s); using the torch gather + SDPA path", exc)
+            lib = None
+    _LIBS[key] = lib
+    return lib
+
+
+def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Dtypes and devices the kernel handles (others take the torch path)."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32) and k_cache.dtype == q.dtype
+
+
+def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 block_tables: torch.Tensor, context_lens: torch.Tensor, max_context_len: int, scale: float,
+                 sliding_window: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Attention of one query token per sequence over its paged K/V; None if the shape is too large.
+
+    q: [B, H, D]; k/v_cache: [num_blocks, block_size, KVH, D]; block_tables: [B, max_blocks] int32;
+    context_lens: [B] int32 (tokens in cache, the new one included).
+    """
+    B, H, D = q.shape
+    _, bs, kvh, _ = k_cache.shape
+    q = q.contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    lens = context_lens.to(torch.int32).contiguous()
+    target = out
+    if out is None or not out.is_contiguous():
+        out = torch.empty_like(q)
+    threads = max(1, min(torch.get_num_threads(), B))
+    window = min(max_context_len, sliding_window) if sliding_window else max_context_len
+    scratch = torch.empty(threads, H * max(window, 1), dtype=torch.float32)
+    status = lib.paged_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
+                              lens.data_ptr(), out.data_ptr(), B, H, kvh, D, bs, float(scale),
+                              int(sliding_window or 0), int(q.dtype == torch.bfloat16), scratch.data_ptr(),
+                              max(window, 1), threads)
+    if status:
+        return None
+    if target is not None and target is not out:
+        target.copy_(out)
+        return target
+    return out

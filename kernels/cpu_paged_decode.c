@@ -1,0 +1,219 @@
+/* Paged decode attention for CPUs: one query token per sequence, K/V read straight from the
+ * block-paged cache (no gather into a padded copy), so each K/V row crosses memory once.
+ *
+ * Built at first use by kernels/cpu_decode.py with the machine's compiler (-O3 -march=native,
+ * OpenMP: the already-loaded libgomp of torch is reused, so both share one thread pool).
+ * Layouts (all contiguous):
+ *   q, out        [num_seqs, num_heads, head_dim]
+ *   k/v cache     [num_blocks, block_size, num_kv_heads, head_dim]
+ *   block_tables  [num_seqs, max_blocks] int32;  context_lens [num_seqs] int32 (>= 1)
+ *   scratch       [num_threads, num_heads * max_context] float32
+ * Per sequence: scores for every (head, token) in float32, softmax, then the weighted sum of V.
+ * sliding_window > 0 keeps only the last `sliding_window` tokens. GQA: head h reads KV head
+ * h / (num_heads / num_kv_heads). With AVX-512 and head_dim % 16 == 0 the inner loops use
+ * intrinsics; otherwise plain loops (the compiler vectorizes what it can).
+ */
+#include <math.h>
+#include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+extern int omp_get_thread_num(void);
+
+static inline float bf16_to_f32(uint16_t v) {
+    union { uint32_t u; float f; } c;
+    c.u = (uint32_t)v << 16;
+    return c.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN stays NaN */
+    union { uint32_t u; float f; } c;
+    c.f = f;
+    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((c.u >> 16) | 0x40);
+    return (uint16_t)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
+}
+
+static inline float load_scalar(const void *p, long i, int is_bf16) {
+    return is_bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store_scalar(void *p, long i, float v, int is_bf16) {
+    if (is_bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
+#define MAX_HEAD_DIM 512
+#define MAX_HEADS 128
+
+/* Softmax of one row of scores in place (exp of x - max, normalised). */
+#ifdef __AVX512F__
+static inline __m512 exp_avx512(__m512 x) { /* x <= 0; Cody-Waite reduction + degree-7 Taylor */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* exp(x - max) over one row of scores, in place; returns 1 / sum (applied to the output later). */
+static float softmax_row(float *s, int n) {
+    float m = -INFINITY, sum = 0.f;
+    int t = 0;
+#ifdef __AVX512F__
+    if (n >= 16) {
+        __m512 vmax = _mm512_loadu_ps(s);
+        for (t = 16; t + 16 <= n; t += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + t));
+        m = _mm512_reduce_max_ps(vmax);
+    }
+#endif
+    for (; t < n; t++) m = s[t] > m ? s[t] : m;
+    t = 0;
+#ifdef __AVX512F__
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 vsum = _mm512_setzero_ps();
+    for (; t + 16 <= n; t += 16) {
+        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + t), vm));
+        _mm512_storeu_ps(s + t, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    sum = _mm512_reduce_add_ps(vsum);
+#endif
+    for (; t < n; t++) {
+        s[t] = expf(s[t] - m);
+        sum += s[t];
+    }
+    return 1.f / sum;
+}
+
+#ifdef __AVX512F__
+static inline __m512 load16(const void *p, long i, int is_bf16) {
+    if (is_bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))), 16));
+    return _mm512_loadu_ps((const float *)p + i);
+}
+
+/* One sequence, head_dim % 16 == 0 (inlined per dtype, so the dtype test folds away). */
+static inline __attribute__((always_inline)) void decode_one_avx512(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
+                              int n, void *out, int H, int KVH, int D, int bs, float scale, float *s,
+                              int max_ctx, int is_bf16) {
+    const int G = H / KVH, nv = D / 16;
+    const long row = (long)KVH * D;
+    float qs[MAX_HEADS * MAX_HEAD_DIM / 8] __attribute__((aligned(64)));
+    float acc[MAX_HEADS * MAX_HEAD_DIM / 8] __attribute__((aligned(64)));
+    for (int i = 0; i < H * D; i += 16) {
+        _mm512_store_ps(qs + i, _mm512_mul_ps(load16(q, i, is_bf16), _mm512_set1_ps(scale)));
+        _mm512_store_ps(acc + i, _mm512_setzero_ps());
+    }
+    for (int t = first; t < n; t++) {
+        const long base = ((long)table[t / bs] * bs + t % bs) * row;
+        for (int kh = 0; kh < KVH; kh++) {
+            __m512 kf[MAX_HEAD_DIM / 16];
+            for (int j = 0; j < nv; j++) kf[j] = load16(kc, base + kh * D + j * 16, is_bf16);
+            for (int g = 0; g < G; g++) {
+                const float *qh = qs + (kh * G + g) * D;
+                __m512 a = _mm512_mul_ps(kf[0], _mm512_load_ps(qh));
+                for (int j = 1; j < nv; j++) a = _mm512_fmadd_ps(kf[j], _mm512_load_ps(qh + j * 16), a);
+                s[(long)(kh * G + g) * max_ctx + t - first] = _mm512_reduce_add_ps(a);
+            }
+        }
+    }
+    float inv[MAX_HEADS];
+    for (int h = 0; h < H; h++) inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    for (int t = first; t < n; t++) {
+        const long base = ((long)table[t / bs] * bs + t % bs) * row;
+        for (int kh = 0; kh < KVH; kh++) {
+            __m512 vf[MAX_HEAD_DIM / 16];
+            for (int j = 0; j < nv; j++) vf[j] = load16(vc, base + kh * D + j * 16, is_bf16);
+            for (int g = 0; g < G; g++) {
+                const int h = kh * G + g;
+                const __m512 p = _mm512_set1_ps(s[(long)h * max_ctx + t - first]);
+                float *ah = acc + h * D;
+                for (int j = 0; j < nv; j++)
+                    _mm512_store_ps(ah + j * 16, _mm512_fmadd_ps(p, vf[j], _mm512_load_ps(ah + j * 16)));
+            }
+        }
+    }
+    for (int i = 0; i < H * D; i++) store_scalar(out, i, acc[i] * inv[i / D], is_bf16);
+}
+#endif
+
+/* One sequence, any head_dim: plain loops. */
+static void decode_one_generic(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
+                               int n, void *out, int H, int KVH, int D, int bs, float scale, float *s,
+                               int max_ctx, int is_bf16) {
+    const int G = H / KVH;
+    const long row = (long)KVH * D;
+    float qs[MAX_HEADS * MAX_HEAD_DIM / 8], acc[MAX_HEADS * MAX_HEAD_DIM / 8], kv[MAX_HEADS * MAX_HEAD_DIM / 8];
+    for (int i = 0; i < H * D; i++) {
+        qs[i] = load_scalar(q, i, is_bf16) * scale;
+        acc[i] = 0.f;
+    }
+    for (int t = first; t < n; t++) {
+        const long base = ((long)table[t / bs] * bs + t % bs) * row;
+        for (int i = 0; i < row; i++) kv[i] = load_scalar(kc, base + i, is_bf16);
+        for (int h = 0; h < H; h++) {
+            const float *kh = kv + (h / G) * D, *qh = qs + h * D;
+            float dot = 0.f;
+            for (int d = 0; d < D; d++) dot += qh[d] * kh[d];
+            s[(long)h * max_ctx + t - first] = dot;
+        }
+    }
+    float inv[MAX_HEADS];
+    for (int h = 0; h < H; h++) inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    for (int t = first; t < n; t++) {
+        const long base = ((long)table[t / bs] * bs + t % bs) * row;
+        for (int i = 0; i < row; i++) kv[i] = load_scalar(vc, base + i, is_bf16);
+        for (int h = 0; h < H; h++) {
+            const float p = s[(long)h * max_ctx + t - first], *vh = kv + (h / G) * D;
+            float *ah = acc + h * D;
+            for (int d = 0; d < D; d++) ah[d] += p * vh[d];
+        }
+    }
+    for (int i = 0; i < H * D; i++) store_scalar(out, i, acc[i] * inv[i / D], is_bf16);
+}
+
+/* Returns 0 on success, 1 when the shapes exceed the kernel's fixed buffers (caller falls back). */
+int paged_decode(const void *q, const void *k_cache, const void *v_cache, const int32_t *block_tables,
+                 int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
+                 int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window, int is_bf16,
+                 float *scratch, int max_context, int num_threads) {
+    if ((long)num_heads * head_dim > MAX_HEADS * MAX_HEAD_DIM / 8 || head_dim > MAX_HEAD_DIM) return 1;
+    const long qrow = (long)num_heads * head_dim;
+    const int elem = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+    for (int b = 0; b < num_seqs; b++) {
+        const int n = context_lens[b];
+        const int first = (sliding_window > 0 && n > sliding_window) ? n - sliding_window : 0;
+        float *s = scratch + (long)omp_get_thread_num() * num_heads * max_context;
+        const char *qb = (const char *)q + b * qrow * elem;
+        char *ob = (char *)out + b * qrow * elem;
+        const int32_t *table = block_tables + (long)b * max_blocks;
+#ifdef __AVX512F__
+        if (head_dim % 16 == 0 && is_bf16) {
+            decode_one_avx512(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
+                              block_size, scale, s, max_context, 1);
+            continue;
+        }
+        if (head_dim % 16 == 0) {
+            decode_one_avx512(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
+                              block_size, scale, s, max_context, 0);
+            continue;
+        }
+#endif
+        decode_one_generic(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
+                           block_size, scale, s, max_context, is_bf16);
+    }
+    return 0;
+}
