@@ -104,6 +104,35 @@ static inline __m512 load16(const void *p, long i, int is_bf16) {
     return _mm512_loadu_ps((const float *)p + i);
 }
 
+/* acc[h] += sum_t p[h][t] * V[t] for the G heads of one KV head, NV * 16 == head_dim known at
+ * compile time: up to HB heads' accumulators live in registers across the whole token loop. */
+#define DEFINE_PV(NV, HB)                                                                              \
+static inline __attribute__((always_inline)) void pv_nv##NV(                                          \
+    const void *vc, const int32_t *table, int first, int n, int bs, long row, int kh, int G, int D,    \
+    const float *s, int max_ctx, float *acc, int is_bf16) {                                            \
+    for (int g0 = 0; g0 < G; g0 += HB) {                                                               \
+        const int hb = G - g0 < HB ? G - g0 : HB;                                                     \
+        __m512 a[HB][NV];                                                                              \
+        for (int i = 0; i < HB; i++)                                                                   \
+            for (int j = 0; j < NV; j++) a[i][j] = _mm512_setzero_ps();                                \
+        for (int t = first; t < n; t++) {                                                              \
+            const long base = ((long)table[t / bs] * bs + t % bs) * row + (long)kh * D;                \
+            __m512 v[NV];                                                                              \
+            for (int j = 0; j < NV; j++) v[j] = load16(vc, base + j * 16, is_bf16);                    \
+            for (int i = 0; i < HB; i++) {                                                             \
+                if (i < hb) {                                                                          \
+                    const __m512 p = _mm512_set1_ps(s[(long)(kh * G + g0 + i) * max_ctx + t - first]); \
+                    for (int j = 0; j < NV; j++) a[i][j] = _mm512_fmadd_ps(p, v[j], a[i][j]);          \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int i = 0; i < hb; i++)                                                                   \
+            for (int j = 0; j < NV; j++) _mm512_store_ps(acc + (kh * G + g0 + i) * D + j * 16, a[i][j]); \
+    }                                                                                                  \
+}
+DEFINE_PV(4, 4)
+DEFINE_PV(8, 2)
+
 /* One sequence, head_dim % 16 == 0 (inlined per dtype, so the dtype test folds away). */
 static inline __attribute__((always_inline)) void decode_one_avx512(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
                               int n, void *out, int H, int KVH, int D, int bs, float scale, float *s,
@@ -131,17 +160,24 @@ static inline __attribute__((always_inline)) void decode_one_avx512(const void *
     }
     float inv[MAX_HEADS];
     for (int h = 0; h < H; h++) inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
-    for (int t = first; t < n; t++) {
-        const long base = ((long)table[t / bs] * bs + t % bs) * row;
+    if (nv == 4 || nv == 8) {
         for (int kh = 0; kh < KVH; kh++) {
-            __m512 vf[MAX_HEAD_DIM / 16];
-            for (int j = 0; j < nv; j++) vf[j] = load16(vc, base + kh * D + j * 16, is_bf16);
-            for (int g = 0; g < G; g++) {
-                const int h = kh * G + g;
-                const __m512 p = _mm512_set1_ps(s[(long)h * max_ctx + t - first]);
-                float *ah = acc + h * D;
-                for (int j = 0; j < nv; j++)
-                    _mm512_store_ps(ah + j * 16, _mm512_fmadd_ps(p, vf[j], _mm512_load_ps(ah + j * 16)));
+            if (nv == 4) pv_nv4(vc, table, first, n, bs, row, kh, G, D, s, max_ctx, acc, is_bf16);
+            else pv_nv8(vc, table, first, n, bs, row, kh, G, D, s, max_ctx, acc, is_bf16);
+        }
+    } else {
+        for (int t = first; t < n; t++) {
+            const long base = ((long)table[t / bs] * bs + t % bs) * row;
+            for (int kh = 0; kh < KVH; kh++) {
+                __m512 vf[MAX_HEAD_DIM / 16];
+                for (int j = 0; j < nv; j++) vf[j] = load16(vc, base + kh * D + j * 16, is_bf16);
+                for (int g = 0; g < G; g++) {
+                    const int h = kh * G + g;
+                    const __m512 p = _mm512_set1_ps(s[(long)h * max_ctx + t - first]);
+                    float *ah = acc + h * D;
+                    for (int j = 0; j < nv; j++)
+                        _mm512_store_ps(ah + j * 16, _mm512_fmadd_ps(p, vf[j], _mm512_load_ps(ah + j * 16)));
+                }
             }
         }
     }
