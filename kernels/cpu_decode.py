@@ -75,7 +75,7 @@ def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(build(key)))
             p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-            lib.paged_decode.argtypes = [p, p, p, p, i, p, p, i, i, i, i, i, f, i, i, p, i, i]
+            lib.paged_decode.argtypes = [p, p, p, p, i, p, p, i, i, i, i, i, f, i, f, p, i, p, i, i]
             lib.paged_decode.restype = i
         except (RuntimeError, OSError) as exc:
             logger.warning("CPU decode kernel unavailable (%s); using the torch gather + SDPA path", exc)
@@ -91,11 +91,12 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, context_lens: torch.Tensor, max_context_len: int, scale: float,
-                 sliding_window: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor | None:
+                 sliding_window: int | None = None, soft_cap: float | None = None,
+                 alibi_slopes: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Attention of one query token per sequence over its paged K/V; None if the shape is too large.
 
     q: [B, H, D]; k/v_cache: [num_blocks, block_size, KVH, D]; block_tables: [B, max_blocks] int32;
-    context_lens: [B] int32 (tokens in cache, the new one included).
+    context_lens: [B] int32 (tokens in cache, the new one included); alibi_slopes: [H] float32.
     """
     B, H, D = q.shape
     _, bs, kvh, _ = k_cache.shape
@@ -108,9 +109,15 @@ def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cac
     threads = max(1, min(torch.get_num_threads(), B))
     window = min(max_context_len, sliding_window) if sliding_window else max_context_len
     scratch = torch.empty(threads, H * max(window, 1), dtype=torch.float32)
+    if alibi_slopes is not None:
+        alibi_slopes = alibi_slopes.to(torch.float32).contiguous()
+        if alibi_slopes.shape != (H,):
+            raise ValueError(f"alibi_slopes must have one slope per query head ({H}), got {tuple(alibi_slopes.shape)}")
     status = lib.paged_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
                               lens.data_ptr(), out.data_ptr(), B, H, kvh, D, bs, float(scale),
-                              int(sliding_window or 0), int(q.dtype == torch.bfloat16), scratch.data_ptr(),
+                              int(sliding_window or 0), float(soft_cap or 0.0),
+                              None if alibi_slopes is None else alibi_slopes.data_ptr(),
+                              int(q.dtype == torch.bfloat16), scratch.data_ptr(),
                               max(window, 1), threads)
     if status:
         return None

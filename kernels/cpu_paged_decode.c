@@ -9,7 +9,8 @@
  *   block_tables  [num_seqs, max_blocks] int32;  context_lens [num_seqs] int32 (>= 1)
  *   scratch       [num_threads, num_heads * max_context] float32
  * Per sequence: scores for every (head, token) in float32, softmax, then the weighted sum of V.
- * sliding_window > 0 keeps only the last `sliding_window` tokens. GQA: head h reads KV head
+ * sliding_window > 0 keeps only the last `sliding_window` tokens; soft_cap > 0 caps the scaled
+ * scores (Gemma 2); alibi_slopes (or NULL) adds one ALiBi slope per head. GQA: head h reads KV head
  * h / (num_heads / num_kv_heads). With AVX-512 and head_dim % 16 == 0 the inner loops use
  * intrinsics; otherwise plain loops (the compiler vectorizes what it can).
  */
@@ -65,6 +66,28 @@ static inline __m512 exp_avx512(__m512 x) { /* x <= 0; Cody-Waite reduction + de
     return _mm512_scalef_ps(p, n);
 }
 #endif
+
+/* Gemma-2 logit soft-capping, cap * tanh(x / cap), and the ALiBi bias slope * (key_pos - query_pos)
+ * (rel0: that distance for the row's first score; it grows by one per token). */
+static void adjust_row(float *s, int n, float soft_cap, float slope, int rel0) {
+    int t = 0;
+    if (soft_cap > 0.f) {
+        const float inv_cap = 1.f / soft_cap;
+#ifdef __AVX512F__
+        const __m512 sign = _mm512_set1_ps(-0.f), one = _mm512_set1_ps(1.f);
+        for (; t + 16 <= n; t += 16) { /* tanh|x| = (1 - e) / (1 + e), e = exp(-2|x|) */
+            __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + t), _mm512_set1_ps(inv_cap));
+            __m512 e = exp_avx512(_mm512_mul_ps(_mm512_andnot_ps(sign, x), _mm512_set1_ps(-2.f)));
+            __m512 th = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+            th = _mm512_or_ps(th, _mm512_and_ps(sign, x));
+            _mm512_storeu_ps(s + t, _mm512_mul_ps(th, _mm512_set1_ps(soft_cap)));
+        }
+#endif
+        for (; t < n; t++) s[t] = soft_cap * tanhf(s[t] * inv_cap);
+    }
+    if (slope != 0.f)
+        for (t = 0; t < n; t++) s[t] += slope * (float)(rel0 + t);
+}
 
 /* exp(x - max) over one row of scores, in place; returns 1 / sum (applied to the output later). */
 static float softmax_row(float *s, int n) {
@@ -135,7 +158,8 @@ DEFINE_PV(8, 2)
 
 /* One sequence, head_dim % 16 == 0 (inlined per dtype, so the dtype test folds away). */
 static inline __attribute__((always_inline)) void decode_one_avx512(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
-                              int n, void *out, int H, int KVH, int D, int bs, float scale, float *s,
+                              int n, void *out, int H, int KVH, int D, int bs, float scale, float soft_cap,
+                              const float *slopes, float *s,
                               int max_ctx, int is_bf16) {
     const int G = H / KVH, nv = D / 16;
     const long row = (long)KVH * D;
@@ -159,7 +183,10 @@ static inline __attribute__((always_inline)) void decode_one_avx512(const void *
         }
     }
     float inv[MAX_HEADS];
-    for (int h = 0; h < H; h++) inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    for (int h = 0; h < H; h++) {
+        adjust_row(s + (long)h * max_ctx, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    }
     if (nv == 4 || nv == 8) {
         for (int kh = 0; kh < KVH; kh++) {
             if (nv == 4) pv_nv4(vc, table, first, n, bs, row, kh, G, D, s, max_ctx, acc, is_bf16);
@@ -187,7 +214,8 @@ static inline __attribute__((always_inline)) void decode_one_avx512(const void *
 
 /* One sequence, any head_dim: plain loops. */
 static void decode_one_generic(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
-                               int n, void *out, int H, int KVH, int D, int bs, float scale, float *s,
+                               int n, void *out, int H, int KVH, int D, int bs, float scale, float soft_cap,
+                              const float *slopes, float *s,
                                int max_ctx, int is_bf16) {
     const int G = H / KVH;
     const long row = (long)KVH * D;
@@ -207,7 +235,10 @@ static void decode_one_generic(const void *q, const void *kc, const void *vc, co
         }
     }
     float inv[MAX_HEADS];
-    for (int h = 0; h < H; h++) inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    for (int h = 0; h < H; h++) {
+        adjust_row(s + (long)h * max_ctx, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    }
     for (int t = first; t < n; t++) {
         const long base = ((long)table[t / bs] * bs + t % bs) * row;
         for (int i = 0; i < row; i++) kv[i] = load_scalar(vc, base + i, is_bf16);
@@ -223,7 +254,8 @@ static void decode_one_generic(const void *q, const void *kc, const void *vc, co
 /* Returns 0 on success, 1 when the shapes exceed the kernel's fixed buffers (caller falls back). */
 int paged_decode(const void *q, const void *k_cache, const void *v_cache, const int32_t *block_tables,
                  int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
-                 int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window, int is_bf16,
+                 int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
+                 float soft_cap, const float *alibi_slopes, int is_bf16,
                  float *scratch, int max_context, int num_threads) {
     if ((long)num_heads * head_dim > MAX_HEADS * MAX_HEAD_DIM / 8 || head_dim > MAX_HEAD_DIM) return 1;
     const long qrow = (long)num_heads * head_dim;
@@ -239,17 +271,17 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache, const 
 #ifdef __AVX512F__
         if (head_dim % 16 == 0 && is_bf16) {
             decode_one_avx512(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
-                              block_size, scale, s, max_context, 1);
+                              block_size, scale, soft_cap, alibi_slopes, s, max_context, 1);
             continue;
         }
         if (head_dim % 16 == 0) {
             decode_one_avx512(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
-                              block_size, scale, s, max_context, 0);
+                              block_size, scale, soft_cap, alibi_slopes, s, max_context, 0);
             continue;
         }
 #endif
         decode_one_generic(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
-                           block_size, scale, s, max_context, is_bf16);
+                           block_size, scale, soft_cap, alibi_slopes, s, max_context, is_bf16);
     }
     return 0;
 }

@@ -3,10 +3,12 @@
 Decode attention dominates a CPU step once batches are large, and on the torch path it is
 bound by gathering K/V blocks into a padded copy. ``pagedllm.kernels.cpu_decode`` reads the
 paged cache in place instead. Everything else (cache writes, prefill chunks, and decodes the
-kernel does not cover: logit soft-capping, ALiBi, other dtypes, very large heads) is the torch
+kernel does not cover: other dtypes, very large heads) is the torch
 backend's code, which also serves as the kernel's oracle in the tests.
 """
 from __future__ import annotations
+
+import torch
 
 from pagedllm.attention.backend import AttentionMetadata
 from pagedllm.attention.torch_backend import TorchAttentionBackend
@@ -16,6 +18,10 @@ from pagedllm.kernels import cpu_decode
 class CpuAttentionBackend(TorchAttentionBackend):
     name = "cpu"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slopes = None if self.alibi_slopes is None else torch.tensor(self.alibi_slopes, dtype=torch.float32)
+
     @staticmethod
     def available() -> bool:
         """True when the kernel compiled and loaded on this machine."""
@@ -23,10 +29,10 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def _decode(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
         lib = cpu_decode.load()
-        plain = self.logits_soft_cap is None and self.alibi_slopes is None
-        if lib is not None and plain and cpu_decode.supports(q, k_cache):
+        if lib is not None and cpu_decode.supports(q, k_cache):
             done = cpu_decode.paged_decode(lib, q, k_cache, v_cache, md.decode_block_tables, md.decode_context_lens,
-                                           md.max_decode_context_len, self.scale, self.sliding_window, out=out)
+                                           md.max_decode_context_len, self.scale, self.sliding_window,
+                                           self.logits_soft_cap, self._slopes, out=out)
             if done is not None:
                 return
         super()._decode(q, k_cache, v_cache, md, out)

@@ -11,10 +11,12 @@ import torch
 
 from pagedllm.kernels import cpu_decode, reference
 
-# (heads, kv heads, head dim, block size, sliding window): GQA 3/4, MHA, MQA, a head dim that
-# is not a multiple of 16 (the plain loops even with AVX-512), a window shorter than contexts.
-SHAPES = [(9, 3, 64, 16, None), (8, 8, 128, 32, None), (4, 1, 80, 16, None), (8, 2, 64, 16, 37),
-          (16, 4, 32, 8, None)]
+# (heads, kv heads, head dim, block size, sliding window, soft cap, alibi): GQA 3/4, MHA, MQA, a
+# head dim that is not a multiple of 16 (the plain loops even with AVX-512), a window shorter
+# than contexts, Gemma-2 soft-capping, ALiBi (with and without GQA).
+SHAPES = [(9, 3, 64, 16, None, None, False), (8, 8, 128, 32, None, None, False), (4, 1, 80, 16, None, None, False),
+          (8, 2, 64, 16, 37, None, False), (16, 4, 32, 8, None, None, False), (8, 4, 64, 16, 50, 5.0, False),
+          (4, 4, 80, 16, None, 2.0, False), (8, 8, 64, 16, None, None, True), (8, 2, 128, 16, None, None, True)]
 CONTEXT_LENS = [1, 2, 15, 16, 17, 63, 100, 333, 64, 511]
 TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 1.5e-2}
 VARIANTS = {"native": (), "no-avx512": ("-mno-avx512f",)}
@@ -34,18 +36,40 @@ def _case(dtype, heads, kv_heads, head_dim, block_size, seed=0):
     return q, k_cache, v_cache, tables, lens
 
 
+def _reference(q, k_cache, v_cache, tables, lens, scale, window, cap, slopes):
+    """float64 attention per sequence: the torch reference twin, plus the ALiBi bias it lacks."""
+    if slopes is None:
+        return reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), tables, lens, scale,
+                                                window, cap)
+    heads, group = q.shape[1], q.shape[1] // k_cache.shape[2]
+    outs = []
+    for b, n in enumerate(lens.tolist()):
+        pos = torch.arange(n)
+        k = _tokens(k_cache, tables[b], pos).repeat_interleave(group, dim=1)  # [n, H, D]
+        v = _tokens(v_cache, tables[b], pos).repeat_interleave(group, dim=1)
+        scores = torch.einsum("hd,thd->ht", q[b].double(), k) * scale
+        scores = scores + slopes.double().view(heads, 1) * (pos - (n - 1)).double().view(1, n)
+        outs.append(torch.einsum("ht,thd->hd", scores.softmax(-1), v))
+    return torch.stack(outs)
+
+
+def _tokens(cache, table, pos):
+    bs = cache.shape[1]
+    return cache[table[pos // bs].long(), pos % bs].double()
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}kv{}d{}bs{}w{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "h{}kv{}d{}bs{}w{}cap{}alibi{}".format(*s))
 def test_kernel_matches_float64_reference(variant, dtype, shape):
     lib = cpu_decode.load(VARIANTS[variant])
     assert lib is not None, "the CPU kernel must build on the test machine (gcc is part of the image)"
-    heads, kv_heads, head_dim, block_size, window = shape
+    heads, kv_heads, head_dim, block_size, window, cap, alibi = shape
     q, k_cache, v_cache, tables, lens = _case(dtype, heads, kv_heads, head_dim, block_size)
     scale = head_dim ** -0.5
-    out = cpu_decode.paged_decode(lib, q, k_cache, v_cache, tables, lens, int(lens.max()), scale, window)
-    want = reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), tables, lens, scale,
-                                            window)
+    slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads) if alibi else None  # ALiBi's geometric slopes
+    out = cpu_decode.paged_decode(lib, q, k_cache, v_cache, tables, lens, int(lens.max()), scale, window, cap, slopes)
+    want = _reference(q, k_cache, v_cache, tables, lens, scale, window, cap, slopes)
     assert out.dtype == dtype and out.shape == q.shape
     err = (out.double() - want).abs().max().item()
     assert err <= TOLERANCE[dtype], f"max abs error {err:.3g}"
