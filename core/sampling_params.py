@@ -32,6 +32,10 @@ class StructuredOutputsParams:
 
     ``json``: a JSON schema (dict or JSON string); ``regex``; ``choice``: the output is one of
     these strings; ``grammar``: a Lark (llguidance) or GBNF grammar; ``json_object``: any JSON object.
+    Options for ``json``/``json_object`` (vLLM's names): ``disable_any_whitespace`` writes compact
+    JSON (no newlines or indentation between tokens); ``disable_additional_properties`` closes every
+    object schema that lists ``properties`` but says nothing of ``additionalProperties`` (as
+    xgrammar and outlines do by default), so the output has no keys the schema does not name.
     """
 
     json: str | dict | None = None
@@ -40,6 +44,7 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name in ("json", "regex", "choice", "grammar", "json_object")

@@ -7,6 +7,7 @@ is a bitmask ``int32 [rows, ceil(V/32)]`` that the sampler applies with one tens
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -17,20 +18,41 @@ from pagedllm.sampling_params import StructuredOutputsParams
 def _grammar_text(so: StructuredOutputsParams) -> str:
     import llguidance
 
-    if so.json is not None:
-        schema = so.json if isinstance(so.json, str) else json.dumps(so.json)
-        if so.disable_any_whitespace:
-            schema_obj = json.loads(schema)
-            schema_obj.setdefault("x-guidance", {})["whitespace_flexible"] = False
-            schema = json.dumps(schema_obj)
-        return llguidance.grammar_from("json_schema", schema)
-    if so.json_object:
-        return llguidance.grammar_from("json_schema", '{"type": "object"}')
+    if so.json is not None or so.json_object:
+        schema = json.loads(so.json) if isinstance(so.json, str) else copy.deepcopy(so.json or {"type": "object"})
+        if so.disable_additional_properties:
+            _close_objects(schema)
+        if so.disable_any_whitespace and isinstance(schema, dict):
+            schema.setdefault("x-guidance", {})["whitespace_flexible"] = False
+        return llguidance.grammar_from("json_schema", json.dumps(schema))
     if so.regex is not None:
         return llguidance.grammar_from("regex", so.regex)
     if so.choice is not None:
         return llguidance.grammar_from("choice", so.choice)
     return llguidance.grammar_from("grammar", so.grammar)
+
+
+# Keywords whose value is a map of names to subschemas, and keywords whose value is data, not a schema.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("const", "enum", "default", "examples", "required", "x-guidance")
+
+
+def _close_objects(schema) -> None:
+    """``additionalProperties: false`` on every (sub)schema with properties and no word on extras."""
+    if isinstance(schema, list):
+        for item in schema:
+            _close_objects(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    if ("properties" in schema or "patternProperties" in schema) and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for sub in value.values():
+                _close_objects(sub)
+        elif key not in _DATA:
+            _close_objects(value)
 
 
 class StructuredOutputCompiler:

@@ -75,3 +75,36 @@ def test_bad_constraints_are_value_errors(bundled_llm_fp32):
         StructuredOutputsParams(choice=[])
     with pytest.raises(ValueError, match="structured_outputs"):
         bundled_llm_fp32.generate("x", SamplingParams(structured_outputs={"regex": "(unclosed"}), use_tqdm=False)
+
+
+def _accepts(llm, so: StructuredOutputsParams, text: str) -> bool:
+    """Whether the grammar of ``so`` takes all of ``text`` and may stop there."""
+    matcher = llm.llm_engine._structured_compiler().matcher(so)
+    tokens = llm.get_tokenizer().encode(text, add_special_tokens=False)
+    return matcher.validate_tokens(tokens) == len(tokens) and matcher.consume_tokens(tokens) and matcher.is_accepting()
+
+
+def test_disable_additional_properties_closes_objects_that_say_nothing(bundled_llm_fp32):
+    llm = bundled_llm_fp32
+    inner = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/inner"}, "b": {"type": "string"}},
+              "$defs": {"inner": inner}}
+    closed = StructuredOutputsParams(json=schema, disable_additional_properties=True)
+    assert _accepts(llm, closed, '{"a": {"x": 1}, "b": "y"}')
+    assert not _accepts(llm, closed, '{"a": {"x": 1}, "b": "y", "c": 2}')  # top level closed
+    assert not _accepts(llm, closed, '{"a": {"x": 1, "z": 2}, "b": "y"}')  # the $defs schema too
+    assert _accepts(llm, StructuredOutputsParams(json=schema), '{"a": {"x": 1, "z": 2}, "b": "y", "c": 2}')
+    # A schema that allows extras keeps them, and the caller's schema object is not modified.
+    open_schema = dict(schema, additionalProperties=True)
+    assert _accepts(llm, StructuredOutputsParams(json=open_schema, disable_additional_properties=True),
+                    '{"a": {"x": 1}, "b": "y", "c": 2}')
+    assert "additionalProperties" not in schema and "additionalProperties" not in inner
+
+
+def test_disable_any_whitespace_applies_to_json_object_too(bundled_llm_fp32):
+    llm = bundled_llm_fp32
+    for so in (StructuredOutputsParams(json_object=True, disable_any_whitespace=True),
+               StructuredOutputsParams(json={"type": "object"}, disable_any_whitespace=True)):
+        assert _accepts(llm, so, '{"a":1,"b":[true,null]}')
+        assert not _accepts(llm, so, '{\n  "a": 1}')
+    assert _accepts(llm, StructuredOutputsParams(json_object=True), '{\n  "a": 1}')
