@@ -104,12 +104,38 @@ class Provider(ABC):
 
 
 def with_tools_in_system(messages: list[dict], tools: list) -> list[dict]:
-    """Describe ``tools`` (OpenAI function specs) in the system message, for templates without tools."""
+    """Describe ``tools`` (OpenAI function specs) in the system message, for templates without tools.
+
+    Each tool is shown as its JSON spec followed by the shape of a call to it, with a typed
+    placeholder for each argument (``{"name": "f", "arguments": {"x": <integer>}}``): a small model
+    shown only the JSON schema copies the schema's own shape into its arguments (``{"x": {...}}``).
+    """
     import json
 
-    specs = "\n".join(json.dumps(t.get("function", t)) for t in tools)
-    return with_system_note(messages, "You can call these tools. To call one, answer only with JSON "
-                            '{"name": <tool name>, "arguments": <arguments object>}.\n' + specs)
+    lines = ["You can call these tools. To call one, answer only with JSON "
+             '{"name": <tool name>, "arguments": <arguments object>}.']
+    for tool in tools:
+        spec = tool.get("function", tool)
+        lines += [json.dumps(spec), "A call to it: " + example_call(spec)]
+    return with_system_note(messages, "\n".join(lines))
+
+
+def example_call(spec: dict) -> str:
+    """``{"name": ..., "arguments": {arg: <type>, ...}}`` for one OpenAI function spec."""
+    import json
+
+    props = (spec.get("parameters") or {}).get("properties") or {}
+    args = ", ".join(f"{json.dumps(k)}: <{_type_name(v)}>" for k, v in props.items())
+    return f'{{"name": {json.dumps(spec.get("name"))}, "arguments": {{{args}}}}}'
+
+
+def _type_name(schema: dict) -> str:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if isinstance(kind, list):
+        return " or ".join(map(str, kind))
+    if kind is None and isinstance(schema, dict) and "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    return kind or "value"
 
 
 def with_system_note(messages: list[dict], note: str) -> list[dict]:
@@ -214,7 +240,8 @@ def openai_fields(params: SamplingParams) -> dict:
     extra = {k: getattr(params, k) for k in _EXTRA_FIELDS if getattr(params, k) != getattr(default, k)}
     if params.structured_outputs is not None:
         so = params.structured_outputs
-        extra["structured_outputs"] = {k: getattr(so, k) for k in ("json", "regex", "choice", "grammar", "json_object")
+        extra["structured_outputs"] = {k: getattr(so, k) for k in ("json", "regex", "choice", "grammar", "json_object",
+                                                                   "disable_any_whitespace", "disable_additional_properties")
                                        if getattr(so, k) not in (None, False)}
     if params.logit_bias:
         kwargs["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}

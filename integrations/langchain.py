@@ -24,6 +24,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
 from pagedllm.provider import Completion, Provider, Usage, get_provider, with_system_note
@@ -274,7 +275,8 @@ class ChatVLLM(BaseChatModel):
         call_tool = bool(tools) and tool_choice != "none" and dicts[-1]["role"] != "tool"
         if call_tool:
             fields["structured_outputs"] = StructuredOutputsParams(json=_tool_call_schema(tools, tool_choice),
-                                                                   disable_any_whitespace=True)
+                                                                   disable_any_whitespace=True,
+                                                                   disable_additional_properties=True)
         return dicts, SamplingParams.from_optional(**fields), tools, call_tool
 
     def _metadata(self, finish_reason: str | None) -> dict:
@@ -374,7 +376,7 @@ class ChatVLLM(BaseChatModel):
         Enforcement is always strict, so ``strict`` changes nothing."""
         if kwargs:
             raise ValueError(f"unexpected arguments {sorted(kwargs)}")
-        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        is_model = is_basemodel_subclass(schema)  # pydantic 2 models and pydantic.v1 ones
         ls_format = {"kwargs": {"method": method}, "schema": convert_to_json_schema(schema) if schema else None}
         if method == "function_calling":
             name = convert_to_openai_tool(schema)["function"]["name"]
@@ -383,8 +385,9 @@ class ChatVLLM(BaseChatModel):
                       else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
         elif method in ("json_schema", "json_mode"):
             so = ({"json_object": True} if method == "json_mode"
-                  else {"json": convert_to_json_schema(schema)})
-            llm = self.bind(structured_outputs=StructuredOutputsParams(**so), ls_structured_output_format=ls_format)
+                  else {"json": convert_to_json_schema(schema), "disable_additional_properties": True})
+            llm = self.bind(structured_outputs=StructuredOutputsParams(**so, disable_any_whitespace=True),
+                            ls_structured_output_format=ls_format)
             parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
         else:
             raise ValueError(f"method={method!r}; choose json_schema, function_calling or json_mode")

@@ -57,43 +57,23 @@ class TestChatVLLMUnit(_Flags, ChatModelUnitTests):
 class TestChatVLLMIntegration(_Flags, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
-        return PARAMS | {"max_tokens": 48}  # short answers keep the suite fast on one CPU core
+        # Settings a user picks for a 135M model under greedy decoding: it repeats a phrase until the
+        # token budget ends ("The cat was a cat, and the cat was a cat, and ..."), so the JSON object
+        # is cut. frequency_penalty (output tokens only, so numbers and names are still copied from
+        # the prompt) stops that: every tool-call and structured-output test here ends by itself at
+        # 0.5, 0.8, 1.0 and 1.5; at 0 the joke schemas never close within 96 tokens.
+        # repetition_penalty is no use: it also penalizes prompt tokens, and at 1.1-1.3 the tool
+        # calls come out as input=567 and customer_name="".
+        return PARAMS | {"max_tokens": 64, "frequency_penalty": 1.0}
 
-    # Not skips: the features work (test_tool_choice, test_agent_loop, test_structured_output
-    # [typeddict/json_schema] pass), but these tests also grade the 135M model's answers.
-    # Expected failures, not strict, so a larger bundled model turns them green.
-    _WRONG_ARG = pytest.mark.xfail(reason="the forced call is well formed, but SmolLM2-135M greedily picks "
-                                          "input=100 for 'magic_function(3)'", strict=False)
-    _LOOPS = pytest.mark.xfail(reason="SmolLM2-135M repeats itself inside a JSON string until the 48-token "
-                                      "budget ends, so the object is cut before its last field", strict=False)
-
-    @_WRONG_ARG
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_tool_calling(self, model) -> None:
-        super().test_tool_calling(model)
-
-    @_WRONG_ARG
-    async def test_tool_calling_async(self, model) -> None:
-        await super().test_tool_calling_async(model)
-
-    @_LOOPS
-    def test_unicode_tool_call_integration(self, model) -> None:
-        super().test_unicode_tool_call_integration(model)
-
-    @_LOOPS
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    def test_structured_output(self, model, schema_type) -> None:
-        super().test_structured_output(model, schema_type)
-
-    @_LOOPS
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    async def test_structured_output_async(self, model, schema_type) -> None:
-        await super().test_structured_output_async(model, schema_type)
-
-    @_LOOPS
-    def test_structured_output_pydantic_2_v1(self, model) -> None:
-        super().test_structured_output_pydantic_2_v1(model)
-
-    @_LOOPS
+    # Not a skip: JSON mode works (any JSON object, enforced), but this test also grades whether
+    # SmolLM2-135M puts the keys the user asked for at the top level, and it nests them instead:
+    # after '{"setup":' its own top choice is another object ('{"' logprob -0.98, a string '"' -2.97),
+    # giving '{"setup":{"setup":...' or '{"setup":{"punchline":...}}'. Measured with no system note
+    # and four generic ones, compact or flexible whitespace, frequency_penalty 0-2: 1 of 20 settings
+    # gave the two keys, which is luck, not a setting to ship. Expected failure, not strict, so a
+    # larger bundled model turns it green.
+    @pytest.mark.xfail(reason="SmolLM2-135M nests JSON-mode keys ('{\"setup\":{\"punchline\":...}}') instead of "
+                              "writing them at the top level, as the test's prompt asks", strict=False)
     def test_json_mode(self, model) -> None:
         super().test_json_mode(model)
