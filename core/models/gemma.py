@@ -127,8 +127,8 @@ class GemmaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden)
-        if self.final_soft_cap:
-            logits = torch.tanh(logits / self.final_soft_cap) * self.final_soft_cap
+        if self.final_soft_cap:  # in float32 (the sampler's dtype anyway), in place: [B, vocab] is large
+            logits = logits.float().div_(self.final_soft_cap).tanh_().mul_(self.final_soft_cap)
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
