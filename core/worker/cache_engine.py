@@ -19,21 +19,32 @@ def allocate_kv_cache(attention_layers, num_blocks: int, block_size: int, dtype:
     """Allocate the whole cache in one zeroed tensor and bind per-layer views to the layers.
 
     Zeroed so that a masked-out slot never holds NaN (0 * NaN would poison attention). On CPU the
-    zeros come from calloc (through numpy): the OS hands out zero pages on first touch, so a
-    4 GiB cache costs nothing at start-up instead of ~1.6 s of writing zeros.
+    cache is an anonymous mmap: the OS supplies zero pages on first touch, so a 4 GiB cache costs
+    nothing at start-up (torch.zeros wrote zeros for ~1.6 s), and it is advised into transparent
+    huge pages, so first touches fault per 2 MiB, not per 4 KiB, and block lookups miss the TLB less.
     """
     first = attention_layers[0]
     shape = (2, len(attention_layers), num_blocks, block_size, first.num_kv_heads, first.head_dim)
     if torch.device(device).type == "cpu":
-        import numpy as np
-
-        numel = 1
-        for n in shape:
-            numel *= n
-        raw = torch.from_numpy(np.zeros(numel * torch.empty((), dtype=dtype).element_size(), dtype=np.uint8))
-        cache = raw.view(dtype).view(shape)
+        cache = _zeroed_host_tensor(shape, dtype)
     else:
         cache = torch.zeros(shape, dtype=dtype, device=device)
     for i, layer in enumerate(attention_layers):
         layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]
     return cache
+
+
+def _zeroed_host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    import mmap
+
+    numel = 1
+    for n in shape:
+        numel *= n
+    region = mmap.mmap(-1, max(1, numel * torch.empty((), dtype=dtype).element_size()))
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # THP disabled or unsupported: 4 KiB pages, still lazy
+            pass
+    # frombuffer keeps a reference to the mapping for as long as the tensor lives.
+    return torch.frombuffer(region, dtype=torch.uint8).view(dtype).view(shape)
