@@ -14,13 +14,11 @@ import argparse
 import asyncio
 import gc
 import multiprocessing
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from pagedllm.benchmarks.report import load_avg, write_json
+from pagedllm.benchmarks.report import load_avg, machine_info, write_json
 from pagedllm.benchmarks.throughput import rates
 from pagedllm.benchmarks.workload import SyntheticRequest, build_workload, workload_stats
 from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
@@ -168,14 +166,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "same_prompt_tokens": adapter["prompt_tokens"] == peer["prompt_tokens"],
         # Informational: greedy texts can differ where batch composition changes float rounding.
         "identical_texts": sum(a == b for a, b in zip(texts["llm_generate"], texts["chatvllm_ainvoke"])),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "load_avg_1m": [load_before, load_avg()],
-        },
+        "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -26,16 +26,15 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pagedllm.benchmarks.report import load_avg, write_json
+from pagedllm.benchmarks.report import load_avg, machine_info, write_json
 from pagedllm.benchmarks.workload import DEFAULT_MAX_OUTPUT_LEN, DEFAULT_MIN_OUTPUT_LEN, build_workload, workload_stats
-from pagedllm.entrypoints.cli_args import DEFAULT_MODEL
+from pagedllm.entrypoints.cli_args import add_engine_args
 
 REFERENCE = "llama"
 FALLBACK = "fallback"  # the Llama config through the Transformers fallback
@@ -309,15 +308,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "same_output_tokens": bool(ran) and all(r["output_tokens"] == stats["output_tokens"] for r in ran),
         "errors": {n: r["error"] for n, r in rows.items() if "error" in r},
         "not_covered": not_covered(),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "load_avg_1m": [load_before, load_avg()],
-        },
+        "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -372,16 +363,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "~/.cache/pagedllm/bench-models)")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
     # The engine flags of the other benches, less --model-impl: each row sets its own implementation.
-    group = parser.add_argument_group("engine")
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="where the tokenizer and chat template come from (default: %(default)s, bundled)")
-    group.add_argument("--dtype", default="auto",
-                       help="auto (bf16 on CPUs with AVX512-BF16/AMX, else fp32), bfloat16, float16 or float32")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--max-num-seqs", type=int, default=256,
-                       help="most sequences in one engine step (default: %(default)s)")
-    group.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                       help="token budget of one engine step (default: %(default)s)")
+    add_engine_args(parser, per_model=False, model_help="where the tokenizer and chat template come from")
     return parser
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 
 def load_avg() -> float | None:
@@ -11,6 +12,23 @@ def load_avg() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # not on every platform
         return None
+
+
+def machine_info(device, load_before: float | None) -> dict:
+    """What a result depends on besides the code: platform, cores and threads, torch, GPU, and the
+    1-min load average before/after (a busy shared machine slows every backend)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "load_avg_1m": [load_before, load_avg()],
+    }
 
 
 def write_json(report: dict, path: str | None) -> None:

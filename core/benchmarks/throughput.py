@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import sys
 import time
 
 from pagedllm.benchmarks.hf_backend import DEFAULT_HF_BATCH_SIZE
-from pagedllm.benchmarks.report import load_avg, write_json
+from pagedllm.benchmarks.report import load_avg, machine_info, write_json
 from pagedllm.benchmarks.workload import (
     DEFAULT_MAX_OUTPUT_LEN,
     DEFAULT_MIN_OUTPUT_LEN,
@@ -180,15 +178,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "workload": stats,
         "results": results,
         "ratio_pagedllm_over_hf": ratio,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            # 1-min load average before/after: a busy shared machine slows every backend.
-            "load_avg_1m": [load_before, load_avg()],
-        },
+        "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -19,11 +19,12 @@ def add_model_impl_arg(group) -> None:
                             "cache (default: %(default)s)")
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add --model, --dtype, --seed, --max-num-seqs, --max-num-batched-tokens, --model-impl, --trust-remote-code."""
+def add_engine_args(parser: argparse.ArgumentParser, per_model: bool = True,
+                    model_help: str = "model name, local folder or .gguf file") -> argparse.ArgumentParser:
+    """Add --model, --dtype, --seed, --max-num-seqs, --max-num-batched-tokens and, with ``per_model``,
+    --model-impl and --trust-remote-code (``bench models`` sets those per row itself)."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="model name, local folder or .gguf file (default: %(default)s, bundled)")
+    group.add_argument("--model", default=DEFAULT_MODEL, help=f"{model_help} (default: %(default)s, bundled)")
     group.add_argument("--dtype", default="auto",
                        help="auto (bf16 on CPUs with AVX512-BF16/AMX, else fp32), bfloat16, float16 or float32")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -31,9 +32,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="most sequences in one engine step (default: %(default)s)")
     group.add_argument("--max-num-batched-tokens", type=int, default=2048,
                        help="token budget of one engine step (default: %(default)s)")
-    add_model_impl_arg(group)
-    group.add_argument("--trust-remote-code", action="store_true",
-                       help="allow a model folder's own configuration code (e.g. ChatGLM)")
+    if per_model:
+        add_model_impl_arg(group)
+        group.add_argument("--trust-remote-code", action="store_true",
+                           help="allow a model folder's own configuration code (e.g. ChatGLM)")
     return parser
 
 
