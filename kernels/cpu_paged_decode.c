@@ -46,6 +46,7 @@ static inline void store_scalar(void *p, long i, float v, int is_bf16) {
 
 #define MAX_HEAD_DIM 512
 #define MAX_HEADS 128
+#define MAX_Q_ROW 8192 /* num_heads * head_dim: per-thread float buffers of 32 KiB each */
 
 /* Softmax of one row of scores in place (exp of x - max, normalised). */
 #ifdef __AVX512F__
@@ -163,8 +164,8 @@ static inline __attribute__((always_inline)) void decode_one_avx512(const void *
                               int max_ctx, int is_bf16) {
     const int G = H / KVH, nv = D / 16;
     const long row = (long)KVH * D;
-    float qs[MAX_HEADS * MAX_HEAD_DIM / 8] __attribute__((aligned(64)));
-    float acc[MAX_HEADS * MAX_HEAD_DIM / 8] __attribute__((aligned(64)));
+    float qs[MAX_Q_ROW] __attribute__((aligned(64)));
+    float acc[MAX_Q_ROW] __attribute__((aligned(64)));
     for (int i = 0; i < H * D; i += 16) {
         _mm512_store_ps(qs + i, _mm512_mul_ps(load16(q, i, is_bf16), _mm512_set1_ps(scale)));
         _mm512_store_ps(acc + i, _mm512_setzero_ps());
@@ -219,7 +220,7 @@ static void decode_one_generic(const void *q, const void *kc, const void *vc, co
                                int max_ctx, int is_bf16) {
     const int G = H / KVH;
     const long row = (long)KVH * D;
-    float qs[MAX_HEADS * MAX_HEAD_DIM / 8], acc[MAX_HEADS * MAX_HEAD_DIM / 8], kv[MAX_HEADS * MAX_HEAD_DIM / 8];
+    float qs[MAX_Q_ROW], acc[MAX_Q_ROW], kv[MAX_Q_ROW];
     for (int i = 0; i < H * D; i++) {
         qs[i] = load_scalar(q, i, is_bf16) * scale;
         acc[i] = 0.f;
@@ -257,7 +258,7 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache, const 
                  int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
                  float soft_cap, const float *alibi_slopes, int is_bf16,
                  float *scratch, int max_context, int num_threads) {
-    if ((long)num_heads * head_dim > MAX_HEADS * MAX_HEAD_DIM / 8 || head_dim > MAX_HEAD_DIM) return 1;
+    if ((long)num_heads * head_dim > MAX_Q_ROW || head_dim > MAX_HEAD_DIM || num_heads > MAX_HEADS) return 1;
     const long qrow = (long)num_heads * head_dim;
     const int elem = is_bf16 ? 2 : 4;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)

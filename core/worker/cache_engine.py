@@ -35,12 +35,10 @@ def allocate_kv_cache(attention_layers, num_blocks: int, block_size: int, dtype:
 
 
 def _zeroed_host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    import math
     import mmap
 
-    numel = 1
-    for n in shape:
-        numel *= n
-    region = mmap.mmap(-1, max(1, numel * torch.empty((), dtype=dtype).element_size()))
+    region = mmap.mmap(-1, max(1, math.prod(shape) * torch.empty((), dtype=dtype).element_size()))
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             region.madvise(mmap.MADV_HUGEPAGE)

@@ -120,3 +120,11 @@ def test_engine_decodes_identically_through_both_cpu_backends():
         tokens[backend] = [o.outputs[0].token_ids for o in llm.generate(SEED_PROMPTS * 4, params, use_tqdm=False)]
         del llm
     assert tokens["cpu"] == tokens["torch"]
+
+
+def test_shapes_past_the_kernel_buffers_are_declined_not_overrun():
+    """More heads than the kernel's per-head arrays hold (here 256 x 16): it returns None and the
+    backend takes the torch path, instead of writing past its stack buffers."""
+    lib = cpu_decode.load()
+    q, k_cache, v_cache, tables, lens = _case(torch.float32, 256, 256, 16, 16)
+    assert cpu_decode.paged_decode(lib, q, k_cache, v_cache, tables, lens, int(lens.max()), 0.25) is None
