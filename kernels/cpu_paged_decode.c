@@ -16,6 +16,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -213,6 +214,154 @@ static inline __attribute__((always_inline)) void decode_one_avx512(const void *
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+/* bf16 caches on CPUs with AVX512-BF16 (vdpbf16ps: two bf16 products added into one float32
+ * lane). K and V are never widened to float32, which is most of the work of the path above when
+ * every head reads its own KV head (MHA). Q.K is exact bf16 products in float32; P.V rounds the
+ * probabilities to bf16 first, as SDPA's CPU flash kernel and GPU flash attention do. */
+
+static inline __m512i load32(const uint16_t *p) { return _mm512_loadu_si512((const void *)p); }
+
+/* The 16 horizontal sums of a[0..15], in order, with shuffles shared across the vectors. */
+static inline __m512 sum16x16(const __m512 a[16]) {
+    __m512 r8[8], r4[4];
+    for (int i = 0; i < 8; i++) /* 128-bit lanes: [a2i lo+hi half, a2i+1 lo+hi half] */
+        r8[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                              _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) /* lane l: 4 partial sums of a[4i + l] */
+        r4[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r8[2 * i], r8[2 * i + 1], 0x88),
+                              _mm512_shuffle_f32x4(r8[2 * i], r8[2 * i + 1], 0xDD));
+    const __m512 u = _mm512_add_ps(_mm512_unpacklo_ps(r4[0], r4[1]), _mm512_unpackhi_ps(r4[0], r4[1]));
+    const __m512 v = _mm512_add_ps(_mm512_unpacklo_ps(r4[2], r4[3]), _mm512_unpackhi_ps(r4[2], r4[3]));
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u, v, 0x44), _mm512_shuffle_ps(u, v, 0xEE));
+    /* f[4l + k] is the sum of a[4k + l]; put it back in order */
+    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), f);
+}
+
+/* Pointers to the cache rows (all KV heads) of tokens t .. t+m-1. */
+static inline void row_ptrs(const uint16_t *cache, const int32_t *table, int t, int m, int bs, long row,
+                            const uint16_t **p) {
+    for (int u = 0; u < m; u++) p[u] = cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row;
+}
+
+/* Scaled scores of every head, 16 tokens at a time: the chunk's rows (all KV heads) are read
+ * once, in address order, and stay in L1 while each head reduces its 16 dot products at once. */
+static void qk_dpbf16(const uint16_t *q, const uint16_t *kc, const int32_t *table, int first, int n, int bs,
+                      long row, int H, int G, int D, float scale, float *s, int max_ctx) {
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        const uint16_t *k[16];
+        row_ptrs(kc, table, t, m, bs, row, k);
+        for (int h = 0; h < H; h++) {
+            const uint16_t *qh = q + (long)h * D;
+            const long off = (long)(h / G) * D;
+            __m512 a[16];
+            for (int u = 0; u < 16; u++) {
+                a[u] = _mm512_setzero_ps();
+                if (u < m)
+                    for (int j = 0; j < D / 32; j++)
+                        a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)load32(k[u] + off + j * 32), (__m512bh)load32(qh + j * 32));
+            }
+            _mm512_mask_storeu_ps(s + (long)h * max_ctx + t - first, (__mmask16)((1u << m) - 1),
+                                  _mm512_mul_ps(sum16x16(a), _mm512_set1_ps(scale)));
+        }
+    }
+}
+
+/* A softmax row (float32 exp values) to bf16 in place: bf16 t lands at byte 2t, behind float t,
+ * which was already read. Element n is zeroed: the token-pair loop below reads one past an odd row. */
+static void row_to_bf16(float *s, int n) {
+    uint16_t *d = (uint16_t *)s;
+    int t = 0;
+    for (; t + 16 <= n; t += 16)
+        _mm256_storeu_si256((__m256i *)(d + t), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + t)));
+    for (; t < n; t++) d[t] = f32_to_bf16(s[t]);
+    d[n] = 0;
+}
+
+#define PV_HEADS 4 /* heads of one KV head whose accumulators stay in registers (4 x 4 zmm) */
+
+/* acc += P.V with two tokens per vdpbf16ps: the rows of tokens t and t+1 are interleaved
+ * (unpack lo/hi) and the pair of bf16 probabilities broadcast. Chunks of 16 tokens, all heads
+ * per chunk, so V is read once in address order as in qk_dpbf16. acc is kept per 32 dims as
+ * [lo | hi]: lane l of lo holds dims 8l..8l+3, of hi dims 8l+4..8l+7; unscramble_acc orders it. */
+static void pv_dpbf16(const uint16_t *vc, const int32_t *table, int first, int n, int bs, long row, int H,
+                      int G, int D, const float *s, int max_ctx, float *acc) {
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        const uint16_t *v[16];
+        row_ptrs(vc, table, t, m, bs, row, v);
+        for (int h0 = 0, hb; h0 < H; h0 += hb) {
+            hb = G - h0 % G < PV_HEADS ? G - h0 % G : PV_HEADS; /* heads h0 .. h0+hb-1 share one KV head */
+            const long off = (long)(h0 / G) * D;
+            for (int d0 = 0; d0 < D; d0 += 64) {
+                __m512 a[PV_HEADS][4];
+                for (int i = 0; i < hb; i++)
+                    for (int j = 0; j < 4; j++) a[i][j] = _mm512_load_ps(acc + (long)(h0 + i) * D + d0 + j * 16);
+                for (int u = 0; u < m; u += 2) {
+                    const uint16_t *x = v[u] + off + d0;
+                    const __m512i x0 = load32(x), x1 = load32(x + 32);
+                    __m512i y0 = _mm512_setzero_si512(), y1 = y0;
+                    if (u + 1 < m) {
+                        y0 = load32(v[u + 1] + off + d0);
+                        y1 = load32(v[u + 1] + off + d0 + 32);
+                    }
+                    const __m512bh l0 = (__m512bh)_mm512_unpacklo_epi16(x0, y0), h0v = (__m512bh)_mm512_unpackhi_epi16(x0, y0);
+                    const __m512bh l1 = (__m512bh)_mm512_unpacklo_epi16(x1, y1), h1v = (__m512bh)_mm512_unpackhi_epi16(x1, y1);
+                    for (int i = 0; i < PV_HEADS; i++) {
+                        if (i < hb) {
+                            int32_t pair;
+                            memcpy(&pair, (const uint16_t *)(s + (long)(h0 + i) * max_ctx) + t - first + u, 4);
+                            const __m512bh p = (__m512bh)_mm512_set1_epi32(pair);
+                            a[i][0] = _mm512_dpbf16_ps(a[i][0], l0, p);
+                            a[i][1] = _mm512_dpbf16_ps(a[i][1], h0v, p);
+                            a[i][2] = _mm512_dpbf16_ps(a[i][2], l1, p);
+                            a[i][3] = _mm512_dpbf16_ps(a[i][3], h1v, p);
+                        }
+                    }
+                }
+                for (int i = 0; i < hb; i++)
+                    for (int j = 0; j < 4; j++) _mm512_store_ps(acc + (long)(h0 + i) * D + d0 + j * 16, a[i][j]);
+            }
+        }
+    }
+}
+
+/* [lo | hi] per 32 dims (see pv_dpbf16) back to dimension order, in place. */
+static void unscramble_acc(float *acc, int len) {
+    const __m512i lo_idx = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i hi_idx = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+    for (int i = 0; i < len; i += 32) {
+        const __m512 lo = _mm512_load_ps(acc + i), hi = _mm512_load_ps(acc + i + 16);
+        _mm512_store_ps(acc + i, _mm512_permutex2var_ps(lo, lo_idx, hi));
+        _mm512_store_ps(acc + i + 16, _mm512_permutex2var_ps(lo, hi_idx, hi));
+    }
+}
+
+/* One sequence of a bf16 cache, head_dim % 64 == 0. */
+static void decode_one_dpbf16(const uint16_t *q, const uint16_t *kc, const uint16_t *vc, const int32_t *table,
+                              int first, int n, uint16_t *out, int H, int KVH, int D, int bs, float scale,
+                              float soft_cap, const float *slopes, float *s, int max_ctx) {
+    const int G = H / KVH;
+    const long row = (long)KVH * D;
+    float acc[MAX_Q_ROW] __attribute__((aligned(64)));
+    float inv[MAX_HEADS];
+    qk_dpbf16(q, kc, table, first, n, bs, row, H, G, D, scale, s, max_ctx);
+    for (int h = 0; h < H; h++) {
+        float *sh = s + (long)h * max_ctx;
+        adjust_row(sh, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(sh, n - first);
+        row_to_bf16(sh, n - first);
+    }
+    for (int i = 0; i < H * D; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+    pv_dpbf16(vc, table, first, n, bs, row, H, G, D, s, max_ctx, acc);
+    unscramble_acc(acc, H * D);
+    for (int i = 0; i < H * D; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), (__m256i)_mm512_cvtneps_pbh(
+            _mm512_mul_ps(_mm512_load_ps(acc + i), _mm512_set1_ps(inv[i / D]))));
+}
+#endif
+
 /* One sequence, any head_dim: plain loops. */
 static void decode_one_generic(const void *q, const void *kc, const void *vc, const int32_t *table, int first,
                                int n, void *out, int H, int KVH, int D, int bs, float scale, float soft_cap,
@@ -269,6 +418,13 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache, const 
         const char *qb = (const char *)q + b * qrow * elem;
         char *ob = (char *)out + b * qrow * elem;
         const int32_t *table = block_tables + (long)b * max_blocks;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        if (head_dim % 64 == 0 && is_bf16) {
+            decode_one_dpbf16((const uint16_t *)qb, k_cache, v_cache, table, first, n, (uint16_t *)ob, num_heads,
+                              num_kv_heads, head_dim, block_size, scale, soft_cap, alibi_slopes, s, max_context);
+            continue;
+        }
+#endif
 #ifdef __AVX512F__
         if (head_dim % 16 == 0 && is_bf16) {
             decode_one_avx512(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
