@@ -17,27 +17,36 @@ def test_help_lists_the_flags(capsys):
         assert flag in out
 
 
-def test_families_put_llama_first_and_reject_unknown_names():
-    assert bench.parse_families("gpt2,fallback") == ["llama", "gpt2", "fallback"]
-    assert bench.parse_families("all") == ["llama", *[f for f in bench.FAMILIES if f != "llama"], "fallback"]
+def test_families_put_the_references_first_and_reject_unknown_names():
+    assert bench.parse_families("gpt2,fallback") == ["llama", "llama_mha", "gpt2", "fallback"]
+    assert bench.parse_families("phi,mixtral") == ["llama", "phi", "mixtral"]  # no MHA family: no llama_mha
+    assert bench.parse_families("all") == ["llama", "llama_mha",
+                                           *[f for f in bench.FAMILIES if f not in ("llama", "llama_mha")], "fallback"]
     with pytest.raises(ValueError, match="--families: unknown \\['gpt5'\\]"):
         bench.parse_families("llama,gpt5")
 
 
-def test_ratios_are_against_the_llama_row_not_the_first_or_fastest():
+def test_ratios_are_against_each_rows_reference_not_the_first_or_fastest():
     rows = {"gpt2": {"output_tokens_per_s": 300.0}, "opt": {"output_tokens_per_s": 150.0},
-            "llama": {"output_tokens_per_s": 200.0}, "phi": {"error": "boom"},
+            "llama": {"output_tokens_per_s": 200.0}, "phi": {"error": "boom"}, "qwen2": {"output_tokens_per_s": 150.0},
+            "llama_mha": {"output_tokens_per_s": 180.0}, "mixtral_active": {"output_tokens_per_s": 100.0},
             "fallback": {"output_tokens_per_s": 50.0}}
     bench.add_ratios(rows)
     assert {n: r["ratio_to_llama"] for n, r in rows.items()} == {
-        "gpt2": 1.5, "opt": 0.75, "llama": 1.0, "phi": None, "fallback": 0.25}
-    # 0.8 bound for native rows; the fallback's ratio is reported, not judged; a failed row is not a pass
+        "gpt2": 1.5, "opt": 0.75, "llama": 1.0, "phi": None, "qwen2": 0.75, "llama_mha": 0.9, "mixtral_active": 0.5,
+        "fallback": 0.25}
+    # the MHA families are judged against llama_mha, the rest against llama
+    assert {n: r["reference"] for n, r in rows.items() if n in ("gpt2", "opt", "qwen2")} == {
+        "gpt2": "llama_mha", "opt": "llama_mha", "qwen2": "llama"}
+    assert rows["opt"]["ratio_to_reference"] == pytest.approx(150 / 180)
+    # 0.8 bound for native families; fallback and control rows reported, not judged; a failed row is not a pass
     assert {n: r["meets_target"] for n, r in rows.items()} == {
-        "gpt2": True, "opt": False, "llama": True, "phi": None, "fallback": None}
+        "gpt2": True, "opt": True, "llama": True, "phi": None, "qwen2": False, "llama_mha": None,
+        "mixtral_active": None, "fallback": None}
 
 
 def test_every_135m_config_has_about_135m_parameters():
-    """SmolLM2's shape per family: 134-137M parameters; Mixtral 134-137M active, more in total."""
+    """SmolLM2's shape per family: 134-137M parameters (Mixtral in all, mixtral_active active, 2.8x in all)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -46,12 +55,20 @@ def test_every_135m_config_has_about_135m_parameters():
         assert config.architectures == [arch] and config.tie_word_embeddings
         with torch.device("meta"):
             total, active = bench.count_params(AutoModelForCausalLM.from_config(config))
-        assert 134e6 <= active <= 137e6, (family, active)
-        assert total == active if family != "mixtral" else total > 2.5 * active, (family, total)
+        counted = active if family == "mixtral_active" else total
+        assert 134e6 <= counted <= 137e6, (family, total, active)
+        if family == "mixtral":
+            assert active < 0.6 * total, (family, active)
+        elif family == "mixtral_active":
+            assert total > 2.5 * active, (family, total)
+        else:
+            assert total == active, family
+    assert bench.family_config("llama_mha").num_key_value_heads == bench.family_config("llama_mha").num_attention_heads
 
 
 def test_end_to_end_two_tiny_families(tmp_path, capsys):
-    """gpt2 and llama (tiny), 2 requests x 3 tokens: same tokens per row; ratio = gpt2 / llama."""
+    """gpt2 and llama (tiny), 2 requests x 3 tokens: llama_mha joins as gpt2's reference; same tokens per
+    row; gpt2 judged by its ratio to llama_mha, its ratio to llama reported."""
     out_json = tmp_path / "models.json"
     argv = ["bench", "models", "--size", "tiny", "--families", "gpt2,llama", "--num-prompts", "2",
             "--output-len", "3", "--dtype", "float32", "--cache-dir", str(tmp_path / "cache"),
@@ -60,9 +77,10 @@ def test_end_to_end_two_tiny_families(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads(out_json.read_text())
     rows = report["results"]
-    assert list(rows) == ["llama", "gpt2"] and report["reference"] == "llama" and report["target_ratio"] == 0.8
+    assert list(rows) == ["llama", "llama_mha", "gpt2"] and report["reference"] == "llama"
+    assert report["target_ratio"] == 0.8
     assert report["workload"]["output_tokens"] == 6 and report["same_output_tokens"] and not report["errors"]
-    for name, arch in (("llama", "LlamaForCausalLM"), ("gpt2", "GPT2LMHeadModel")):
+    for name, arch in (("llama", "LlamaForCausalLM"), ("llama_mha", "LlamaForCausalLM"), ("gpt2", "GPT2LMHeadModel")):
         r = rows[name]
         assert r["architecture"] == arch and r["model_impl"] == "native" and r["output_tokens"] == 6
         assert r["model_class"].startswith("pagedllm.models.")  # native, not the fallback
@@ -70,10 +88,13 @@ def test_end_to_end_two_tiny_families(tmp_path, capsys):
     assert rows["llama"]["ratio_to_llama"] == 1.0
     assert rows["gpt2"]["ratio_to_llama"] == pytest.approx(
         rows["gpt2"]["output_tokens_per_s"] / rows["llama"]["output_tokens_per_s"])
-    assert rows["gpt2"]["meets_target"] == (rows["gpt2"]["ratio_to_llama"] >= 0.8)
+    assert rows["gpt2"]["ratio_to_reference"] == pytest.approx(
+        rows["gpt2"]["output_tokens_per_s"] / rows["llama_mha"]["output_tokens_per_s"])
+    assert rows["gpt2"]["meets_target"] == (rows["gpt2"]["ratio_to_reference"] >= 0.8)
+    assert rows["llama_mha"]["meets_target"] is None
     assert report["fallback_ratio"] is None  # not asked for
     assert bench.format_table(report) in printed
     # one complete cached folder per family, no half-built leftovers
     cached = sorted((tmp_path / "cache").iterdir())
-    assert [p.name.split("-")[0] for p in cached] == ["gpt2", "llama"]
+    assert [p.name.split("-")[0] for p in cached] == ["gpt2", "llama", "llama_mha"]
     assert all((p / bench.META_FILE).exists() and ".tmp" not in p.name for p in cached)
