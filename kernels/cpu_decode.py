@@ -4,84 +4,31 @@ Why: on CPU the torch path gathers every decode's K/V blocks into a padded copy 
 SDPA over it, so each K/V byte crosses memory three times and padding is computed too. The
 C kernel (``cpu_paged_decode.c``) reads K/V straight from the paged cache, once, and only the
 real context. It is plain C with OpenMP (no torch headers), so it compiles in about a second;
-the shared object is cached in ``~/.cache/pagedllm/kernels`` keyed by source, flags and CPU.
-
-When no C compiler is found, or ``PAGEDLLM_CPU_KERNEL=0``, ``load()`` returns None and the
-torch backend keeps its gather + SDPA path (which is also the kernel's test oracle).
+built and cached by ``cpu_build``. When no C compiler is found, or ``PAGEDLLM_CPU_KERNEL=0``,
+``load()`` returns None and the torch backend keeps its gather + SDPA path (which is also the
+kernel's test oracle).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
-logger = logging.getLogger(__name__)
+from pagedllm.kernels import cpu_build
 
 SOURCE = Path(__file__).with_name("cpu_paged_decode.c")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
-_LIBS: dict[tuple[str, ...], ctypes.CDLL | None] = {}
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pagedllm")
-    return Path(root) / "kernels"
-
-
-def _cpu_id() -> str:
-    """What -march=native depends on: the CPU model and its feature flags."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return "\n".join(line for line in text.splitlines() if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def build(extra_flags: tuple[str, ...] = ()) -> Path:
-    """Compile the kernel (or reuse the cached build); raises RuntimeError if it cannot."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    flags = FLAGS + tuple(extra_flags)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *flags, _cpu_id()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_paged_decode-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(built, target)  # atomic: concurrent builders never see a half-written file
-    return target
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.paged_decode.argtypes = [p, p, p, p, i, p, p, i, i, i, i, i, f, i, f, p, i, p, i, i]
+    lib.paged_decode.restype = i
 
 
 def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The compiled kernel, or None (logged once) when it is disabled or cannot be built."""
-    key = tuple(extra_flags)
-    if key in _LIBS:
-        return _LIBS[key]
-    lib = None
-    if os.environ.get("PAGEDLLM_CPU_KERNEL", "1") != "0":
-        try:
-            lib = ctypes.CDLL(str(build(key)))
-            p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-            lib.paged_decode.argtypes = [p, p, p, p, i, p, p, i, i, i, i, i, f, i, f, p, i, p, i, i]
-            lib.paged_decode.restype = i
-        except (RuntimeError, OSError) as exc:
-            logger.warning("CPU decode kernel unavailable (%s); using the torch gather + SDPA path", exc)
-            lib = None
-    _LIBS[key] = lib
-    return lib
+    return cpu_build.load(SOURCE, _declare, "the torch gather + SDPA path", extra_flags)
 
 
 def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:

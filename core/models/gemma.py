@@ -10,7 +10,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from pagedllm.kernels import cpu_ops
 from pagedllm.models.layers.activation import ActAndMul
+from pagedllm.models.layers.layernorm import Float32Weight
 from pagedllm.models.layers.attention import Attention, layer_sliding_window
 from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -25,8 +27,13 @@ class GemmaRMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
+        self._scale_f32 = Float32Weight(lambda w: 1.0 + w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":  # one C call (float32 normed * (1 + weight), rounded once)
+            fused = cpu_ops.rms_norm(x, self._scale_f32.get(self.weight), self.eps, round_before_weight=False)
+            if fused is not None:
+                return fused
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * (1.0 + self.weight.float())).to(x.dtype)

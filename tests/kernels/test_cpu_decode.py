@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from pagedllm.kernels import cpu_decode, reference
+from pagedllm.kernels import cpu_build, cpu_decode, reference
 
 # (heads, kv heads, head dim, block size, sliding window, soft cap, alibi): GQA 3/4, MHA, MQA, a
 # head dim that is not a multiple of 16 (the plain loops even with AVX-512), a window shorter
@@ -97,16 +97,16 @@ def test_auto_backend_is_cpu_when_the_kernel_builds_and_torch_when_disabled(monk
 
     assert get_attention_backend(None, torch.device("cpu")).name == "cpu"
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
-    monkeypatch.setattr(cpu_decode, "_LIBS", {})
+    monkeypatch.setattr(cpu_build, "_LIBS", {})
     assert cpu_decode.load() is None
     assert get_attention_backend(None, torch.device("cpu")).name == "torch"
 
 
 def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(cpu_decode, "_LIBS", {})
+    monkeypatch.setattr(cpu_build, "_LIBS", {})
     monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path))  # no cached build to reuse
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    with caplog.at_level(logging.WARNING, logger="pagedllm.kernels.cpu_decode"):
+    with caplog.at_level(logging.WARNING, logger="pagedllm.kernels.cpu_build"):
         assert cpu_decode.load() is None
     assert "torch gather + SDPA path" in caplog.text
 

@@ -1,11 +1,24 @@
-"""SiLU-and-multiply: the gated MLP activation on a fused [gate | up] projection."""
+"""MLP activations: SiLU-and-multiply on a fused [gate | up] projection, tanh-GELU, and HF's others.
+
+On CPU, SiLU and tanh-GELU (gated or not) run as one C call (``pagedllm.kernels.cpu_ops``) when it
+is available; the torch code is the path everywhere else and the C code's oracle.
+"""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.kernels import cpu_ops
+
+
+def _on_cpu(x: torch.Tensor, act: str, gated: bool) -> torch.Tensor | None:
+    return cpu_ops.act_and_mul(x, act, gated) if x.device.type == "cpu" else None
+
 
 class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = _on_cpu(x, "silu", gated=True)
+        if fused is not None:
+            return fused
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 
@@ -18,7 +31,8 @@ class FusedTanhGelu(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate="tanh")
+        fused = _on_cpu(x, "gelu_tanh", gated=False)
+        return fused if fused is not None else F.gelu(x, approximate="tanh")
 
 
 _FUSED = {"gelu_new": FusedTanhGelu, "gelu_fast": FusedTanhGelu, "gelu_pytorch_tanh": FusedTanhGelu}
@@ -43,7 +57,11 @@ class ActAndMul(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.act = get_act_fn(name)
+        self.fused_name = "gelu_tanh" if name in _FUSED else ("silu" if name in ("silu", "swish") else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = _on_cpu(x, self.fused_name, gated=True) if self.fused_name else None
+        if fused is not None:
+            return fused
         gate, up = x.chunk(2, dim=-1)
         return self.act(gate) * up

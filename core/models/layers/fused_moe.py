@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_reduce
+from pagedllm.models.layers.activation import SiluAndMul
 
 
 class FusedMoE(nn.Module):
@@ -23,6 +24,7 @@ class FusedMoE(nn.Module):
         # [E, gate rows | up rows, H] and [E, H, I]: each rank holds a slice of every expert.
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.inter, hidden_size), requires_grad=False)
         self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.inter), requires_grad=False)
+        self.act = SiluAndMul()
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
 
@@ -55,8 +57,8 @@ class FusedMoE(nn.Module):
         start = 0
         for e, n in enumerate(counts):
             if n:
-                gate, up = F.linear(xs[start:start + n], self.w13_weight[e]).chunk(2, dim=-1)
-                out[start:start + n] = F.linear(F.silu(gate) * up, self.w2_weight[e])
+                out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])),
+                                                self.w2_weight[e])
                 start += n
         out.mul_(weights.reshape(-1)[order].unsqueeze(-1))
         final = torch.zeros_like(x).index_add_(0, token_of, out)

@@ -1,6 +1,27 @@
-"""RMSNorm with an optional fused residual add, computed in float32 like Hugging Face."""
+"""RMSNorm with an optional fused residual add, computed in float32 like Hugging Face.
+
+On CPU both go through one C call (``pagedllm.kernels.cpu_ops``) when it is available; the
+torch code below is the path everywhere else and the C code's oracle.
+"""
 import torch
 from torch import nn
+
+from pagedllm.kernels import cpu_ops
+
+
+class Float32Weight:
+    """A float32 copy of a norm's weight, remade when the weight is replaced or changed in place."""
+
+    def __init__(self, transform=None):
+        self.transform = transform or (lambda w: w)
+        self.key, self.value = None, None
+
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if key != self.key:
+            self.value = self.transform(weight.detach().float()).contiguous()
+            self.key = key
+        return self.value
 
 
 class RMSNorm(nn.Module):
@@ -8,6 +29,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self._weight_f32 = Float32Weight()
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -16,6 +38,10 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype:
+            fused = cpu_ops.rms_norm(x, self._weight_f32.get(self.weight), self.eps, residual)
+            if fused is not None:
+                return fused
         if residual is None:
             return self._norm(x)
         residual = x + residual

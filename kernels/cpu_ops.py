@@ -1,0 +1,87 @@
+"""Fused RMSNorm and MLP activations for CPU tensors through a small C library (``cpu_layer_ops.c``).
+
+Why: a decode step on CPU runs ~10 small elementwise torch ops per layer (RMSNorm alone is
+five: cast, pow, mean, rsqrt, mul), each a pass over memory plus several microseconds of
+dispatch; one C call per norm or activation removes most of that. Numerics follow the unfused
+Hugging Face models (float32 math, rounding where they round). Each function returns None when
+it cannot take the tensors (no compiler, ``PAGEDLLM_CPU_KERNEL=0``, other dtypes or devices,
+rows too wide) and the caller runs its torch code, which is also the tests' oracle.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from pagedllm.kernels import cpu_build
+
+SOURCE = Path(__file__).with_name("cpu_layer_ops.c")
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, l, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+    lib.rms_norm.argtypes = [p, l, p, l, p, p, p, i, i, f, i, i, i]
+    lib.act_and_mul.argtypes = [p, l, p, i, i, i, i, i, i]
+    lib.rms_norm.restype = lib.act_and_mul.restype = i
+
+
+def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    return cpu_build.load(SOURCE, _declare, "the torch ops", extra_flags)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor | None:
+    """2-D ``[rows, last]`` view with contiguous columns, or None when the C code cannot take x."""
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.dim() == 0:
+        return None
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+             round_before_weight: bool = True, lib: ctypes.CDLL | None = None):
+    """RMSNorm of ``x`` (+ ``residual``) times the float32 ``weight``; None if not taken.
+
+    Returns ``out``, or ``(out, x + residual)`` with a residual. ``round_before_weight``: the normed
+    value is rounded to x's dtype before the weight (Llama's ``weight * normed.to(dtype)``);
+    False multiplies in float32 first (Gemma's ``normed * (1 + weight)``).
+    """
+    lib = lib or load()
+    x2 = _rows(x)
+    if lib is None or x2 is None or weight.dtype != torch.float32 or not weight.is_contiguous():
+        return None
+    r2 = None
+    if residual is not None:
+        r2 = _rows(residual)
+        if r2 is None or residual.dtype != x.dtype or residual.shape != x.shape:
+            return None
+    rows, cols = x2.shape
+    out = torch.empty(x.shape, dtype=x.dtype)
+    res_out = torch.empty(x.shape, dtype=x.dtype) if residual is not None else None
+    status = lib.rms_norm(x2.data_ptr(), x2.stride(0), None if r2 is None else r2.data_ptr(),
+                          0 if r2 is None else r2.stride(0), None if res_out is None else res_out.data_ptr(),
+                          out.data_ptr(), weight.data_ptr(), rows, cols, float(eps), int(round_before_weight),
+                          int(x.dtype == torch.bfloat16), torch.get_num_threads())
+    if status:
+        return None
+    return out if residual is None else (out, res_out)
+
+
+def act_and_mul(x: torch.Tensor, act: str, gated: bool = True, lib: ctypes.CDLL | None = None):
+    """``act(x[..., :d]) * x[..., d:]`` (gated, last dim 2d) or ``act(x)``; None if not taken.
+
+    ``act``: ``silu`` or ``gelu_tanh`` (GELU's tanh approximation, HF's ``gelu_new``).
+    """
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    lib = lib or load()
+    x2 = _rows(x)
+    if lib is None or x2 is None or (gated and x2.shape[1] % 2):
+        return None
+    rows, width = x2.shape
+    d = width // 2 if gated else width
+    out = torch.empty(*x.shape[:-1], d, dtype=x.dtype)
+    status = lib.act_and_mul(x2.data_ptr(), x2.stride(0), out.data_ptr(), rows, d, ACTIVATIONS[act], int(gated),
+                             int(x.dtype == torch.bfloat16), torch.get_num_threads())
+    return None if status else out

@@ -1,0 +1,132 @@
+"""The C RMSNorm and MLP activations (``kernels/cpu_ops``) against float64 references.
+
+Both compiled variants run: the machine's best (AVX-512 where the CPU has it) and a build
+without AVX-512 (plain C). float32 results must match the float64 formula to float32 precision;
+bf16 results to one rounding, with the residual sum bit-identical to torch's bf16 add (the
+unfused model's rounding), and in the engine's layers the C path must agree with the torch one.
+"""
+import math
+
+import pytest
+import torch
+
+from pagedllm.kernels import cpu_build, cpu_ops
+
+VARIANTS = {"native": (), "no-avx512": ("-mno-avx512f",)}
+DTYPES = [torch.float32, torch.bfloat16]
+REL = {torch.float32: 2e-6, torch.bfloat16: 2 ** -7}  # bf16: one rounding of each of two steps
+COLS = [576, 100, 1]  # a multiple of 16, a tail, a single column
+
+
+def _lib(variant):
+    lib = cpu_ops.load(VARIANTS[variant])
+    assert lib is not None, "the C ops must build on the test machine (gcc is part of the image)"
+    return lib
+
+
+def _close(got, want64, dtype, atol=1e-6):
+    err = (got.double() - want64).abs()
+    bound = REL[dtype] * want64.abs() + atol
+    assert bool((err <= bound).all()), f"max err {err.max().item():.3g} (worst excess {(err - bound).max().item():.3g})"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_float64(variant, dtype, cols, with_residual):
+    gen = torch.Generator().manual_seed(cols)
+    x = (torch.randn(7, cols, generator=gen) * 3).to(dtype)
+    residual = torch.randn(7, cols, generator=gen).to(dtype) if with_residual else None
+    weight = torch.randn(cols, generator=gen).to(dtype)
+    got = cpu_ops.rms_norm(x, weight.float(), 1e-5, residual, lib=_lib(variant))
+    if with_residual:
+        got, summed = got
+        assert torch.equal(summed, x + residual)  # rounded exactly as the unfused model's add
+        x = summed
+    x64 = x.double()
+    want = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * weight.double()
+    assert got.dtype == dtype and got.shape == x.shape
+    _close(got, want, dtype, atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemma_norm_multiplies_before_rounding(variant, dtype):
+    """Gemma's (1 + weight) in float32, one rounding at the end: equal to the torch formula."""
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(5, 640, generator=gen) * 2).to(dtype)
+    scale = 1.0 + torch.randn(640, generator=gen).to(dtype).float()
+    got = cpu_ops.rms_norm(x, scale, 1e-6, round_before_weight=False, lib=_lib(variant))
+    x64 = x.double()
+    want = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * scale.double()
+    _close(got, want, dtype, atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def _silu(x):
+    return x / (1 + torch.exp(-x))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("gated", [True, False])
+def test_activations_match_float64(variant, dtype, act, gated):
+    gen = torch.Generator().manual_seed(2)
+    d = 1000  # 62 vectors of 16 and a tail
+    # a strided input: every other row of a wider buffer, values spanning both tails of the curve
+    base = (torch.randn(12, 2 * d + 8, generator=gen) * 4).to(dtype)
+    x = base[::2, : 2 * d if gated else d]
+    got = cpu_ops.act_and_mul(x, act, gated, lib=_lib(variant))
+    x64 = x.double()
+    fn = _silu if act == "silu" else _gelu_tanh
+    if gated:
+        # the unfused model rounds the activation to the dtype before the product
+        want = fn(x64[:, :d]).to(dtype).double() * x64[:, d:]
+    else:
+        want = fn(x64)
+    assert got.shape == (6, d) and got.dtype == dtype
+    _close(got, want, dtype, atol=1e-6 if dtype == torch.float32 else 1e-3)
+
+
+def test_bad_activation_name_is_refused():
+    with pytest.raises(ValueError, match="act must be one of \\['gelu_tanh', 'silu'\\]"):
+        cpu_ops.act_and_mul(torch.zeros(2, 4), "relu")
+
+
+def test_inputs_the_c_code_cannot_take_return_none():
+    lib = _lib("native")
+    assert cpu_ops.act_and_mul(torch.zeros(2, 5), "silu", gated=True, lib=lib) is None  # odd gated width
+    assert cpu_ops.act_and_mul(torch.zeros(2, 4, dtype=torch.float16), "silu", lib=lib) is None
+    assert cpu_ops.rms_norm(torch.zeros(2, 4), torch.ones(4, dtype=torch.bfloat16), 1e-6, lib=lib) is None
+    assert cpu_ops.rms_norm(torch.zeros(2, 20000), torch.ones(20000), 1e-6, lib=lib) is None  # wider than its buffers
+
+
+def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
+    """RMSNorm (with residual), Gemma's norm and the gated activations: the C path against the same
+    modules with the C library disabled (their torch code), in bf16."""
+    from pagedllm.models.gemma import GemmaRMSNorm
+    from pagedllm.models.layers.activation import ActAndMul, SiluAndMul
+    from pagedllm.models.layers.layernorm import RMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
+    res = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
+    norm, gemma_norm = RMSNorm(256).to(torch.bfloat16), GemmaRMSNorm(256, 1e-6).to(torch.bfloat16)
+    norm.weight.data.normal_(generator=gen)
+    gemma_norm.weight.data.normal_(generator=gen)
+    modules = [lambda: norm(x, res), lambda: gemma_norm(x), lambda: SiluAndMul()(x),
+               lambda: ActAndMul("gelu_pytorch_tanh")(x)]
+    fused = [m() for m in modules]
+    monkeypatch.setattr(cpu_build, "_LIBS", {})
+    monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
+    assert cpu_ops.load() is None
+    unfused = [m() for m in modules]
+    for a, b in zip(fused, unfused):
+        for ta, tb in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert ta.dtype == tb.dtype and ta.shape == tb.shape
+            torch.testing.assert_close(ta.float(), tb.float(), rtol=2 ** -7, atol=1e-2)
