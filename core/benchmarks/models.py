@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -281,7 +282,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from pagedllm.config import resolve_dtype
     from pagedllm.loader import resolve_model
 
-    for name in ("num_prompts", "output_len"):
+    for name in ("num_prompts", "output_len", "repeat"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -304,23 +305,28 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     folders, build_errors = ensure_model_folders([n for n in names if n != FALLBACK], args.size, cache_dir,
                                                  tokenizer_path)
     rows = {}
-    for name in names:
-        family, impl = (REFERENCE, "transformers") if name == FALLBACK else (name, "native")
-        row = {"family": family, "model_impl": impl}
-        try:
-            if family in build_errors:
-                raise RuntimeError(build_errors[family])
-            folder = folders[family]
-            meta = json.loads((folder / META_FILE).read_text())
-            row.update(architecture=meta["architecture"], params_total=meta["params_total"],
-                       params_active=meta["params_active"], folder=str(folder))
-            row.update(_in_fresh_process(bench_folder, str(folder), impl, engine, requests))
-            print(f"{name}: {row['output_tokens']} output tokens in {row['elapsed_s']:.1f} s "
-                  f"({row['output_tokens_per_s']:.1f} tok/s)", file=sys.stderr, flush=True)
-        except Exception as exc:  # one broken family must not hide the others' figures
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            print(f"{name}: FAILED: {row['error']}", file=sys.stderr, flush=True)
-        rows[name] = row
+    for rep in range(args.repeat):  # rounds over all rows, so a slow spell of the machine hits every row
+        for name in names:
+            if "error" in rows.get(name, {}):
+                continue
+            family, impl = (REFERENCE, "transformers") if name == FALLBACK else (name, "native")
+            row = rows.setdefault(name, {"family": family, "model_impl": impl, "runs_output_tokens_per_s": []})
+            try:
+                if family in build_errors:
+                    raise RuntimeError(build_errors[family])
+                folder = folders[family]
+                meta = json.loads((folder / META_FILE).read_text())
+                row.update(architecture=meta["architecture"], params_total=meta["params_total"],
+                           params_active=meta["params_active"], folder=str(folder))
+                result = _in_fresh_process(bench_folder, str(folder), impl, engine, requests)
+                row["runs_output_tokens_per_s"].append(result["output_tokens_per_s"])
+                row.update(result, output_tokens_per_s=statistics.median(row["runs_output_tokens_per_s"]))
+                print(f"{name} (round {rep + 1}/{args.repeat}): {result['output_tokens']} output tokens in "
+                      f"{result['elapsed_s']:.1f} s ({result['output_tokens_per_s']:.1f} tok/s)",
+                      file=sys.stderr, flush=True)
+            except Exception as exc:  # one broken family must not hide the others' figures
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                print(f"{name}: FAILED: {row['error']}", file=sys.stderr, flush=True)
 
     add_ratios(rows)
     ran = [r for r in rows.values() if "output_tokens" in r]
@@ -330,6 +336,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "dtype": dtype_name,
         "device": str(device),
         "seed": args.seed,
+        "repeat": args.repeat,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "workload": stats,
@@ -371,7 +378,7 @@ def format_table(report: dict) -> str:
     w, m = report["workload"], report["machine"]
     lines.append("")
     lines.append(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens "
-                 f"each row, {report['size']} configs, {report['dtype']} on {report['device']}, "
+                 f"each row, median of {report['repeat']} round(s), {report['size']} configs, {report['dtype']} on {report['device']}, "
                  f"OMP_NUM_THREADS={m['omp_num_threads']}, load {m['load_avg_1m']}")
     if report["fallback_ratio"] is not None:
         lines.append(f"Transformers fallback / native llama (output tok/s): {report['fallback_ratio']:.2f}")
@@ -391,6 +398,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_PROMPTS,
                         help="requests in the workload (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over all rows; each row reports the median output tok/s of its rounds "
+                             "(default: %(default)s)")
     parser.add_argument("--output-len", type=int, default=None,
                         help="fixed output tokens per request, EOS ignored (default: the workload's "
                              f"{DEFAULT_MIN_OUTPUT_LEN}-{DEFAULT_MAX_OUTPUT_LEN} draw)")

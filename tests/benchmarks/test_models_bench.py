@@ -13,7 +13,7 @@ def test_help_lists_the_flags(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "usage: pagedllm bench models" in out
-    for flag in ("--families", "--num-prompts", "--output-len", "--dtype", "--output-json", "--size", "--cache-dir"):
+    for flag in ("--families", "--num-prompts", "--output-len", "--repeat", "--dtype", "--output-json", "--size", "--cache-dir"):
         assert flag in out
 
 
@@ -71,7 +71,7 @@ def test_end_to_end_two_tiny_families(tmp_path, capsys):
     row; gpt2 judged by its ratio to llama_mha, its ratio to llama reported."""
     out_json = tmp_path / "models.json"
     argv = ["bench", "models", "--size", "tiny", "--families", "gpt2,llama", "--num-prompts", "2",
-            "--output-len", "3", "--dtype", "float32", "--cache-dir", str(tmp_path / "cache"),
+            "--output-len", "3", "--repeat", "2", "--dtype", "float32", "--cache-dir", str(tmp_path / "cache"),
             "--output-json", str(out_json)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -85,6 +85,9 @@ def test_end_to_end_two_tiny_families(tmp_path, capsys):
         assert r["architecture"] == arch and r["model_impl"] == "native" and r["output_tokens"] == 6
         assert r["model_class"].startswith("pagedllm.models.")  # native, not the fallback
         assert r["params_total"] == r["params_active"] > 3e6
+    for r in rows.values():  # two rounds per row, the median reported
+        assert len(r["runs_output_tokens_per_s"]) == 2
+        assert r["output_tokens_per_s"] == pytest.approx(sum(r["runs_output_tokens_per_s"]) / 2)
     assert rows["llama"]["ratio_to_llama"] == 1.0
     assert rows["gpt2"]["ratio_to_llama"] == pytest.approx(
         rows["gpt2"]["output_tokens_per_s"] / rows["llama"]["output_tokens_per_s"])
