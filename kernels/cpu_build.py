@@ -1,8 +1,8 @@
 """Compile a C kernel source at first use and load it with ctypes (the CPU kernels' shared plumbing).
 
 Plain C with OpenMP (no torch headers) compiles in about a second with the machine's ``cc``;
-the shared object is cached in ``~/.cache/pagedllm/kernels`` keyed by source, flags and CPU
-(``-march=native``). Without a compiler, or with ``PAGEDLLM_CPU_KERNEL=0``, ``load`` returns
+the shared object is cached in ``~/.cache/pagedllm/kernels`` keyed by source (and the shared
+``cpu_simd.h``), flags and CPU (``-march=native``). Without a compiler, or with ``PAGEDLLM_CPU_KERNEL=0``, ``load`` returns
 None and each caller keeps its torch path.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ def build(source: Path, extra_flags: tuple[str, ...] = ()) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     flags = FLAGS + tuple(extra_flags)
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, *flags, _cpu_id()]).encode()).hexdigest()[:16]
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # included by the sources
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, compiler, *flags, _cpu_id()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
         return target
