@@ -1,5 +1,5 @@
 /* Fused elementwise ops of a decoder layer for CPUs: RMSNorm (with the residual add folded in) and
- * the MLP activations (SiLU / tanh-GELU, gated or not). On CPU each unfused torch op is a pass over
+ * the MLP activations (SiLU, tanh-GELU, exact GELU; gated or not). On CPU each unfused torch op is a pass over
  * memory plus a dispatch of several microseconds; a decode step runs ~10 of them per layer.
  *
  * Built at first use by kernels/cpu_ops.py like the paged-decode kernel (-O3 -march=native, OpenMP).
@@ -115,13 +115,15 @@ int rms_norm(const void *x, long x_stride, const void *residual, long r_stride, 
 #ifdef __AVX512F__
 #endif
 
-enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2 };
 #define GELU_BETA 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_KAPPA 0.044715f
 
 /* The activation of a float32 row in place: silu x / (1 + e^-x); tanh-GELU
  * 0.5 x (1 + tanh z), z = b (x + k x^3), computed as x / (1 + e^-2z) (the same function, without
- * the cancellation of 1 + tanh z for very negative x). */
+ * the cancellation of 1 + tanh z for very negative x); exact GELU 0.5 x (1 + erf(x / sqrt 2)) with
+ * erfc(a) = t exp(-a^2 + poly(t)), t = 1 / (1 + a / 2) (Numerical Recipes' erfcc: relative error
+ * < 1.2e-7 everywhere), taken as 0.5 x erfc(|x| / sqrt 2) for negative x: no cancellation. */
 static void activate_row(float *v, int n, int act) {
     int i = 0;
 #ifdef __AVX512F__
@@ -131,6 +133,17 @@ static void activate_row(float *v, int n, int act) {
         __m512 y;
         if (act == ACT_SILU) {
             y = _mm512_div_ps(x, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        } else if (act == ACT_GELU_ERF) {
+            const __m512 a = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+            const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), a, one));
+            static const float c[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                        -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+            __m512 p = _mm512_set1_ps(c[0]);
+            for (int k = 1; k < 10; k++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[k]));
+            const __m512 erfc = _mm512_mul_ps(t, exp_avx512(_mm512_fnmadd_ps(a, a, p)));
+            const __m512 half_x = _mm512_mul_ps(_mm512_set1_ps(0.5f), x);
+            const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+            y = _mm512_mask_mul_ps(_mm512_mul_ps(half_x, _mm512_sub_ps(_mm512_set1_ps(2.f), erfc)), neg, half_x, erfc);
         } else {
             const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
             const __m512 z = _mm512_mul_ps(_mm512_set1_ps(GELU_BETA), _mm512_fmadd_ps(_mm512_set1_ps(GELU_KAPPA), x3, x));
@@ -141,6 +154,10 @@ static void activate_row(float *v, int n, int act) {
 #endif
     for (; i < n; i++) {
         const float x = v[i];
+        if (act == ACT_GELU_ERF) {
+            v[i] = 0.5f * x * erfcf(-x * 0.70710678118654752f); /* 1 + erf(z) = erfc(-z) */
+            continue;
+        }
         const float t = act == ACT_SILU ? x : 2.f * GELU_BETA * (x + GELU_KAPPA * x * x * x);
         v[i] = x / (1.f + expf(-t));
     }

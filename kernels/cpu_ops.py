@@ -17,7 +17,7 @@ import torch
 from pagedllm.kernels import cpu_build
 
 SOURCE = Path(__file__).with_name("cpu_layer_ops.c")
-ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -71,7 +71,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 def act_and_mul(x: torch.Tensor, act: str, gated: bool = True, lib: ctypes.CDLL | None = None):
     """``act(x[..., :d]) * x[..., d:]`` (gated, last dim 2d) or ``act(x)``; None if not taken.
 
-    ``act``: ``silu`` or ``gelu_tanh`` (GELU's tanh approximation, HF's ``gelu_new``).
+    ``act``: ``silu``, ``gelu_tanh`` (GELU's tanh approximation, HF's ``gelu_new``) or ``gelu`` (exact, erf).
     """
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")

@@ -71,9 +71,16 @@ def _gelu_tanh(x):
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def _gelu(x):
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+ACTS = {"silu": _silu, "gelu_tanh": _gelu_tanh, "gelu": _gelu}
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("gated", [True, False])
 def test_activations_match_float64(variant, dtype, act, gated):
     gen = torch.Generator().manual_seed(2)
@@ -83,7 +90,7 @@ def test_activations_match_float64(variant, dtype, act, gated):
     x = base[::2, : 2 * d if gated else d]
     got = cpu_ops.act_and_mul(x, act, gated, lib=_lib(variant))
     x64 = x.double()
-    fn = _silu if act == "silu" else _gelu_tanh
+    fn = ACTS[act]
     if gated:
         # the unfused model rounds the activation to the dtype before the product
         want = fn(x64[:, :d]).to(dtype).double() * x64[:, d:]
@@ -94,7 +101,7 @@ def test_activations_match_float64(variant, dtype, act, gated):
 
 
 def test_bad_activation_name_is_refused():
-    with pytest.raises(ValueError, match="act must be one of \\['gelu_tanh', 'silu'\\]"):
+    with pytest.raises(ValueError, match="act must be one of \\['gelu', 'gelu_tanh', 'silu'\\]"):
         cpu_ops.act_and_mul(torch.zeros(2, 4), "relu")
 
 
@@ -107,10 +114,10 @@ def test_inputs_the_c_code_cannot_take_return_none():
 
 
 def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
-    """RMSNorm (with residual), Gemma's norm and the gated activations: the C path against the same
+    """RMSNorm (with residual), Gemma's norm and the activations: the C path against the same
     modules with the C library disabled (their torch code), in bf16."""
     from pagedllm.models.gemma import GemmaRMSNorm
-    from pagedllm.models.layers.activation import ActAndMul, SiluAndMul
+    from pagedllm.models.layers.activation import ActAndMul, SiluAndMul, get_act_fn
     from pagedllm.models.layers.layernorm import RMSNorm
 
     gen = torch.Generator().manual_seed(3)
@@ -120,7 +127,8 @@ def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypa
     norm.weight.data.normal_(generator=gen)
     gemma_norm.weight.data.normal_(generator=gen)
     modules = [lambda: norm(x, res), lambda: gemma_norm(x), lambda: SiluAndMul()(x),
-               lambda: ActAndMul("gelu_pytorch_tanh")(x)]
+               lambda: ActAndMul("gelu_pytorch_tanh")(x), lambda: get_act_fn("gelu")(x),
+               lambda: get_act_fn("gelu_new")(x)]
     fused = [m() for m in modules]
     monkeypatch.setattr(cpu_build, "_LIBS", {})
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")

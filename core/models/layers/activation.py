@@ -35,12 +35,21 @@ class FusedTanhGelu(nn.Module):
         return fused if fused is not None else F.gelu(x, approximate="tanh")
 
 
-_FUSED = {"gelu_new": FusedTanhGelu, "gelu_fast": FusedTanhGelu, "gelu_pytorch_tanh": FusedTanhGelu}
+class ExactGelu(nn.Module):
+    """HF's ``gelu`` (erf form, GPT-NeoX, Falcon): torch's ``gelu``; on CPU one C call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = _on_cpu(x, "gelu", gated=False)
+        return fused if fused is not None else F.gelu(x)
+
+
+_FUSED = {"gelu_new": FusedTanhGelu, "gelu_fast": FusedTanhGelu, "gelu_pytorch_tanh": FusedTanhGelu,
+          "gelu": ExactGelu}
 
 
 def get_act_fn(name: str) -> nn.Module:
-    """The activation a HF config names (``gelu_new``, ``gelu_pytorch_tanh``, ``relu``...): a fused
-    torch op for the tanh-GELU family, else HF's own module (its exact numerics)."""
+    """The activation a HF config names (``gelu_new``, ``gelu_pytorch_tanh``, ``relu``...): our own
+    module for the GELU family (one torch op, one C call on CPU), else HF's own module."""
     from transformers.activations import ACT2FN
 
     if name in _FUSED:
@@ -57,7 +66,7 @@ class ActAndMul(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.act = get_act_fn(name)
-        self.fused_name = "gelu_tanh" if name in _FUSED else ("silu" if name in ("silu", "swish") else None)
+        self.fused_name = {"gelu": "gelu", "silu": "silu", "swish": "silu"}.get(name, "gelu_tanh" if name in _FUSED else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = _on_cpu(x, self.fused_name, gated=True) if self.fused_name else None
