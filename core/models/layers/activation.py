@@ -1,6 +1,6 @@
 """MLP activations: SiLU-and-multiply on a fused [gate | up] projection, tanh-GELU, and HF's others.
 
-On CPU, SiLU and tanh-GELU (gated or not) run as one C call (``pagedllm.kernels.cpu_ops``) when it
+On CPU, SiLU, tanh-GELU and exact GELU (gated or not) run as one C call (``pagedllm.kernels.cpu_ops``) when it
 is available; the torch code is the path everywhere else and the C code's oracle.
 """
 import torch
@@ -14,46 +14,61 @@ def _on_cpu(x: torch.Tensor, act: str, gated: bool) -> torch.Tensor | None:
     return cpu_ops.act_and_mul(x, act, gated) if x.device.type == "cpu" else None
 
 
-class SiluAndMul(nn.Module):
+class _WithCpuTwin(nn.Module):
+    """An elementwise activation that has a C twin (``c_act``, one call on CPU) and a torch formula."""
+
+    c_act: str
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, "silu", gated=True)
-        if fused is not None:
-            return fused
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        fused = _on_cpu(x, self.c_act, gated=False)
+        return fused if fused is not None else self.torch_forward(x)
 
 
-class FusedTanhGelu(nn.Module):
+class Silu(_WithCpuTwin):
+    """HF's ``silu`` / ``swish``: torch's ``silu``."""
+
+    c_act = "silu"
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+class FusedTanhGelu(_WithCpuTwin):
     """GPT-2's ``gelu_new`` (also ``gelu_fast``, ``gelu_pytorch_tanh``): 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
 
     Hugging Face spells the formula out in six elementwise ops (~14% of a GPT-2 step on CPU);
     torch's ``gelu(approximate="tanh")`` is the same formula in one fused kernel.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, "gelu_tanh", gated=False)
-        return fused if fused is not None else F.gelu(x, approximate="tanh")
+    c_act = "gelu_tanh"
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
 
 
-class ExactGelu(nn.Module):
-    """HF's ``gelu`` (erf form, GPT-NeoX, Falcon): torch's ``gelu``; on CPU one C call."""
+class ExactGelu(_WithCpuTwin):
+    """HF's ``gelu`` (erf form, GPT-NeoX, Falcon): torch's ``gelu``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, "gelu", gated=False)
-        return fused if fused is not None else F.gelu(x)
+    c_act = "gelu"
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)
 
 
-_FUSED = {"gelu_new": FusedTanhGelu, "gelu_fast": FusedTanhGelu, "gelu_pytorch_tanh": FusedTanhGelu,
-          "gelu": ExactGelu}
+_OWN = {"silu": Silu, "swish": Silu, "gelu_new": FusedTanhGelu, "gelu_fast": FusedTanhGelu,
+        "gelu_pytorch_tanh": FusedTanhGelu, "gelu": ExactGelu}
 
 
 def get_act_fn(name: str) -> nn.Module:
     """The activation a HF config names (``gelu_new``, ``gelu_pytorch_tanh``, ``relu``...): our own
-    module for the GELU family (one torch op, one C call on CPU), else HF's own module."""
+    module for SiLU and the GELU family (one torch op, one C call on CPU), else HF's own module."""
     from transformers.activations import ACT2FN
 
-    if name in _FUSED:
-        return _FUSED[name]()
+    if name in _OWN:
+        return _OWN[name]()
 
     if name not in ACT2FN:
         raise ValueError(f"activation {name!r} is not supported; known: {sorted(ACT2FN)}")
@@ -61,16 +76,24 @@ def get_act_fn(name: str) -> nn.Module:
 
 
 class ActAndMul(nn.Module):
-    """``act(gate) * up`` on a fused [gate | up] projection, for any activation (Gemma's tanh GELU)."""
+    """``act(gate) * up`` on a fused [gate | up] projection, for any activation (Gemma's tanh GELU);
+    one C call on CPU when the activation has a C twin."""
 
     def __init__(self, name: str):
         super().__init__()
         self.act = get_act_fn(name)
-        self.fused_name = {"gelu": "gelu", "silu": "silu", "swish": "silu"}.get(name, "gelu_tanh" if name in _FUSED else None)
+        self.c_act = getattr(self.act, "c_act", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, self.fused_name, gated=True) if self.fused_name else None
+        fused = _on_cpu(x, self.c_act, gated=True) if self.c_act else None
         if fused is not None:
             return fused
         gate, up = x.chunk(2, dim=-1)
         return self.act(gate) * up
+
+
+class SiluAndMul(ActAndMul):
+    """The Llama family's gated MLP activation."""
+
+    def __init__(self):
+        super().__init__("silu")
