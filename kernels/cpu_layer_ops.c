@@ -1,5 +1,5 @@
-/* Fused elementwise ops of a decoder layer for CPUs: RMSNorm (with the residual add folded in) and
- * the MLP activations (SiLU, tanh-GELU, exact GELU; gated or not). On CPU each unfused torch op is a pass over
+/* Fused elementwise ops of a decoder layer for CPUs: RMSNorm (with the residual add folded in),
+ * the MLP activations (SiLU, tanh-GELU, exact GELU; gated or not) and rotary embeddings. On CPU each unfused torch op is a pass over
  * memory plus a dispatch of several microseconds; a decode step runs ~10 of them per layer.
  *
  * Built at first use by kernels/cpu_ops.py like the paged-decode kernel (-O3 -march=native, OpenMP).
@@ -40,6 +40,8 @@ static inline __m256i bf16x16(__m512 v) { /* round to nearest even, as f32_to_bf
     r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
+
+static inline __m512 widen_bf16(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
 #endif
 
 static inline void store_row(void *p, long off, int n, int is_bf16, const float *src) {
@@ -112,9 +114,6 @@ int rms_norm(const void *x, long x_stride, const void *residual, long r_stride, 
     return 0;
 }
 
-#ifdef __AVX512F__
-#endif
-
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2 };
 #define GELU_BETA 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_KAPPA 0.044715f
@@ -179,6 +178,85 @@ int act_and_mul(const void *x, long x_stride, void *out, int rows, int d, int ac
             for (int i = 0; i < d; i++) v[i] *= up[i];
         }
         store_row(out, (long)r * d, d, is_bf16, v);
+    }
+    return 0;
+}
+
+/* Rotary embedding: a float rounded as the tensor's dtype rounds it. */
+static inline float rounded(float v, int is_bf16) { return is_bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
+
+/* Pair i of a head: (i, i + half) in the NeoX layout (rotate_half), (2i, 2i+1) in GPT-J's. The
+ * products and the sum are each rounded, as the unfused model's x * cos + rotate(x) * sin in the
+ * tensor's dtype; fp-contract off keeps the float32 products unfused from the sum as well. */
+__attribute__((optimize("fp-contract=off")))
+static void rotate_pairs(void *x, long off, int half, int neox, const void *cos, const void *sin,
+                         long cs_off, int is_bf16) {
+    for (int i = 0; i < half; i++) {
+        const long a = off + (neox ? i : 2 * i), b = off + (neox ? i + half : 2 * i + 1);
+        const float x1 = load_scalar(x, a, is_bf16), x2 = load_scalar(x, b, is_bf16);
+        const float c = load_scalar(cos, cs_off + i, is_bf16), s = load_scalar(sin, cs_off + i, is_bf16);
+        store_scalar(x, a, rounded(rounded(x1 * c, is_bf16) - rounded(x2 * s, is_bf16), is_bf16), is_bf16);
+        store_scalar(x, b, rounded(rounded(x2 * c, is_bf16) + rounded(x1 * s, is_bf16), is_bf16), is_bf16);
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define ROTARY_AVX512 1
+static inline __m512 round_bf16(__m512 v) { return widen_bf16(bf16x16(v)); }
+
+/* All pairs of one bf16 head, 16 at a time (masked tail): NeoX halves are two runs of 16 values;
+ * GPT-J's interleaved pairs are one 32-bit lane each, x1 in the low half and x2 in the high one. */
+static void rotate_pairs_bf16(uint16_t *x, int half, int neox, const uint16_t *cos, const uint16_t *sin) {
+    for (int i = 0; i < half; i += 16) {
+        const __mmask16 m = half - i >= 16 ? 0xffff : (__mmask16)((1u << (half - i)) - 1);
+        const __m512 c = widen_bf16(_mm256_maskz_loadu_epi16(m, cos + i));
+        const __m512 s = widen_bf16(_mm256_maskz_loadu_epi16(m, sin + i));
+        __m512 x1, x2;
+        if (neox) {
+            x1 = widen_bf16(_mm256_maskz_loadu_epi16(m, x + i));
+            x2 = widen_bf16(_mm256_maskz_loadu_epi16(m, x + i + half));
+        } else {
+            const __m512i pairs = _mm512_maskz_loadu_epi32(m, x + 2 * i);
+            x1 = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+            x2 = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xffff0000u)));
+        }
+        const __m512 o1 = _mm512_sub_ps(round_bf16(_mm512_mul_ps(x1, c)), round_bf16(_mm512_mul_ps(x2, s)));
+        const __m512 o2 = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, c)), round_bf16(_mm512_mul_ps(x1, s)));
+        if (neox) {
+            _mm256_mask_storeu_epi16(x + i, m, bf16x16(o1));
+            _mm256_mask_storeu_epi16(x + i + half, m, bf16x16(o2));
+        } else {
+            const __m512i lo = _mm512_cvtepu16_epi32(bf16x16(o1)), hi = _mm512_cvtepu16_epi32(bf16x16(o2));
+            _mm512_mask_storeu_epi32(x + 2 * i, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+#endif
+
+/* Rotates the first 2 * half dims of every head of x [rows, heads, head_dim] in place (rows
+ * `x_stride` elements apart, heads contiguous in a row) by the angles of each row's position:
+ * cos/sin are [max_position, half] tables in x's dtype. Returns 2 when a position is out of the
+ * table (the caller's torch path raises the indexing error), 1 when 2 * half exceeds head_dim. */
+int rotary_embedding(void *x, long x_stride, int rows, int heads, int head_dim, const int64_t *positions,
+                     const void *cos, const void *sin, long max_position, int half, int neox, int is_bf16,
+                     int threads) {
+    if (2 * half > head_dim) return 1;
+    for (int r = 0; r < rows; r++)
+        if (positions[r] < 0 || positions[r] >= max_position) return 2;
+#pragma omp parallel for num_threads(threads) if ((long)rows * heads * half >= PARALLEL_MIN_ELEMS)
+    for (int r = 0; r < rows; r++) {
+        const long cs_off = positions[r] * half;
+        for (int h = 0; h < heads; h++) {
+            const long off = (long)r * x_stride + (long)h * head_dim;
+#ifdef ROTARY_AVX512
+            if (is_bf16) {
+                rotate_pairs_bf16((uint16_t *)x + off, half, neox, (const uint16_t *)cos + cs_off,
+                                  (const uint16_t *)sin + cs_off);
+                continue;
+            }
+#endif
+            rotate_pairs(x, off, half, neox, cos, sin, cs_off, is_bf16);
+        }
     }
     return 0;
 }

@@ -1,4 +1,4 @@
-"""Fused RMSNorm and MLP activations for CPU tensors through a small C library (``cpu_layer_ops.c``).
+"""Fused RMSNorm, MLP activations and rotary embeddings for CPU tensors through a small C library (``cpu_layer_ops.c``).
 
 Why: a decode step on CPU runs ~10 small elementwise torch ops per layer (RMSNorm alone is
 five: cast, pow, mean, rsqrt, mul), each a pass over memory plus several microseconds of
@@ -24,7 +24,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i, l, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     lib.rms_norm.argtypes = [p, l, p, l, p, p, p, i, i, f, i, i, i]
     lib.act_and_mul.argtypes = [p, l, p, i, i, i, i, i, i]
-    lib.rms_norm.restype = lib.act_and_mul.restype = i
+    lib.rotary_embedding.argtypes = [p, l, i, i, i, p, p, p, l, i, i, i, i]
+    lib.rms_norm.restype = lib.act_and_mul.restype = lib.rotary_embedding.restype = i
 
 
 def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
@@ -85,3 +86,24 @@ def act_and_mul(x: torch.Tensor, act: str, gated: bool = True, lib: ctypes.CDLL 
     status = lib.act_and_mul(x2.data_ptr(), x2.stride(0), out.data_ptr(), rows, d, ACTIVATIONS[act], int(gated),
                              int(x.dtype == torch.bfloat16), torch.get_num_threads())
     return None if status else out
+
+
+def rotary_embedding_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      neox_style: bool, lib: ctypes.CDLL | None = None) -> torch.Tensor | None:
+    """Rotates the heads of ``x`` [T, heads, head_dim] in place (as vLLM's rotary kernels); None if not taken.
+
+    ``cos``/``sin``: [max_position, rotary_dim / 2] tables in x's dtype; the first rotary_dim dims
+    of each head turn, NeoX-style halves or GPT-J-style interleaved pairs. Rounds as the unfused
+    ``x * cos + rotate(x) * sin`` in x's dtype does, so results equal the torch path's.
+    """
+    lib = lib or load()
+    if (lib is None or x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.dim() != 3
+            or x.stride(2) != 1 or x.stride(1) != x.shape[2] or cos.dtype != x.dtype or sin.dtype != x.dtype
+            or not (cos.is_contiguous() and sin.is_contiguous()) or positions.dtype != torch.int64
+            or positions.shape != (x.shape[0],)):
+        return None
+    positions = positions.contiguous()
+    status = lib.rotary_embedding(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], x.shape[2], positions.data_ptr(),
+                                  cos.data_ptr(), sin.data_ptr(), cos.shape[0], cos.shape[1], int(neox_style),
+                                  int(x.dtype == torch.bfloat16), torch.get_num_threads())
+    return None if status else x

@@ -22,15 +22,6 @@
 
 extern int omp_get_thread_num(void);
 
-static inline float load_scalar(const void *p, long i, int is_bf16) {
-    return is_bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void store_scalar(void *p, long i, float v, int is_bf16) {
-    if (is_bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
-    else ((float *)p)[i] = v;
-}
-
 #define MAX_HEAD_DIM 512
 #define MAX_HEADS 128
 #define MAX_Q_ROW 8192 /* num_heads * head_dim: per-thread float buffers of 32 KiB each */

@@ -1,5 +1,6 @@
-/* Helpers shared by the CPU kernels (cpu_paged_decode.c, cpu_layer_ops.c): bf16 <-> float32 and a
- * vectorized exp. Header-only, static inline; the build hashes it with each source. */
+/* Helpers shared by the CPU kernels (cpu_paged_decode.c, cpu_layer_ops.c): bf16 <-> float32,
+ * scalar loads/stores of either dtype and a vectorized exp. Header-only, static inline; the build
+ * hashes it with each source. */
 #ifndef PAGEDLLM_CPU_SIMD_H
 #define PAGEDLLM_CPU_SIMD_H
 #include <stdint.h>
@@ -18,6 +19,16 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN stay
     c.f = f;
     if ((c.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((c.u >> 16) | 0x40);
     return (uint16_t)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
+}
+
+/* Element i of a bf16 or float32 buffer, as float32 (and back, rounded). */
+static inline float load_scalar(const void *p, long i, int is_bf16) {
+    return is_bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store_scalar(void *p, long i, float v, int is_bf16) {
+    if (is_bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
+    else ((float *)p)[i] = v;
 }
 
 #ifdef __AVX512F__

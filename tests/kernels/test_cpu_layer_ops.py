@@ -1,9 +1,10 @@
-"""The C RMSNorm and MLP activations (``kernels/cpu_ops``) against float64 references.
+"""The C RMSNorm, MLP activations and rotary embedding (``kernels/cpu_ops``) against float64 references.
 
 Both compiled variants run: the machine's best (AVX-512 where the CPU has it) and a build
 without AVX-512 (plain C). float32 results must match the float64 formula to float32 precision;
 bf16 results to one rounding, with the residual sum bit-identical to torch's bf16 add (the
 unfused model's rounding), and in the engine's layers the C path must agree with the torch one.
+The rotary embedding rounds where the unfused torch ops round, so it must equal them bit for bit.
 """
 import math
 
@@ -138,3 +139,70 @@ def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypa
         for ta, tb in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             assert ta.dtype == tb.dtype and ta.shape == tb.shape
             torch.testing.assert_close(ta.float(), tb.float(), rtol=2 ** -7, atol=1e-2)
+
+
+ROTARY_SHAPES = [(64, 64), (64, 16), (80, 40)]  # (head_dim, rotary_dim): full, partial with a tail, odd pairs
+
+
+def _rope(head_dim, rotary_dim, neox, dtype):
+    from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(head_dim, rotary_dim, 512, {"rope_type": "default", "rope_theta": 10000.0}, neox)
+    rope.to_dtype(dtype)
+    return rope
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("head_dim,rotary_dim", ROTARY_SHAPES)
+def test_rotary_equals_the_torch_ops_and_float64(variant, dtype, neox, head_dim, rotary_dim):
+    """q heads of a fused q|k|v row (strided rows), rotated in place: bit-identical to the torch
+    ops; within one rounding of the float64 rotation by the same tables; v and the untouched dims kept."""
+    rope = _rope(head_dim, rotary_dim, neox, dtype)
+    gen = torch.Generator().manual_seed(head_dim + rotary_dim + neox)
+    T, heads = 6, 5
+    qkv = (torch.randn(T, 3 * heads * head_dim, generator=gen) * 2).to(dtype)
+    positions = torch.tensor([0, 511, 7, 7, 300, 1])
+    q = qkv[:, :heads * head_dim].view(T, heads, head_dim)
+    before = qkv.clone()
+    cos, sin = rope.cos_cache[positions].unsqueeze(1), rope.sin_cache[positions].unsqueeze(1)
+    want = rope._apply(q.clone(), cos, sin)
+    got = cpu_ops.rotary_embedding_(q, positions, rope.cos_cache, rope.sin_cache, neox, lib=_lib(variant))
+    assert got is q
+    assert torch.equal(got, want)
+    assert torch.equal(qkv[:, heads * head_dim:], before[:, heads * head_dim:])
+    assert torch.equal(got[..., rotary_dim:], before[:, :heads * head_dim].view(T, heads, head_dim)[..., rotary_dim:])
+    x = before[:, :heads * head_dim].view(T, heads, head_dim)[..., :rotary_dim].double()
+    x1, x2 = (x[..., ::2], x[..., 1::2]) if not neox else x.chunk(2, dim=-1)
+    c, s = cos.double(), sin.double()
+    o1, o2 = x1 * c - x2 * s, x2 * c + x1 * s
+    want64 = torch.cat((o1, o2), -1) if neox else torch.stack((o1, o2), -1).flatten(-2)
+    # three roundings (two products, the sum) of terms up to |x|: relative to |x1| + |x2|
+    scale = (x1.abs() + x2.abs()).repeat(1, 1, 2) if neox else (x1.abs() + x2.abs()).repeat_interleave(2, -1)
+    err = (got[..., :rotary_dim].double() - want64).abs()
+    assert bool((err <= 3 * (2e-7 if dtype == torch.float32 else 2 ** -8) * scale + 1e-30).all())
+
+
+def test_rotary_out_of_table_positions_are_left_to_the_torch_path():
+    rope = _rope(64, 64, True, torch.float32)
+    q = torch.randn(2, 3, 64)
+    for bad in ([0, 512], [-1, 0]):
+        assert cpu_ops.rotary_embedding_(q, torch.tensor(bad), rope.cos_cache, rope.sin_cache, True) is None
+    with pytest.raises(IndexError):
+        rope(torch.tensor([0, 512]), q, q.clone())
+    assert cpu_ops.rotary_embedding_(q, torch.tensor([0, 1], dtype=torch.int32), rope.cos_cache,
+                                     rope.sin_cache, True) is None  # positions must be int64
+
+
+def test_rotary_module_rotates_in_place_on_cpu_and_equals_its_torch_path(monkeypatch):
+    rope = _rope(64, 16, False, torch.bfloat16)
+    q, k = torch.randn(4, 9, 64).to(torch.bfloat16), torch.randn(4, 3, 64).to(torch.bfloat16)
+    positions = torch.tensor([3, 4, 5, 100])
+    q0, k0 = q.clone(), k.clone()
+    rq, rk = rope(positions, q, k)
+    assert rq is q and rk is k and not torch.equal(q, q0)
+    monkeypatch.setattr(cpu_build, "_LIBS", {})
+    monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
+    tq, tk = rope(positions, q0, k0)
+    assert torch.equal(tq, rq) and torch.equal(tk, rk)

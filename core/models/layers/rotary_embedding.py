@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from pagedllm.kernels import cpu_ops
+
 
 def rope_parameters(config) -> dict:
     """Rope settings from a HF config, for transformers 4.x (rope_scaling) and 5.x (rope_parameters)."""
@@ -119,15 +121,22 @@ class RotaryEmbedding(nn.Module):
             self._last_cos_sin = (self.cos_cache[positions].unsqueeze(1), self.sin_cache[positions].unsqueeze(1))
         return self._last_cos_sin
 
+    def _rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x [T, n, head_dim] rotated: in place by one C call on CPU (callers pass fresh projections,
+        as with vLLM's in-place kernels), else by the torch ops (which leave x alone)."""
+        if x.device.type == "cpu" and cpu_ops.rotary_embedding_(x, positions, self.cos_cache, self.sin_cache,
+                                                                 self.is_neox_style) is not None:
+            return x
+        cos, sin = self._cos_sin(positions)
+        return self._apply(x, cos, sin)
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""
-        cos, sin = self._cos_sin(positions)
-        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+        return self._rotate(positions, q), self._rotate(positions, k)
 
     def forward_heads(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Rotate any [T, n, head_dim] stack of heads (e.g. q and k side by side) in one pass."""
-        cos, sin = self._cos_sin(positions)
-        return self._apply(x, cos, sin)
+        return self._rotate(positions, x)
 
 
 _ROPE_CACHE: dict = {}
