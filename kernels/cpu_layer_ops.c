@@ -1,5 +1,5 @@
 /* Fused elementwise ops of a decoder layer for CPUs: RMSNorm (with the residual add folded in),
- * the MLP activations (SiLU, tanh-GELU, exact GELU; gated or not) and rotary embeddings. On CPU each unfused torch op is a pass over
+ * LayerNorm, the MLP activations (SiLU, tanh-GELU, exact GELU; gated or not) and rotary embeddings. On CPU each unfused torch op is a pass over
  * memory plus a dispatch of several microseconds; a decode step runs ~10 of them per layer.
  *
  * Built at first use by kernels/cpu_ops.py like the paged-decode kernel (-O3 -march=native, OpenMP).
@@ -85,6 +85,18 @@ static inline float sum_squares(const float *v, int n) {
     return ss;
 }
 
+static inline float sum_row(const float *v, int n) {
+    float sum = 0.f;
+    int i = 0;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) acc = _mm512_add_ps(acc, _mm512_loadu_ps(v + i));
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; i++) sum += v[i];
+    return sum;
+}
+
 #define MAX_COLS 16384 /* per-thread row buffers of 64 KiB; wider rows take the torch path */
 
 /* out = RMSNorm(x [+ residual]) * weight over rows x cols. With a residual, res_out gets the
@@ -109,6 +121,29 @@ int rms_norm(const void *x, long x_stride, const void *residual, long r_stride, 
         for (int i = 0; i < cols; i++) v[i] *= inv;
         if (round_before_weight) round_row(v, cols, is_bf16);
         for (int i = 0; i < cols; i++) v[i] *= weight[i];
+        store_row(out, (long)r * cols, cols, is_bf16, v);
+    }
+    return 0;
+}
+
+/* out = LayerNorm(x) [* weight] [+ bias] over rows x cols, float32 math and one rounding at the
+ * end, as torch's CPU kernel: y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps),
+ * var the biased variance (two passes over the row in float32). weight/bias are float32 or NULL. */
+int layer_norm(const void *x, long x_stride, void *out, const float *weight, const float *bias, int rows, int cols,
+               float eps, int is_bf16, int threads) {
+    if (cols > MAX_COLS) return 1;
+#pragma omp parallel for num_threads(threads) if ((long)rows * cols >= PARALLEL_MIN_ELEMS)
+    for (int r = 0; r < rows; r++) {
+        float v[MAX_COLS];
+        load_row(x, (long)r * x_stride, cols, is_bf16, v);
+        const float mean = sum_row(v, cols) / (float)cols;
+        for (int i = 0; i < cols; i++) v[i] -= mean;
+        const float rstd = 1.f / sqrtf(sum_squares(v, cols) / (float)cols + eps);
+        for (int i = 0; i < cols; i++) v[i] *= rstd;
+        if (weight)
+            for (int i = 0; i < cols; i++) v[i] *= weight[i];
+        if (bias)
+            for (int i = 0; i < cols; i++) v[i] += bias[i];
         store_row(out, (long)r * cols, cols, is_bf16, v);
     }
     return 0;

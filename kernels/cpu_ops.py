@@ -1,4 +1,4 @@
-"""Fused RMSNorm, MLP activations and rotary embeddings for CPU tensors through a small C library (``cpu_layer_ops.c``).
+"""Fused RMSNorm, LayerNorm, MLP activations and rotary embeddings for CPU tensors through a small C library (``cpu_layer_ops.c``).
 
 Why: a decode step on CPU runs ~10 small elementwise torch ops per layer (RMSNorm alone is
 five: cast, pow, mean, rsqrt, mul), each a pass over memory plus several microseconds of
@@ -25,7 +25,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rms_norm.argtypes = [p, l, p, l, p, p, p, i, i, f, i, i, i]
     lib.act_and_mul.argtypes = [p, l, p, i, i, i, i, i, i]
     lib.rotary_embedding.argtypes = [p, l, i, i, i, p, p, p, l, i, i, i, i]
-    lib.rms_norm.restype = lib.act_and_mul.restype = lib.rotary_embedding.restype = i
+    lib.layer_norm.argtypes = [p, l, p, p, p, i, i, f, i, i]
+    for fn in (lib.rms_norm, lib.act_and_mul, lib.rotary_embedding, lib.layer_norm):
+        fn.restype = i
 
 
 def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
@@ -67,6 +69,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     if status:
         return None
     return out if residual is None else (out, res_out)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+               lib: ctypes.CDLL | None = None) -> torch.Tensor | None:
+    """LayerNorm of ``x`` over its last dim, times ``weight`` plus ``bias`` (float32, contiguous, or
+    None); None if not taken."""
+    lib = lib or load()
+    x2 = _rows(x)
+    if lib is None or x2 is None:
+        return None
+    for p in (weight, bias):
+        if p is not None and (p.dtype != torch.float32 or not p.is_contiguous() or p.shape != (x.shape[-1],)):
+            return None
+    rows, cols = x2.shape
+    out = torch.empty(x.shape, dtype=x.dtype)
+    status = lib.layer_norm(x2.data_ptr(), x2.stride(0), out.data_ptr(), None if weight is None else weight.data_ptr(),
+                            None if bias is None else bias.data_ptr(), rows, cols, float(eps),
+                            int(x.dtype == torch.bfloat16), torch.get_num_threads())
+    return None if status else out
 
 
 def act_and_mul(x: torch.Tensor, act: str, gated: bool = True, lib: ctypes.CDLL | None = None):

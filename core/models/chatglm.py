@@ -25,7 +25,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import SiluAndMul
 from pagedllm.models.layers.attention import Attention
-from pagedllm.models.layers.layernorm import RMSNorm
+from pagedllm.models.layers.layernorm import LayerNorm, RMSNorm
 from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import get_rope
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -51,7 +51,7 @@ def check_supported(config) -> None:
 def _norm(config) -> nn.Module:
     if getattr(config, "rmsnorm", True):
         return RMSNorm(config.hidden_size, config.layernorm_epsilon)
-    return nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+    return LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
 
 class GLMAttention(nn.Module):

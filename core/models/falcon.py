@@ -14,6 +14,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention, local_alibi_slopes
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -94,12 +95,12 @@ class FalconDecoderLayer(nn.Module):
         self.self_attention = FalconAttention(config, max_position)
         self.mlp = FalconMLP(config)
         if self.two_norms:
-            self.ln_attn = nn.LayerNorm(hidden, eps=eps)
-            self.ln_mlp = nn.LayerNorm(hidden, eps=eps)
+            self.ln_attn = LayerNorm(hidden, eps=eps)
+            self.ln_mlp = LayerNorm(hidden, eps=eps)
         else:
-            self.input_layernorm = nn.LayerNorm(hidden, eps=eps)
+            self.input_layernorm = LayerNorm(hidden, eps=eps)
             if not self.parallel:
-                self.post_attention_layernorm = nn.LayerNorm(hidden, eps=eps)
+                self.post_attention_layernorm = LayerNorm(hidden, eps=eps)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         if self.two_norms:
@@ -118,7 +119,7 @@ class FalconModel(nn.Module):
         super().__init__()
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.h = nn.ModuleList(FalconDecoderLayer(config, max_position) for _ in range(config.num_hidden_layers))
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.word_embeddings(input_ids)

@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.models.weight_utils import load_mapped
@@ -50,9 +51,9 @@ class GPT2Block(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         eps = config.layer_norm_epsilon
-        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.ln_1 = LayerNorm(config.hidden_size, eps=eps)
         self.attn = GPT2Attention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.ln_2 = LayerNorm(config.hidden_size, eps=eps)
         self.mlp = GPT2MLP(config)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ class GPT2Model(nn.Module):
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.wte(input_ids) + self.wpe(positions)

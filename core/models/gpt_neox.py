@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, partial_rotary_factor, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -52,8 +53,8 @@ class GPTNeoXLayer(nn.Module):
     def __init__(self, config, max_position: int):
         super().__init__()
         self.parallel = config.use_parallel_residual
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = GPTNeoXAttention(config, max_position)
         self.mlp = GPTNeoXMLP(config)
 
@@ -70,7 +71,7 @@ class GPTNeoXModel(nn.Module):
         super().__init__()
         self.embed_in = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(GPTNeoXLayer(config, max_position) for _ in range(config.num_hidden_layers))
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_in(input_ids)

@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -50,7 +51,7 @@ class GPTJMLP(nn.Module):
 class GPTJBlock(nn.Module):
     def __init__(self, config, max_position: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_1 = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.attn = GPTJAttention(config, max_position)
         self.mlp = GPTJMLP(config)
 
@@ -64,7 +65,7 @@ class GPTJModel(nn.Module):
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.h = nn.ModuleList(GPTJBlock(config, max_position) for _ in range(config.num_hidden_layers))
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.wte(input_ids)

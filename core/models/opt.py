@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, ReplicatedLinear, RowParallelLinear
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.models.weight_utils import load_mapped
@@ -39,10 +40,10 @@ class OPTDecoderLayer(nn.Module):
         affine = getattr(config, "layer_norm_elementwise_affine", True)
         self.pre_norm = config.do_layer_norm_before
         self.self_attn = OPTAttention(config)
-        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=affine)
+        self.self_attn_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
         self.fc1 = ColumnParallelLinear(config.hidden_size, config.ffn_dim, bias=bias)
         self.fc2 = RowParallelLinear(config.ffn_dim, config.hidden_size, bias=bias)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=affine)
+        self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
         self.act = get_act_fn(config.activation_function)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class OPTDecoder(nn.Module):
         self.project_out = ReplicatedLinear(config.hidden_size, proj) if proj != config.hidden_size else None
         final_norm = config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False)
         affine = getattr(config, "layer_norm_elementwise_affine", True)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=affine) if final_norm else None
+        self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine) if final_norm else None
         self.layers = nn.ModuleList(OPTDecoderLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

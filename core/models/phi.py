@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedllm.models.layers.activation import get_act_fn
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, partial_rotary_factor, rope_parameters
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -24,8 +25,8 @@ class PhiAttention(nn.Module):
         self.nh, self.nkv = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.dense = RowParallelLinear(heads * self.head_dim, config.hidden_size, bias=True)
         if config.qk_layernorm:
-            self.q_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
-            self.k_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.q_layernorm = LayerNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.k_layernorm = LayerNorm(self.head_dim, eps=config.layer_norm_eps)
         self.qk_layernorm = config.qk_layernorm
         rotary_dim = int(self.head_dim * partial_rotary_factor(config))
         self.rotary_emb = RotaryEmbedding(self.head_dim, rotary_dim, max_position, rope_parameters(config))
@@ -55,7 +56,7 @@ class PhiMLP(nn.Module):
 class PhiDecoderLayer(nn.Module):
     def __init__(self, config, max_position: int):
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.self_attn = PhiAttention(config, max_position)
         self.mlp = PhiMLP(config)
 
@@ -69,7 +70,7 @@ class PhiModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(PhiDecoderLayer(config, max_position) for _ in range(config.num_hidden_layers))
-        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)

@@ -1,4 +1,4 @@
-"""The C RMSNorm, MLP activations and rotary embedding (``kernels/cpu_ops``) against float64 references.
+"""The C RMSNorm, LayerNorm, MLP activations and rotary embedding (``kernels/cpu_ops``) against float64 references.
 
 Both compiled variants run: the machine's best (AVX-512 where the CPU has it) and a build
 without AVX-512 (plain C). float32 results must match the float64 formula to float32 precision;
@@ -64,6 +64,27 @@ def test_gemma_norm_multiplies_before_rounding(variant, dtype):
     _close(got, want, dtype, atol=1e-6 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "none"])
+def test_layer_norm_matches_float64(variant, dtype, cols, affine):
+    gen = torch.Generator().manual_seed(cols + len(affine))
+    x = (torch.randn(7, 2 * cols, generator=gen) * 3 + 1.5).to(dtype)[:, ::2]  # strided rows and columns
+    weight = torch.randn(cols, generator=gen).to(dtype) if affine != "none" else None
+    bias = torch.randn(cols, generator=gen).to(dtype) if affine == "weight+bias" else None
+    got = cpu_ops.layer_norm(x, None if weight is None else weight.float(), None if bias is None else bias.float(),
+                             1e-5, lib=_lib(variant))
+    x64 = x.double()
+    want = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    if weight is not None:
+        want = want * weight.double()
+    if bias is not None:
+        want = want + bias.double()
+    assert got.dtype == dtype and got.shape == x.shape
+    _close(got, want, dtype, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
 def _silu(x):
     return x / (1 + torch.exp(-x))
 
@@ -112,22 +133,26 @@ def test_inputs_the_c_code_cannot_take_return_none():
     assert cpu_ops.act_and_mul(torch.zeros(2, 4, dtype=torch.float16), "silu", lib=lib) is None
     assert cpu_ops.rms_norm(torch.zeros(2, 4), torch.ones(4, dtype=torch.bfloat16), 1e-6, lib=lib) is None
     assert cpu_ops.rms_norm(torch.zeros(2, 20000), torch.ones(20000), 1e-6, lib=lib) is None  # wider than its buffers
+    assert cpu_ops.layer_norm(torch.zeros(2, 4), torch.ones(4, dtype=torch.bfloat16), None, 1e-5, lib=lib) is None
+    assert cpu_ops.layer_norm(torch.zeros(2, 4), torch.ones(5), None, 1e-5, lib=lib) is None
 
 
 def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
-    """RMSNorm (with residual), Gemma's norm and the activations: the C path against the same
+    """RMSNorm (with residual), Gemma's norm, LayerNorm and the activations: the C path against the same
     modules with the C library disabled (their torch code), in bf16."""
     from pagedllm.models.gemma import GemmaRMSNorm
     from pagedllm.models.layers.activation import ActAndMul, SiluAndMul, get_act_fn
-    from pagedllm.models.layers.layernorm import RMSNorm
+    from pagedllm.models.layers.layernorm import LayerNorm, RMSNorm
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
     res = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
     norm, gemma_norm = RMSNorm(256).to(torch.bfloat16), GemmaRMSNorm(256, 1e-6).to(torch.bfloat16)
-    norm.weight.data.normal_(generator=gen)
-    gemma_norm.weight.data.normal_(generator=gen)
-    modules = [lambda: norm(x, res), lambda: gemma_norm(x), lambda: SiluAndMul()(x),
+    layer_norm, plain_norm = LayerNorm(256).to(torch.bfloat16), LayerNorm(256, elementwise_affine=False)
+    for p in (norm.weight, gemma_norm.weight, layer_norm.weight, layer_norm.bias):
+        p.data.normal_(generator=gen)
+    modules = [lambda: norm(x, res), lambda: gemma_norm(x), lambda: layer_norm(x), lambda: plain_norm(x),
+               lambda: SiluAndMul()(x),
                lambda: ActAndMul("gelu_pytorch_tanh")(x), lambda: get_act_fn("gelu")(x),
                lambda: get_act_fn("gelu_new")(x)]
     fused = [m() for m in modules]

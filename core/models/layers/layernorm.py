@@ -1,6 +1,6 @@
-"""RMSNorm with an optional fused residual add, computed in float32 like Hugging Face.
+"""RMSNorm with an optional fused residual add, and LayerNorm, computed in float32 like Hugging Face.
 
-On CPU both go through one C call (``pagedllm.kernels.cpu_ops``) when it is available; the
+On CPU each goes through one C call (``pagedllm.kernels.cpu_ops``) when it is available; the
 torch code below is the path everywhere else and the C code's oracle.
 """
 import torch
@@ -46,3 +46,21 @@ class RMSNorm(nn.Module):
             return self._norm(x)
         residual = x + residual
         return self._norm(residual), residual
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and checkpoint names) with one C call on CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._weight_f32, self._bias_f32 = Float32Weight(), Float32Weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and len(self.normalized_shape) == 1 and (
+                self.weight is None or x.dtype == self.weight.dtype):
+            weight = None if self.weight is None else self._weight_f32.get(self.weight)
+            bias = None if self.bias is None else self._bias_f32.get(self.bias)
+            out = cpu_ops.layer_norm(x, weight, bias, self.eps)
+            if out is not None:
+                return out
+        return super().forward(x)
