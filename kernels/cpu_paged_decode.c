@@ -1,5 +1,6 @@
 /* Paged decode attention for CPUs: one query token per sequence, K/V read straight from the
- * block-paged cache (no gather into a padded copy), so each K/V row crosses memory once.
+ * block-paged cache (no gather into a padded copy), so each K/V row crosses memory once; and the
+ * write of each step's new K/V rows into their cache slots (store_kv, at the end).
  *
  * Built at first use by kernels/cpu_decode.py with the machine's compiler (-O3 -march=native,
  * OpenMP: the already-loaded libgomp of torch is reused, so both share one thread pool).
@@ -416,6 +417,22 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache, const 
 #endif
         decode_one_generic(qb, k_cache, v_cache, table, first, n, ob, num_heads, num_kv_heads, head_dim,
                            block_size, scale, soft_cap, alibi_slopes, s, max_context, is_bf16);
+    }
+    return 0;
+}
+
+/* The cache write before attention: token t's K and V rows (all KV heads, row_len contiguous
+ * elements of elem bytes; rows k_stride / v_stride elements apart) go to cache slot slots[t];
+ * slots < 0 (padding) are skipped. Returns 2, writing nothing, when a slot is past num_slots. */
+int store_kv(const void *k, long k_stride, const void *v, long v_stride, void *k_cache, void *v_cache,
+             const int64_t *slots, int tokens, long row_len, long num_slots, int elem) {
+    for (int t = 0; t < tokens; t++)
+        if (slots[t] >= num_slots) return 2;
+    const long bytes = row_len * elem;
+    for (int t = 0; t < tokens; t++) {
+        if (slots[t] < 0) continue;
+        memcpy((char *)k_cache + slots[t] * bytes, (const char *)k + t * k_stride * elem, bytes);
+        memcpy((char *)v_cache + slots[t] * bytes, (const char *)v + t * v_stride * elem, bytes);
     }
     return 0;
 }

@@ -2,9 +2,10 @@
 
 Decode attention dominates a CPU step once batches are large, and on the torch path it is
 bound by gathering K/V blocks into a padded copy. ``pagedllm.kernels.cpu_decode`` reads the
-paged cache in place instead. Everything else (cache writes, prefill chunks, and decodes the
-kernel does not cover: other dtypes, very large heads) is the torch
-backend's code, which also serves as the kernel's oracle in the tests.
+paged cache in place instead, and a C loop of row copies writes each step's K/V into it.
+Everything else (prefill chunks, and decodes or writes the C code does not cover: other
+dtypes, very large heads) is the torch backend's code, which also serves as the C code's
+oracle in the tests.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def available() -> bool:
         """True when the kernel compiled and loaded on this machine."""
         return cpu_decode.load() is not None
+
+    def _write_cache(self, k, v, k_cache, v_cache, md: AttentionMetadata) -> None:
+        lib = cpu_decode.load()
+        if lib is None or not cpu_decode.store_kv(lib, k, v, k_cache, v_cache, md.slot_mapping):
+            super()._write_cache(k, v, k_cache, v_cache, md)
 
     def _decode(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
         lib = cpu_decode.load()

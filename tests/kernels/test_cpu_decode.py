@@ -134,3 +134,39 @@ def test_shapes_past_the_kernel_buffers_are_declined_not_overrun():
     lib = cpu_decode.load()
     q, k_cache, v_cache, tables, lens = _case(torch.float32, 256, 256, 16, 16)
     assert cpu_decode.paged_decode(lib, q, k_cache, v_cache, tables, lens, int(lens.max()), 0.25) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_store_kv_equals_the_torch_backends_index_copy(dtype):
+    """k/v are strided slices of a fused q|k|v row; padding slots (-1) are skipped; the caches end
+    bit-identical to the torch backend's write, and the other slots untouched."""
+    from pagedllm.attention.backend import AttentionMetadata
+    from pagedllm.attention.torch_backend import TorchAttentionBackend
+
+    gen = torch.Generator().manual_seed(5)
+    T, kvh, d, blocks, bs = 7, 3, 64, 6, 16
+    qkv = torch.randn(T, (9 + 2 * kvh) * d, generator=gen).to(dtype)
+    k = qkv[:, 9 * d:(9 + kvh) * d].view(T, kvh, d)
+    v = qkv[:, (9 + kvh) * d:].view(T, kvh, d)
+    slots = torch.tensor([5, 17, -1, 95, 0, -1, 40])
+    k_cache, v_cache = (torch.randn(blocks, bs, kvh, d, generator=gen).to(dtype) for _ in range(2))
+    torch_caches = (k_cache.clone(), v_cache.clone())
+    assert cpu_decode.store_kv(cpu_decode.load(), k, v, k_cache, v_cache, slots)
+    md = AttentionMetadata.__new__(AttentionMetadata)  # only the fields a cache write reads
+    md.slot_mapping, md.backend_state = slots, {"write_mask": slots >= 0}
+    TorchAttentionBackend(9, kvh, d, 0.125)._write_cache(k, v, *torch_caches, md)
+    assert torch.equal(k_cache, torch_caches[0]) and torch.equal(v_cache, torch_caches[1])
+    written = slots >= 0
+    assert torch.equal(k_cache.view(-1, kvh, d)[slots[written]], k[written])
+
+
+def test_store_kv_declines_what_it_cannot_take():
+    lib = cpu_decode.load()
+    k_cache = v_cache = torch.zeros(2, 16, 2, 8)
+    k = torch.ones(3, 2, 8)
+    assert not cpu_decode.store_kv(lib, k, k, k_cache, v_cache, torch.tensor([0, 1, 32]))  # past the cache
+    assert not cpu_decode.store_kv(lib, k, k, k_cache, v_cache, torch.tensor([0, 1, 2], dtype=torch.int32))
+    assert not cpu_decode.store_kv(lib, k.transpose(1, 2).contiguous().transpose(1, 2), k, k_cache, v_cache,
+                                   torch.tensor([0, 1, 2]))  # heads not contiguous in a row
+    assert not cpu_decode.store_kv(lib, k.bfloat16(), k.bfloat16(), k_cache, v_cache, torch.tensor([0, 1, 2]))
+    assert int(k_cache.count_nonzero()) == 0
