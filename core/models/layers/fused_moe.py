@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_reduce
+from pagedllm.kernels import cpu_gemm
 from pagedllm.models.layers.activation import SiluAndMul
 
 
@@ -27,6 +28,22 @@ class FusedMoE(nn.Module):
         self.act = SiluAndMul()
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
+        self.packed_experts = None  # [(w13, w2)] per expert, oneDNN-packed (CPU bf16, after loading)
+
+    def prepack_for_cpu(self) -> None:
+        """Each expert's two matrices packed for oneDNN, the plain stacks dropped (see ``cpu_gemm``)."""
+        if self.packed_experts is None and cpu_gemm.packable(self.w13_weight[0]):
+            self.packed_experts = [(cpu_gemm.pack(self.w13_weight[e]), cpu_gemm.pack(self.w2_weight[e]))
+                                   for e in range(self.num_experts)]
+            dtype = self.w13_weight.dtype
+            self.w13_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+            self.w2_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_experts is not None:
+            w13, w2 = self.packed_experts[e]
+            return cpu_gemm.linear(self.act(cpu_gemm.linear(x, w13, None)), w2, None)
+        return F.linear(self.act(F.linear(x, self.w13_weight[e])), self.w2_weight[e])
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard: tuple) -> None:
         """``shard`` = (expert or None for all experts, "w1" | "w3" | "w2" | "w13")."""
@@ -57,8 +74,7 @@ class FusedMoE(nn.Module):
         start = 0
         for e, n in enumerate(counts):
             if n:
-                out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])),
-                                                self.w2_weight[e])
+                out[start:start + n] = self._expert(e, xs[start:start + n])
                 start += n
         out.mul_(weights.reshape(-1)[order].unsqueeze(-1))
         final = torch.zeros_like(x).index_add_(0, token_of, out)

@@ -1,7 +1,8 @@
 """Linear layers that know how to shard across tensor-parallel ranks.
 
 Each parameter carries a ``weight_loader`` that copies its slice of a checkpoint tensor, so
-model code loads weights the same way with one worker or many (vLLM's pattern).
+model code loads weights the same way with one worker or many (vLLM's pattern). After loading,
+``prepack_for_cpu`` swaps a CPU bf16 weight for a oneDNN-packed one (``pagedllm.kernels.cpu_gemm``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_reduce
+from pagedllm.kernels import cpu_gemm
 
 
 def _divide(a: int, b: int) -> int:
@@ -31,6 +33,17 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        self.packed_weight = None
+
+    def prepack_for_cpu(self) -> None:
+        """After loading: a CPU bf16 weight becomes one packed for oneDNN and the plain copy is
+        dropped, as vLLM's CPU backend does (see ``cpu_gemm``)."""
+        cpu_gemm.prepack(self)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return cpu_gemm.linear(x, self.packed_weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         if self.tp_dim is not None and self.tp_size > 1 and loaded.dim() > self.tp_dim:
@@ -39,7 +52,7 @@ class LinearBase(nn.Module):
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self._matmul(x)
 
 
 class ReplicatedLinear(LinearBase):
@@ -103,4 +116,4 @@ class RowParallelLinear(LinearBase):
         super().weight_loader(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tp_all_reduce(F.linear(x, self.weight, self.bias))
+        return tp_all_reduce(self._matmul(x))

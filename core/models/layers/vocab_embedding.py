@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
+from pagedllm.kernels import cpu_gemm
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -37,7 +38,16 @@ class ParallelLMHead(VocabParallelEmbedding):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        self.packed_weight = None
+
+    def prepack_for_cpu(self) -> None:
+        """After loading: a CPU bf16 weight becomes one packed for oneDNN and the plain copy is
+        dropped, as vLLM's CPU backend does (see ``cpu_gemm``)."""
+        cpu_gemm.prepack(self)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight, self.bias)
+        if self.packed_weight is not None:
+            logits = cpu_gemm.linear(hidden, self.packed_weight, self.bias)
+        else:
+            logits = F.linear(hidden, self.weight, self.bias)
         return tp_all_gather_last_dim(logits)[..., :self.num_embeddings]
