@@ -1,8 +1,10 @@
 """Mixture-of-experts MLP: softmax top-k routing, experts' weights stacked, tokens grouped per expert.
 
 Tokens are sorted by chosen expert so each active expert runs one matmul over all its tokens
-(one Python iteration per expert, never per token). Routing mirrors transformers: softmax in
-float32, ``torch.topk`` (so ties resolve the same way), renormalised over the top k.
+(one Python iteration per expert, never per token). On CPU in bf16 a decode batch that reaches
+every expert instead runs all experts densely in two matmuls (``FusedMoE._dense``). Routing
+mirrors transformers: softmax in float32, ``torch.topk`` (so ties resolve the same way),
+renormalised over the top k.
 """
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ from torch import nn
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_reduce
 from pagedllm.kernels import cpu_gemm
 from pagedllm.models.layers.activation import SiluAndMul
+
+
+# Most tokens in a step for the dense path (a decode batch); past it the sparse path's fewer
+# products win (prefill chunks are bound by the products, not by reading the weights).
+DENSE_MAX_TOKENS = 64
 
 
 class FusedMoE(nn.Module):
@@ -28,22 +35,30 @@ class FusedMoE(nn.Module):
         self.act = SiluAndMul()
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
-        self.packed_experts = None  # [(w13, w2)] per expert, oneDNN-packed (CPU bf16, after loading)
+        self.w2_dense = None  # [hidden, experts * inter]: every expert's w2 side by side (CPU bf16)
 
     def prepack_for_cpu(self) -> None:
-        """Each expert's two matrices packed for oneDNN, the plain stacks dropped (see ``cpu_gemm``)."""
-        if self.packed_experts is None and cpu_gemm.packable(self.w13_weight[0]):
-            self.packed_experts = [(cpu_gemm.pack(self.w13_weight[e]), cpu_gemm.pack(self.w2_weight[e]))
-                                   for e in range(self.num_experts)]
-            dtype = self.w13_weight.dtype
-            self.w13_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
-            self.w2_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+        """CPU bf16, after loading: w2 re-laid as one [hidden, experts * inter] matrix (the plain
+        stack dropped), so a decode batch runs every expert in two matmuls (``_dense``)."""
+        if self.w2_dense is None and cpu_gemm.packable(self.w13_weight[0]):
+            self.w2_dense = self.w2_weight.permute(1, 0, 2).reshape(self.w2_weight.shape[1], -1).contiguous()
+            self.w2_weight = nn.Parameter(torch.empty(0, dtype=self.w2_dense.dtype), requires_grad=False)
 
-    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        if self.packed_experts is not None:
-            w13, w2 = self.packed_experts[e]
-            return cpu_gemm.linear(self.act(cpu_gemm.linear(x, w13, None)), w2, None)
-        return F.linear(self.act(F.linear(x, self.w13_weight[e])), self.w2_weight[e])
+    def _w2(self, e: int) -> torch.Tensor:
+        if self.w2_dense is not None:
+            return self.w2_dense[:, e * self.inter:(e + 1) * self.inter]
+        return self.w2_weight[e]
+
+    def _dense(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token, its output scaled by the token's routing weight (0 for the
+        experts not chosen): two matmuls the shape of a dense MLP's. Taken for decode batches
+        where top_k * tokens >= experts, so every expert's weights are read anyway; matmuls of a
+        few dozen rows are bound by reading the weights on CPU, so the extra products cost little,
+        while the sparse path pays a gather, a scatter and two matmul calls per active expert."""
+        T, E, I = x.shape[0], self.num_experts, self.inter
+        gates = torch.zeros(T, E, dtype=x.dtype).scatter_(1, experts, weights)
+        h = self.act(F.linear(x, self.w13_weight.view(E * 2 * I, -1)).view(T * E, 2 * I)).view(T, E, I)
+        return F.linear((h * gates.unsqueeze(-1)).view(T, E * I), self.w2_dense)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard: tuple) -> None:
         """``shard`` = (expert or None for all experts, "w1" | "w3" | "w2" | "w13")."""
@@ -65,6 +80,8 @@ class FusedMoE(nn.Module):
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
+        if self.w2_dense is not None and x.shape[0] <= DENSE_MAX_TOKENS and x.shape[0] * self.top_k >= self.num_experts:
+            return tp_all_reduce(self._dense(x, weights, experts))
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
         token_of = order // self.top_k
@@ -74,7 +91,7 @@ class FusedMoE(nn.Module):
         start = 0
         for e, n in enumerate(counts):
             if n:
-                out[start:start + n] = self._expert(e, xs[start:start + n])
+                out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])), self._w2(e))
                 start += n
         out.mul_(weights.reshape(-1)[order].unsqueeze(-1))
         final = torch.zeros_like(x).index_add_(0, token_of, out)
