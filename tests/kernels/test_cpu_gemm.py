@@ -90,7 +90,7 @@ def test_moe_dense_decode_path_and_sparse_path_match_float64(tokens):
     from pagedllm.models.layers import fused_moe
 
     torch.manual_seed(tokens)
-    moe = fused_moe.FusedMoE(num_experts=4, top_k=2, hidden_size=32, intermediate_size=48).to(torch.bfloat16)
+    moe = fused_moe.FusedMoE(num_experts=4, top_k=2, hidden_size=32, intermediate_size=24).to(torch.bfloat16)
     moe.w13_weight.data.normal_(std=0.2)
     moe.w2_weight.data.normal_(std=0.2)
     w13, w2 = moe.w13_weight.detach().clone(), moe.w2_weight.detach().clone()
@@ -109,3 +109,13 @@ def test_moe_dense_decode_path_and_sparse_path_match_float64(tokens):
     for out in (sparse, got):  # bf16 roundings of inputs, weights and each step: a few 2^-8 of |want|
         err = (out.double() - want).abs()
         assert float(err.max()) <= 0.08 * scale and float(err.mean()) <= 0.008 * scale, (err.max(), err.mean(), scale)
+
+
+def test_moe_with_wide_experts_keeps_the_sparse_path():
+    """All experts together wider than DENSE_MAX_WIDTH x hidden (Mixtral-8x7B's shape): no re-layout."""
+    from pagedllm.models.layers.fused_moe import DENSE_MAX_WIDTH, FusedMoE
+
+    moe = FusedMoE(num_experts=8, top_k=2, hidden_size=16, intermediate_size=DENSE_MAX_WIDTH * 2 + 1)
+    moe = moe.to(torch.bfloat16)
+    moe.prepack_for_cpu()
+    assert moe.w2_dense is None and moe.w2_weight.shape == (8, 16, DENSE_MAX_WIDTH * 2 + 1)

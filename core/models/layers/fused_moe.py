@@ -1,8 +1,8 @@
 """Mixture-of-experts MLP: softmax top-k routing, experts' weights stacked, tokens grouped per expert.
 
 Tokens are sorted by chosen expert so each active expert runs one matmul over all its tokens
-(one Python iteration per expert, never per token). On CPU in bf16 a decode batch that reaches
-every expert instead runs all experts densely in two matmuls (``FusedMoE._dense``). Routing
+(one Python iteration per expert, never per token). On CPU in bf16, with small experts, a decode
+batch that reaches every expert instead runs all experts densely in two matmuls (``FusedMoE._dense``). Routing
 mirrors transformers: softmax in float32, ``torch.topk`` (so ties resolve the same way),
 renormalised over the top k.
 """
@@ -17,8 +17,12 @@ from pagedllm.kernels import cpu_gemm
 from pagedllm.models.layers.activation import SiluAndMul
 
 
-# Most tokens in a step for the dense path (a decode batch); past it the sparse path's fewer
-# products win (prefill chunks are bound by the products, not by reading the weights).
+# The dense path (``FusedMoE._dense``) is for small experts and decode batches: all experts
+# together at most 4x the hidden size wide (a dense MLP's width: then running every expert costs
+# about one dense MLP, while the sparse path pays two matmul calls per active expert, a gather
+# and a scatter; Mixtral-8x7B's experts are far wider and stay sparse), and at most 64 tokens
+# (past that the sparse path's fewer products win: prefill is bound by products, not weights).
+DENSE_MAX_WIDTH = 4
 DENSE_MAX_TOKENS = 64
 
 
@@ -38,9 +42,11 @@ class FusedMoE(nn.Module):
         self.w2_dense = None  # [hidden, experts * inter]: every expert's w2 side by side (CPU bf16)
 
     def prepack_for_cpu(self) -> None:
-        """CPU bf16, after loading: w2 re-laid as one [hidden, experts * inter] matrix (the plain
-        stack dropped), so a decode batch runs every expert in two matmuls (``_dense``)."""
-        if self.w2_dense is None and cpu_gemm.packable(self.w13_weight[0]):
+        """CPU bf16, after loading, for small experts (see DENSE_MAX_WIDTH): w2 re-laid as one
+        [hidden, experts * inter] matrix (the plain stack dropped), so a decode batch runs every
+        expert in two matmuls (``_dense``)."""
+        E, I, H = self.num_experts, self.inter, self.w13_weight.shape[-1]
+        if self.w2_dense is None and cpu_gemm.packable(self.w13_weight[0]) and E * I <= DENSE_MAX_WIDTH * H:
             self.w2_dense = self.w2_weight.permute(1, 0, 2).reshape(self.w2_weight.shape[1], -1).contiguous()
             self.w2_weight = nn.Parameter(torch.empty(0, dtype=self.w2_dense.dtype), requires_grad=False)
 
@@ -80,7 +86,7 @@ class FusedMoE(nn.Module):
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
-        if self.w2_dense is not None and x.shape[0] <= DENSE_MAX_TOKENS and x.shape[0] * self.top_k >= self.num_experts:
+        if self.w2_dense is not None and self.top_k * x.shape[0] >= self.num_experts and x.shape[0] <= DENSE_MAX_TOKENS:
             return tp_all_reduce(self._dense(x, weights, experts))
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
