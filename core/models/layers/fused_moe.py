@@ -1,8 +1,8 @@
 """Mixture-of-experts MLP: softmax top-k routing, experts' weights stacked, tokens grouped per expert.
 
 Tokens are sorted by chosen expert so each active expert runs one matmul over all its tokens
-(one Python iteration per expert, never per token). On CPU in bf16, with small experts, a decode
-batch that reaches every expert instead runs all experts densely in two matmuls (``FusedMoE._dense``). Routing
+(one Python iteration per expert, never per token). On CPU in bf16, small experts instead run
+all together on every token in two matmuls (``FusedMoE._dense``). Routing
 mirrors transformers: softmax in float32, ``torch.topk`` (so ties resolve the same way),
 renormalised over the top k.
 """
@@ -17,13 +17,12 @@ from pagedllm.kernels import cpu_gemm
 from pagedllm.models.layers.activation import SiluAndMul
 
 
-# The dense path (``FusedMoE._dense``) is for small experts and decode batches: all experts
-# together at most 4x the hidden size wide (a dense MLP's width: then running every expert costs
-# about one dense MLP, while the sparse path pays two matmul calls per active expert, a gather
-# and a scatter; Mixtral-8x7B's experts are far wider and stay sparse), and at most 64 tokens
-# (past that the sparse path's fewer products win: prefill is bound by products, not weights).
+# The dense path (``FusedMoE._dense``, CPU bf16) is for small experts: all of them together at
+# most this many times the hidden size wide, as a dense MLP is. Running every expert on every
+# token then costs about one dense MLP (bounded, whatever the batch), while the sparse path pays
+# two matmul calls per active expert, a gather and a scatter. Wider experts (Mixtral-8x7B's)
+# would multiply the products by experts / top_k and stay sparse.
 DENSE_MAX_WIDTH = 4
-DENSE_MAX_TOKENS = 64
 
 
 class FusedMoE(nn.Module):
@@ -39,32 +38,27 @@ class FusedMoE(nn.Module):
         self.act = SiluAndMul()
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
-        self.w2_dense = None  # [hidden, experts * inter]: every expert's w2 side by side (CPU bf16)
+        self.dense = None  # (w13 [experts * 2 * inter, hidden], w2 [hidden, experts * inter]), packed
 
     def prepack_for_cpu(self) -> None:
-        """CPU bf16, after loading, for small experts (see DENSE_MAX_WIDTH): w2 re-laid as one
-        [hidden, experts * inter] matrix (the plain stack dropped), so a decode batch runs every
-        expert in two matmuls (``_dense``)."""
+        """CPU bf16, after loading, small experts (see DENSE_MAX_WIDTH): both stacks become one
+        oneDNN-packed matrix each for ``_dense``; the plain stacks are dropped."""
         E, I, H = self.num_experts, self.inter, self.w13_weight.shape[-1]
-        if self.w2_dense is None and cpu_gemm.packable(self.w13_weight[0]) and E * I <= DENSE_MAX_WIDTH * H:
-            self.w2_dense = self.w2_weight.permute(1, 0, 2).reshape(self.w2_weight.shape[1], -1).contiguous()
-            self.w2_weight = nn.Parameter(torch.empty(0, dtype=self.w2_dense.dtype), requires_grad=False)
-
-    def _w2(self, e: int) -> torch.Tensor:
-        if self.w2_dense is not None:
-            return self.w2_dense[:, e * self.inter:(e + 1) * self.inter]
-        return self.w2_weight[e]
+        if self.dense is None and cpu_gemm.packable(self.w13_weight[0]) and E * I <= DENSE_MAX_WIDTH * H:
+            w2 = self.w2_weight.permute(1, 0, 2).reshape(H, E * I)  # experts side by side
+            self.dense = (cpu_gemm.pack(self.w13_weight.view(E * 2 * I, H)), cpu_gemm.pack(w2))
+            dtype = self.w13_weight.dtype
+            self.w13_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+            self.w2_weight = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
 
     def _dense(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, its output scaled by the token's routing weight (0 for the
-        experts not chosen): two matmuls the shape of a dense MLP's. Taken for decode batches
-        where top_k * tokens >= experts, so every expert's weights are read anyway; matmuls of a
-        few dozen rows are bound by reading the weights on CPU, so the extra products cost little,
-        while the sparse path pays a gather, a scatter and two matmul calls per active expert."""
+        experts not chosen): two matmuls the shape of a dense MLP's, no gather or scatter."""
         T, E, I = x.shape[0], self.num_experts, self.inter
+        w13, w2 = self.dense
         gates = torch.zeros(T, E, dtype=x.dtype).scatter_(1, experts, weights)
-        h = self.act(F.linear(x, self.w13_weight.view(E * 2 * I, -1)).view(T * E, 2 * I)).view(T, E, I)
-        return F.linear((h * gates.unsqueeze(-1)).view(T, E * I), self.w2_dense)
+        h = self.act(cpu_gemm.linear(x, w13, None).view(T * E, 2 * I)).view(T, E, I)
+        return cpu_gemm.linear((h * gates.unsqueeze(-1)).view(T, E * I), w2, None)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard: tuple) -> None:
         """``shard`` = (expert or None for all experts, "w1" | "w3" | "w2" | "w13")."""
@@ -86,7 +80,7 @@ class FusedMoE(nn.Module):
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
-        if self.w2_dense is not None and self.top_k * x.shape[0] >= self.num_experts and x.shape[0] <= DENSE_MAX_TOKENS:
+        if self.dense is not None:
             return tp_all_reduce(self._dense(x, weights, experts))
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
@@ -97,7 +91,8 @@ class FusedMoE(nn.Module):
         start = 0
         for e, n in enumerate(counts):
             if n:
-                out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])), self._w2(e))
+                out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])),
+                                                self.w2_weight[e])
                 start += n
         out.mul_(weights.reshape(-1)[order].unsqueeze(-1))
         final = torch.zeros_like(x).index_add_(0, token_of, out)
