@@ -46,7 +46,7 @@ class ModelRunner:
         for module in self.model.modules():
             if isinstance(module, RotaryEmbedding):
                 module.to_dtype(dtype)
-            if hasattr(module, "prepack_for_cpu"):  # CPU bf16 linear layers: oneDNN-packed weights
+            if hasattr(module, "prepack_for_cpu"):  # CPU bf16: oneDNN-packed linear, LM head, small MoE
                 module.prepack_for_cpu()
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.backend_cls = get_attention_backend(attention_backend, device)
