@@ -246,6 +246,35 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return x
 
 
+def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
+    """``process_logits`` done on ``logits`` itself when only sparse changes apply (logit bias,
+    penalties on every row): the [B, V] clone is the larger cost at big batches. Returns a
+    function that puts the raw values of the touched (row, token) pairs back (the logprobs are
+    read from the raw logits after sampling), or None when it does not apply (nothing changed)."""
+    if batch.allowed is not None or batch.banned is not None or batch.bitmask is not None:
+        return None
+    penalties = batch.penalties
+    if (batch.bias is None and penalties is None) or (penalties is not None and penalties[0].numel() != logits.shape[0]):
+        return None
+    touched = []  # every pair the changes below write, with its raw value
+    if batch.bias is not None:
+        r, t, v = batch.bias
+        touched.append((r, t, logits[r, t]))
+    if penalties is not None:
+        for r, t in penalties[4:6]:  # output tokens (frequency, presence), all tokens (repetition)
+            touched.append((r, t, logits[r, t]))
+    if batch.bias is not None:
+        logits.index_put_((batch.bias[0], batch.bias[1]), batch.bias[2], accumulate=True)
+    if penalties is not None:
+        _, presence, frequency, repetition, out_idx, all_idx = penalties
+        apply_penalties(logits, presence, frequency, repetition, out_idx, all_idx)
+
+    def restore() -> None:
+        for r, t, raw in touched:
+            logits[r, t] = raw
+    return restore
+
+
 def sampling_distribution(x: torch.Tensor, batch: SamplingBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Processed logits -> logits after temperature, min-p, top-k and top-p (rows: the random rows)."""
     sel = (lambda t: t) if rows is None else (lambda t: t[rows])
@@ -328,7 +357,8 @@ class Sampler:
         Rows that asked for ``logprobs`` also get ``seq.step_logprobs`` = (top ids, top
         logprobs, sampled token's rank) from the raw distribution, as vLLM reports them.
         """
-        x = process_logits(logits, batch)
+        restore = process_logits_in_place(logits, batch)
+        x = logits if restore is not None else process_logits(logits, batch)
         if batch.all_greedy:
             tokens = fast_argmax(x)
         else:
@@ -338,6 +368,8 @@ class Sampler:
             else:
                 tokens = fast_argmax(x)
                 tokens[random_rows] = self._sample_random(x, batch, random_rows)
+        if restore is not None:
+            restore()
         if not batch.needs_logprob:
             return tokens, None
         raw_logprob_norm = row_logsumexp(logits)

@@ -180,3 +180,38 @@ def test_sampled_token_rank_and_top_logprobs_match_a_full_count():
         assert all(abs(lp - float(ref[i, t])) < 1e-4 for t, lp in zip(top_ids, top_lps))
         outside += tok not in top_ids
     assert 0 < outside < B  # both paths of the rank shortcut were taken
+
+
+@pytest.mark.parametrize("repetition", [1.0, 1.3])
+def test_in_place_processing_samples_as_the_clone_and_leaves_raw_logits(repetition, monkeypatch):
+    """Penalties on every row plus a logit bias: the sampler works on the logits in place and
+    restores them; tokens and logprobs equal the clone path's, the logits end bit-identical."""
+    from pagedllm.worker import sampler as sampler_mod
+
+    g = torch.Generator().manual_seed(7)
+    params, seqs = [], []
+    for i in range(6):
+        p = SamplingParams(temperature=0.0 if i % 2 else 0.8, top_k=40, presence_penalty=0.7, frequency_penalty=0.4,
+                           repetition_penalty=repetition, logprobs=3, seed=i,
+                           logit_bias={int(t): 5.0 for t in torch.randint(0, 60, (3,), generator=g)})
+        params.append(p)
+        seqs.append(fake_seq(torch.randint(0, V, (9,), generator=g).tolist(),
+                             torch.randint(0, 60, (20,), generator=g).tolist()))
+        seqs[-1].params = p
+    logits = torch.randn(6, V, generator=g) * 3
+    raw = logits.clone()
+
+    def run():
+        gens = [torch.Generator().manual_seed(100 + i) for i in range(6)]
+        batch = SamplingBatch.build(params, gens, V, "cpu", seqs=seqs)
+        tokens, logprobs = Sampler()(logits, batch)
+        return tokens, logprobs, [s.step_logprobs for s in seqs]
+
+    assert sampler_mod.process_logits_in_place(logits.clone(), SamplingBatch.build(
+        params, [None] * 6, V, "cpu", seqs=seqs)) is not None  # the in-place path applies here
+    in_place = run()
+    assert torch.equal(logits, raw)
+    monkeypatch.setattr(sampler_mod, "process_logits_in_place", lambda logits, batch: None)
+    cloned = run()
+    assert torch.equal(in_place[0], cloned[0]) and torch.equal(in_place[1], cloned[1])
+    assert in_place[2] == cloned[2]
