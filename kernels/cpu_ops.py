@@ -1,4 +1,5 @@
-"""Fused RMSNorm, LayerNorm, MLP activations and rotary embeddings for CPU tensors through a small C library (``cpu_layer_ops.c``).
+"""Fused RMSNorm, LayerNorm, MLP activations and rotary embeddings for CPU tensors, through a
+small C library (``cpu_layer_ops.c``).
 
 Why: a decode step on CPU runs ~10 small elementwise torch ops per layer (RMSNorm alone is
 five: cast, pow, mean, rsqrt, mul), each a pass over memory plus several microseconds of

@@ -254,11 +254,12 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
     if batch.allowed is not None or batch.banned is not None or batch.bitmask is not None:
         return None
     penalties = batch.penalties
-    if (batch.bias is None and penalties is None) or (penalties is not None and penalties[0].numel() != logits.shape[0]):
+    every_row = penalties is None or penalties[0].numel() == logits.shape[0]  # then pen rows == rows
+    if (batch.bias is None and penalties is None) or not every_row:
         return None
     touched = []  # every pair the changes below write, with its raw value
     if batch.bias is not None:
-        r, t, v = batch.bias
+        r, t, _ = batch.bias
         touched.append((r, t, logits[r, t]))
     if penalties is not None:
         for r, t in penalties[4:6]:  # output tokens (frequency, presence), all tokens (repetition)
