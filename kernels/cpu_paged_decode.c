@@ -202,20 +202,22 @@ static inline void row_ptrs(const uint16_t *cache, const int32_t *table, int t, 
     for (int u = 0; u < m; u++) p[u] = cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row;
 }
 
-/* Software prefetch of the rows of tokens t .. t+m-1 (the next chunk): blocks sit anywhere in
- * the cache, so the hardware prefetchers lose the stream at every block; fetching the next
- * chunk while this one computes cut the kernel's time by a fifth in the engine (bench workload).
- * always_inline: gcc 12 takes a function of prefetches alone for one without side effects and
- * drops the call when it is not inlined early. */
-static inline __attribute__((always_inline)) void prefetch_rows(const uint16_t *cache, const int32_t *table, int t, int m, int bs, long row) {
-    for (int u = 0; u < m; u++) {
-        const char *p = (const char *)(cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row);
-        for (long b = 0; b < row * 2; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
-    }
+/* Software prefetch of the rows of tokens t .. t+m-1 (m <= 16, the next chunk): blocks sit
+ * anywhere in the cache, so the hardware prefetchers lose the stream at every block; fetching
+ * the next chunk while this one computes cut the kernel's time by a fifth in the engine (bench
+ * workload). always_inline: gcc 12 takes a function of prefetches alone for one without side
+ * effects and drops the call when it is not inlined early. */
+static inline __attribute__((always_inline)) void prefetch_rows(const uint16_t *cache, const int32_t *table, int t,
+                                                                int m, int bs, long row) {
+    const uint16_t *p[16];
+    row_ptrs(cache, table, t, m, bs, row, p);
+    for (int u = 0; u < m; u++)
+        for (long b = 0; b < row * 2; b += 64) _mm_prefetch((const char *)p[u] + b, _MM_HINT_T0);
 }
 
 /* The chunk after t (16 tokens at most), if any. */
-static inline __attribute__((always_inline)) void prefetch_next_chunk(const uint16_t *cache, const int32_t *table, int t, int n, int bs, long row) {
+static inline __attribute__((always_inline)) void prefetch_next_chunk(const uint16_t *cache, const int32_t *table,
+                                                                      int t, int n, int bs, long row) {
     if (t + 16 < n) prefetch_rows(cache, table, t + 16, n - t - 16 < 16 ? n - t - 16 : 16, bs, row);
 }
 

@@ -234,16 +234,21 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     if batch.bitmask is not None:
         rows, bitmask = batch.bitmask
         x[rows] = apply_bitmask(x[rows], bitmask)
+    _apply_bias_and_penalties(x, batch)
+    return x
+
+
+def _apply_bias_and_penalties(x: torch.Tensor, batch: SamplingBatch) -> None:
+    """The sparse changes, in place on x: logit bias, then penalties."""
     if batch.bias is not None:
         r, t, v = batch.bias
         x.index_put_((r, t), v, accumulate=True)
     if batch.penalties is not None:
         rows, presence, frequency, repetition, out_idx, all_idx = batch.penalties
         if rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
-            x = apply_penalties(x, presence, frequency, repetition, out_idx, all_idx)
+            apply_penalties(x, presence, frequency, repetition, out_idx, all_idx)
         else:
             x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
-    return x
 
 
 def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
@@ -264,11 +269,7 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
     if penalties is not None:
         for r, t in penalties[4:6]:  # output tokens (frequency, presence), all tokens (repetition)
             touched.append((r, t, logits[r, t]))
-    if batch.bias is not None:
-        logits.index_put_((batch.bias[0], batch.bias[1]), batch.bias[2], accumulate=True)
-    if penalties is not None:
-        _, presence, frequency, repetition, out_idx, all_idx = penalties
-        apply_penalties(logits, presence, frequency, repetition, out_idx, all_idx)
+    _apply_bias_and_penalties(logits, batch)
 
     def restore() -> None:
         for r, t, raw in touched:

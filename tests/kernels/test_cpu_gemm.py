@@ -39,6 +39,8 @@ def test_packed_linear_takes_leading_dims_and_strided_rows():
     packed = cpu_gemm.pack(w)
     assert torch.equal(cpu_gemm.linear(x, packed, None), cpu_gemm.linear(x.contiguous(), packed, None))
     assert cpu_gemm.linear(x, packed, None).shape == (3, 5, 64)
+    want = F.linear(x, w).double()  # the oracle: within one bf16 step of torch's own product
+    assert bool(((cpu_gemm.linear(x, packed, None).double() - want).abs() <= _bf16_step(want) + 1e-6).all())
 
 
 def test_layers_pack_bf16_weights_drop_the_plain_copy_and_leave_float32_alone(monkeypatch):

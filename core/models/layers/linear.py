@@ -20,7 +20,23 @@ def _divide(a: int, b: int) -> int:
     return a // b
 
 
-class LinearBase(nn.Module):
+class PrepackedMatmul:
+    """``x @ weight.T + bias`` for a module with ``weight`` and ``bias``, through the oneDNN-packed
+    weight once ``prepack_for_cpu`` made one (after loading, CPU bf16; the plain copy is dropped,
+    as vLLM's CPU backend does, see ``cpu_gemm``)."""
+
+    packed_weight = None
+
+    def prepack_for_cpu(self) -> None:
+        cpu_gemm.prepack(self)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return cpu_gemm.linear(x, self.packed_weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class LinearBase(PrepackedMatmul, nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool, tp_dim: int | None):
         super().__init__()
         self.tp_rank = get_tp_rank()
@@ -33,17 +49,6 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
-        self.packed_weight = None
-
-    def prepack_for_cpu(self) -> None:
-        """After loading: a CPU bf16 weight becomes one packed for oneDNN and the plain copy is
-        dropped, as vLLM's CPU backend does (see ``cpu_gemm``)."""
-        cpu_gemm.prepack(self)
-
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed_weight is not None:
-            return cpu_gemm.linear(x, self.packed_weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         if self.tp_dim is not None and self.tp_size > 1 and loaded.dim() > self.tp_dim:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
-from pagedllm.kernels import cpu_gemm
+from pagedllm.models.layers.linear import PrepackedMatmul
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -30,7 +30,7 @@ class VocabParallelEmbedding(nn.Module):
         return tp_all_reduce(out)
 
 
-class ParallelLMHead(VocabParallelEmbedding):
+class ParallelLMHead(PrepackedMatmul, VocabParallelEmbedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False):
         super().__init__(num_embeddings, embedding_dim)
         if bias:
@@ -38,16 +38,7 @@ class ParallelLMHead(VocabParallelEmbedding):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
-        self.packed_weight = None
-
-    def prepack_for_cpu(self) -> None:
-        """After loading: a CPU bf16 weight becomes one packed for oneDNN and the plain copy is
-        dropped, as vLLM's CPU backend does (see ``cpu_gemm``)."""
-        cpu_gemm.prepack(self)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.packed_weight is not None:
-            logits = cpu_gemm.linear(hidden, self.packed_weight, self.bias)
-        else:
-            logits = F.linear(hidden, self.weight, self.bias)
+        logits = self._matmul(hidden)
         return tp_all_gather_last_dim(logits)[..., :self.num_embeddings]
