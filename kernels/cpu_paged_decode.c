@@ -202,11 +202,10 @@ static inline void row_ptrs(const uint16_t *cache, const int32_t *table, int t, 
     for (int u = 0; u < m; u++) p[u] = cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row;
 }
 
-/* Software prefetch of the rows of tokens t .. t+m-1 (m <= 16, the next chunk): blocks sit
- * anywhere in the cache, so the hardware prefetchers lose the stream at every block; fetching
- * the next chunk while this one computes cut the kernel's time by a fifth in the engine (bench
- * workload). always_inline: gcc 12 takes a function of prefetches alone for one without side
- * effects and drops the call when it is not inlined early. */
+/* Software prefetch of the rows of tokens t .. t+m-1 (m <= 16, all KV heads): blocks sit anywhere
+ * in the cache, so the hardware prefetchers lose the stream at every block. always_inline: gcc 12
+ * takes a function of prefetches alone for one without side effects and drops the call when it
+ * is not inlined early. */
 static inline __attribute__((always_inline)) void prefetch_rows(const uint16_t *cache, const int32_t *table, int t,
                                                                 int m, int bs, long row) {
     const uint16_t *p[16];
@@ -215,10 +214,21 @@ static inline __attribute__((always_inline)) void prefetch_rows(const uint16_t *
         for (long b = 0; b < row * 2; b += 64) _mm_prefetch((const char *)p[u] + b, _MM_HINT_T0);
 }
 
-/* The chunk after t (16 tokens at most), if any. */
-static inline __attribute__((always_inline)) void prefetch_next_chunk(const uint16_t *cache, const int32_t *table,
-                                                                      int t, int n, int bs, long row) {
-    if (t + 16 < n) prefetch_rows(cache, table, t + 16, n - t - 16 < 16 ? n - t - 16 : 16, bs, row);
+/* The rows of the chunk after the one at t (16 tokens at most; none after the last): their count. */
+static inline int next_chunk_ptrs(const uint16_t *cache, const int32_t *table, int t, int n, int bs, long row,
+                                  const uint16_t **p) {
+    const int m = n - t - 16 <= 0 ? 0 : (n - t - 16 < 16 ? n - t - 16 : 16);
+    row_ptrs(cache, table, t + 16, m, bs, row, p);
+    return m;
+}
+
+/* Software prefetch of one KV head's D elements of m rows. Each KV head fetches its slice of the
+ * next chunk as it starts on the current one, so the next chunk streams in spread over the
+ * chunk's work: one burst of the whole chunk (all heads) stalled on the fill buffers; spread,
+ * the kernel takes 4% (MHA) to 8% (GQA) less time on the bench workload's shapes. */
+static inline __attribute__((always_inline)) void prefetch_head(const uint16_t *const *p, int m, long off, int D) {
+    for (int u = 0; u < m; u++)
+        for (long b = 0; b < D * 2; b += 64) _mm_prefetch((const char *)(p[u] + off) + b, _MM_HINT_T0);
 }
 
 /* Scaled scores of every head, 16 tokens at a time: the chunk's rows (all KV heads) are read
@@ -229,10 +239,12 @@ static void qk_dpbf16(const uint16_t *q, const uint16_t *kc, const int32_t *tabl
         const int m = n - t < 16 ? n - t : 16;
         const uint16_t *k[16];
         row_ptrs(kc, table, t, m, bs, row, k);
-        prefetch_next_chunk(kc, table, t, n, bs, row);
+        const uint16_t *kn[16];
+        const int mn = next_chunk_ptrs(kc, table, t, n, bs, row, kn);
         for (int h = 0; h < H; h++) {
             const uint16_t *qh = q + (long)h * D;
             const long off = (long)(h / G) * D;
+            if (h % G == 0) prefetch_head(kn, mn, off, D); /* this KV head's slice of the next chunk */
             __m512 a[16];
             for (int u = 0; u < 16; u++) {
                 a[u] = _mm512_setzero_ps();
@@ -269,10 +281,12 @@ static void pv_dpbf16(const uint16_t *vc, const int32_t *table, int first, int n
         const int m = n - t < 16 ? n - t : 16;
         const uint16_t *v[16];
         row_ptrs(vc, table, t, m, bs, row, v);
-        prefetch_next_chunk(vc, table, t, n, bs, row);
+        const uint16_t *vn[16];
+        const int mn = next_chunk_ptrs(vc, table, t, n, bs, row, vn);
         for (int h0 = 0, hb; h0 < H; h0 += hb) {
             hb = G - h0 % G < PV_HEADS ? G - h0 % G : PV_HEADS; /* heads h0 .. h0+hb-1 share one KV head */
             const long off = (long)(h0 / G) * D;
+            if (h0 % G == 0) prefetch_head(vn, mn, off, D); /* this KV head's slice of the next chunk */
             for (int d0 = 0; d0 < D; d0 += 64) {
                 __m512 a[PV_HEADS][4];
                 for (int i = 0; i < hb; i++)
