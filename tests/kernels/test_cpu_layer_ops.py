@@ -231,3 +231,39 @@ def test_rotary_module_rotates_in_place_on_cpu_and_equals_its_torch_path(monkeyp
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
     tq, tk = rope(positions, q0, k0)
     assert torch.equal(tq, rq) and torch.equal(tk, rk)
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["c", "torch"])
+def test_rotary_turns_adjacent_q_and_k_in_one_pass(monkeypatch, use_c):
+    """q and k views of one fused q|k|v output go through one rotation call; the results equal
+    rotating q and k separately, and v is untouched. Views that are not side by side (k not right
+    after q, or rows that would overlap) are rotated separately."""
+    from pagedllm.models.layers import rotary_embedding
+
+    if not use_c:
+        monkeypatch.setattr(cpu_build, "_LIBS", {})
+        monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
+    rope = _rope(64, 16, True, torch.bfloat16)
+    T, nq, nk, D = 5, 9, 3, 64
+    qkv = torch.randn(T, (nq + 2 * nk) * D).to(torch.bfloat16)
+    positions = torch.tensor([0, 9, 9, 200, 511])
+    before = qkv.clone()
+    want_q = rope._rotate(positions, before[:, :nq * D].reshape(T, nq, D).clone())
+    want_k = rope._rotate(positions, before[:, nq * D:(nq + nk) * D].reshape(T, nk, D).clone())
+    calls = []
+    rotate = rope._rotate
+    monkeypatch.setattr(rope, "_rotate", lambda pos, x: (calls.append(tuple(x.shape)), rotate(pos, x))[1])
+    q, k = qkv[:, :nq * D].view(T, nq, D), qkv[:, nq * D:(nq + nk) * D].view(T, nk, D)
+    rq, rk = rope(positions, q, k)
+    assert calls == [(T, nq + nk, D)]
+    assert torch.equal(rq, want_q) and torch.equal(rk, want_k)
+    assert torch.equal(qkv[:, (nq + nk) * D:], before[:, (nq + nk) * D:])
+
+    side_by_side = rotary_embedding._side_by_side
+    assert side_by_side(q, qkv[:, (nq + nk) * D:].view(T, nk, D)) is None  # v: not right after q
+    packed = torch.randn(T, (nq + nk) * D).to(torch.bfloat16)
+    overlapping = packed.as_strided((T, nq, D), (nq * D, D, 1)), packed[:, nq * D:].reshape(T, nk, D)
+    assert side_by_side(*overlapping) is None  # k's rows are contiguous copies: other strides
+    rows_too_close = packed.as_strided((T, nq, D), (nq * D, D, 1)), packed.as_strided((T, nk, D), (nq * D, D, 1), nq * D)
+    assert side_by_side(*rows_too_close) is None  # one view over both would overlap the next row
+    assert side_by_side(q[:1], k[:1]) is not None
