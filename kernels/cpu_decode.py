@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pagedllm.kernels import cpu_build
+from pagedllm.kernels.cpu_ops import rows_of_heads
 
 SOURCE = Path(__file__).with_name("cpu_paged_decode.c")
 
@@ -76,11 +77,6 @@ def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cac
     return out
 
 
-def _rows_of_heads(x: torch.Tensor) -> bool:
-    """[T, heads, head_dim] with each token's heads contiguous (rows may be strided)."""
-    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
-
-
 def store_kv(lib: ctypes.CDLL, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> bool:
     """Writes k/v [T, KVH, D] into the caches at ``slot_mapping`` (int64, -1: skip); False if not taken.
@@ -89,7 +85,7 @@ def store_kv(lib: ctypes.CDLL, k: torch.Tensor, v: torch.Tensor, k_cache: torch.
     slots are padding): ~35 us per call for a 32-token decode step on one core, per layer.
     """
     if not (k.device.type == v.device.type == k_cache.device.type == "cpu" and k.dtype == v.dtype == k_cache.dtype
-            == v_cache.dtype and k.shape == v.shape and _rows_of_heads(k) and _rows_of_heads(v)
+            == v_cache.dtype and k.shape == v.shape and rows_of_heads(k) and rows_of_heads(v)
             and k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape == v_cache.shape
             and slot_mapping.dtype == torch.int64 and slot_mapping.shape == (k.shape[0],)):
         return False

@@ -43,6 +43,12 @@ def _rows(x: torch.Tensor) -> torch.Tensor | None:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def rows_of_heads(x: torch.Tensor) -> bool:
+    """[T, heads, head_dim] with each token's heads contiguous (rows may be strided): the layout
+    the C code takes for a stack of heads."""
+    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
              round_before_weight: bool = True, lib: ctypes.CDLL | None = None):
     """RMSNorm of ``x`` (+ ``residual``) times the float32 ``weight``; None if not taken.
@@ -119,8 +125,8 @@ def rotary_embedding_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tenso
     ``x * cos + rotate(x) * sin`` in x's dtype does, so results equal the torch path's.
     """
     lib = lib or load()
-    if (lib is None or x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.dim() != 3
-            or x.stride(2) != 1 or x.stride(1) != x.shape[2] or cos.dtype != x.dtype or sin.dtype != x.dtype
+    if (lib is None or x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32)
+            or not rows_of_heads(x) or cos.dtype != x.dtype or sin.dtype != x.dtype
             or not (cos.is_contiguous() and sin.is_contiguous()) or positions.dtype != torch.int64
             or positions.shape != (x.shape[0],)):
         return None

@@ -61,14 +61,11 @@ class BaichuanAttention(nn.Module):
         self.attn = Attention(self.nh, self.head_dim, self.head_dim ** -0.5, self.nh, alibi_slopes=slopes)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        qkv = self.W_pack(hidden)
-        size = self.nh * self.head_dim
-        if self.rotary_emb is not None:  # q and k are adjacent: rotate them as one stack of heads
-            qk = self.rotary_emb.forward_heads(positions, qkv[:, :2 * size].view(-1, 2 * self.nh, self.head_dim))
-            q, k = qk.reshape(-1, 2 * size).split(size, dim=-1)
-        else:
-            q, k = qkv[:, :size], qkv[:, size:2 * size]
-        return self.o_proj(self.attn(q, k, qkv[:, 2 * size:]))
+        q, k, v = self.W_pack(hidden).split(self.nh * self.head_dim, dim=-1)
+        if self.rotary_emb is not None:
+            T = hidden.shape[0]
+            q, k = self.rotary_emb(positions, q.view(T, self.nh, self.head_dim), k.view(T, self.nh, self.head_dim))
+        return self.o_proj(self.attn(q, k, v))
 
 
 class BaichuanDecoderLayer(nn.Module):

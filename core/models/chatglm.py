@@ -73,11 +73,11 @@ class GLMAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        qkv = self.query_key_value(hidden)
         T = hidden.shape[0]
-        qk = qkv[:, :self.q_size + self.kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim)
-        q, k = self.rotary_emb.forward_heads(positions, qk).split([self.num_heads, self.num_kv_heads], dim=1)
-        return self.dense(self.attn(q, k, qkv[:, self.q_size + self.kv_size:]))
+        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q.view(T, self.num_heads, self.head_dim),
+                               k.view(T, self.num_kv_heads, self.head_dim))
+        return self.dense(self.attn(q, k, v))
 
 
 class GLMMLP(nn.Module):

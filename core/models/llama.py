@@ -41,13 +41,10 @@ class LlamaAttention(nn.Module):
                               sliding_window=sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
         T = hidden.shape[0]
-        # q and k are adjacent in the fused output: rotate them together, as one stack of heads.
-        qk = qkv[:, :self.q_size + self.kv_size].view(T, self.num_heads + self.num_kv_heads, self.head_dim)
-        qk = self.rotary_emb.forward_heads(positions, qk)
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        v = qkv[:, self.q_size + self.kv_size:]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q.view(T, self.num_heads, self.head_dim),
+                               k.view(T, self.num_kv_heads, self.head_dim))  # adjacent: one rotation call
         return self.o_proj(self.attn(q, k, v))
 
 

@@ -138,16 +138,12 @@ class RotaryEmbedding(nn.Module):
             return self._rotate(positions, both).split([q.shape[1], k.shape[1]], dim=1)
         return self._rotate(positions, q), self._rotate(positions, k)
 
-    def forward_heads(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotate any [T, n, head_dim] stack of heads (e.g. q and k side by side) in one pass."""
-        return self._rotate(positions, x)
-
 
 def _side_by_side(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """One [T, q_heads + k_heads, head_dim] view of q and k when, in every row, k's heads follow
     q's in memory (one call instead of two: on CPU each call costs more than its arithmetic)."""
-    if (q.dim() != 3 or k.dim() != 3 or q.dtype != k.dtype or q.device != k.device or q.shape[0] != k.shape[0]
-            or q.shape[2] != k.shape[2] or q.stride() != k.stride() or q.stride(2) != 1 or q.stride(1) != q.shape[2]
+    if (not cpu_ops.rows_of_heads(q) or k.dim() != 3 or q.dtype != k.dtype or q.device != k.device
+            or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.stride() != k.stride()
             or q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()):
         return None
     heads = q.shape[1] + k.shape[1]
