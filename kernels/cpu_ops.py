@@ -26,7 +26,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rms_norm.argtypes = [p, l, p, l, p, p, p, i, i, f, i, i, i]
     lib.act_and_mul.argtypes = [p, l, p, i, i, i, i, i, i]
     lib.rotary_embedding.argtypes = [p, l, i, i, i, p, p, p, l, i, i, i, i]
-    lib.layer_norm.argtypes = [p, l, p, p, p, i, i, f, i, i]
+    lib.layer_norm.argtypes = [p, l, p, l, p, l, p, p, p, p, p, p, p, i, i, f, i, i]
     for fn in (lib.rms_norm, lib.act_and_mul, lib.rotary_embedding, lib.layer_norm):
         fn.restype = i
 
@@ -39,6 +39,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor | None:
     """2-D ``[rows, last]`` view with contiguous columns, or None when the C code cannot take x."""
     if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.dim() == 0:
         return None
+    if x.dim() == 2 and x.stride(1) == 1:  # the usual case, without a reshape's dispatch
+        return x
     x2 = x.reshape(-1, x.shape[-1])
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
@@ -79,22 +81,44 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-               lib: ctypes.CDLL | None = None) -> torch.Tensor | None:
+               *addends: torch.Tensor, second: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+               lib: ctypes.CDLL | None = None):
     """LayerNorm of ``x`` over its last dim, times ``weight`` plus ``bias`` (float32, contiguous, or
-    None); None if not taken."""
+    None); None if not taken.
+
+    With ``addends`` (one or two tensors of x's shape and dtype) the norm is of the sum
+    ``x + addends[0] (+ addends[1])``, rounded after each add as torch's adds round, and the return
+    is ``(out, sum)``: a parallel-residual block's three-way sum folded into the next norm.
+    ``second``: the ``(weight, bias)`` of another norm of the same input (same eps), whose output
+    comes after ``out``: ``(out, out2)`` or ``(out, out2, sum)``.
+    """
     lib = lib or load()
     x2 = _rows(x)
-    if lib is None or x2 is None:
+    if lib is None or x2 is None or len(addends) > 2:
         return None
-    for p in (weight, bias):
+    for p in (weight, bias, *(second or ())):
         if p is not None and (p.dtype != torch.float32 or not p.is_contiguous() or p.shape != (x.shape[-1],)):
             return None
+    add_args = [None, 0, None, 0]  # (pointer, row stride) of each addend
+    for i, a in enumerate(addends):
+        a2 = _rows(a) if a.dtype == x.dtype and a.shape == x.shape else None
+        if a2 is None:
+            return None
+        add_args[2 * i: 2 * i + 2] = a2.data_ptr(), a2.stride(0)
     rows, cols = x2.shape
-    out = torch.empty(x.shape, dtype=x.dtype)
-    status = lib.layer_norm(x2.data_ptr(), x2.stride(0), out.data_ptr(), None if weight is None else weight.data_ptr(),
-                            None if bias is None else bias.data_ptr(), rows, cols, float(eps),
+    outs = [torch.empty(x.shape, dtype=x.dtype) for _ in range(1 + (second is not None) + bool(addends))]
+    out, out2, summed = outs[0], outs[1] if second else None, outs[-1] if addends else None
+    w2, b2 = second or (None, None)
+    status = lib.layer_norm(x2.data_ptr(), x2.stride(0), *add_args, _ptr(summed), out.data_ptr(), _ptr(weight),
+                            _ptr(bias), _ptr(out2), _ptr(w2), _ptr(b2), rows, cols, float(eps),
                             int(x.dtype == torch.bfloat16), torch.get_num_threads())
-    return None if status else out
+    if status:
+        return None
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def act_and_mul(x: torch.Tensor, act: str, gated: bool = True, lib: ctypes.CDLL | None = None):

@@ -58,12 +58,16 @@ class GPTNeoXLayer(nn.Module):
         self.attention = GPTNeoXAttention(config, max_position)
         self.mlp = GPTNeoXMLP(config)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        attn = self.attention(positions, self.input_layernorm(hidden))
-        if self.parallel:  # x + attn(ln1(x)) + mlp(ln2(x))
-            return hidden + attn + self.mlp(self.post_attention_layernorm(hidden))
-        hidden = hidden + attn
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, positions: torch.Tensor, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``parts``: tensors whose sum is the residual stream; the sum is left to the next norm
+        (``LayerNorm.add_and_norm``), which folds it into its own pass."""
+        if self.parallel:  # HF: mlp(ln2(x)) + attn(ln1(x)) + x
+            normed, normed2, hidden = self.input_layernorm.add_and_norm(*parts, also=self.post_attention_layernorm)
+            return self.attention(positions, normed), self.mlp(normed2), hidden
+        normed, hidden = self.input_layernorm.add_and_norm(*parts)
+        attn = self.attention(positions, normed)
+        normed, hidden = self.post_attention_layernorm.add_and_norm(attn, hidden)
+        return self.mlp(normed), hidden
 
 
 class GPTNeoXModel(nn.Module):
@@ -74,10 +78,10 @@ class GPTNeoXModel(nn.Module):
         self.final_layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_in(input_ids)
+        parts = (self.embed_in(input_ids),)
         for layer in self.layers:
-            hidden = layer(positions, hidden)
-        return self.final_layer_norm(hidden)
+            parts = layer(positions, parts)
+        return self.final_layer_norm.add_and_norm(*parts)[0]
 
 
 class GPTNeoXForCausalLM(nn.Module):

@@ -55,9 +55,10 @@ class GPTJBlock(nn.Module):
         self.attn = GPTJAttention(config, max_position)
         self.mlp = GPTJMLP(config)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.ln_1(hidden)
-        return hidden + self.attn(positions, x) + self.mlp(x)
+    def forward(self, positions: torch.Tensor, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``parts``: tensors whose sum is the residual stream, summed by the next norm (as GPT-NeoX)."""
+        x, hidden = self.ln_1.add_and_norm(*parts)
+        return self.attn(positions, x), self.mlp(x), hidden  # HF: attn + mlp + residual
 
 
 class GPTJModel(nn.Module):
@@ -68,10 +69,10 @@ class GPTJModel(nn.Module):
         self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.wte(input_ids)
+        parts = (self.wte(input_ids),)
         for block in self.h:
-            hidden = block(positions, hidden)
-        return self.ln_f(hidden)
+            parts = block(positions, parts)
+        return self.ln_f.add_and_norm(*parts)[0]
 
 
 class GPTJForCausalLM(nn.Module):

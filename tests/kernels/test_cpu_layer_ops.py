@@ -85,6 +85,32 @@ def test_layer_norm_matches_float64(variant, dtype, cols, affine):
     _close(got, want, dtype, atol=1e-5 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_addends, paired", [(1, False), (2, False), (0, True), (2, True)])
+def test_layer_norm_of_a_residual_sum_and_a_second_norm(variant, dtype, num_addends, paired):
+    """The sum is torch's left-to-right adds bit for bit (each add rounded to the dtype), and each
+    norm (the second with its own weight and bias) is of that sum; the parts may be strided views."""
+    gen = torch.Generator().manual_seed(num_addends)
+    cols = 100
+    x = (torch.randn(6, cols, generator=gen) * 3).to(dtype)
+    parts = [(torch.randn(6, 2 * cols, generator=gen) * 2).to(dtype)[:, :cols] for _ in range(num_addends)]
+    weight, bias = torch.randn(cols, generator=gen), torch.randn(cols, generator=gen)
+    second = (torch.randn(cols, generator=gen), None) if paired else None
+    got = cpu_ops.layer_norm(x, weight, bias, 1e-5, *parts, second=second, lib=_lib(variant))
+    want_sum = x
+    for p in parts:
+        want_sum = want_sum + p
+    if num_addends:
+        assert torch.equal(got[-1], want_sum)
+    s64 = want_sum.double()
+    normed = (s64 - s64.mean(-1, keepdim=True)) / torch.sqrt(s64.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    tol = dict(dtype=dtype, atol=1e-5 if dtype == torch.float32 else 2e-2)
+    _close(got[0], normed * weight.double() + bias.double(), **tol)
+    if paired:
+        _close(got[1], normed * second[0].double(), **tol)
+
+
 def _silu(x):
     return x / (1 + torch.exp(-x))
 
@@ -135,6 +161,9 @@ def test_inputs_the_c_code_cannot_take_return_none():
     assert cpu_ops.rms_norm(torch.zeros(2, 20000), torch.ones(20000), 1e-6, lib=lib) is None  # wider than its buffers
     assert cpu_ops.layer_norm(torch.zeros(2, 4), torch.ones(4, dtype=torch.bfloat16), None, 1e-5, lib=lib) is None
     assert cpu_ops.layer_norm(torch.zeros(2, 4), torch.ones(5), None, 1e-5, lib=lib) is None
+    assert cpu_ops.layer_norm(torch.zeros(2, 4), None, None, 1e-5, torch.zeros(2, 5), lib=lib) is None  # other shape
+    assert cpu_ops.layer_norm(torch.zeros(2, 4), None, None, 1e-5, torch.zeros(2, 4, dtype=torch.bfloat16), lib=lib) is None
+    assert cpu_ops.layer_norm(torch.zeros(2, 4), None, None, 1e-5, *[torch.zeros(2, 4)] * 3, lib=lib) is None
 
 
 def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
@@ -149,9 +178,13 @@ def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypa
     res = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
     norm, gemma_norm = RMSNorm(256).to(torch.bfloat16), GemmaRMSNorm(256, 1e-6).to(torch.bfloat16)
     layer_norm, plain_norm = LayerNorm(256).to(torch.bfloat16), LayerNorm(256, elementwise_affine=False)
-    for p in (norm.weight, gemma_norm.weight, layer_norm.weight, layer_norm.bias):
+    layer_norm2 = LayerNorm(256).to(torch.bfloat16)
+    for p in (norm.weight, gemma_norm.weight, layer_norm.weight, layer_norm.bias, layer_norm2.weight, layer_norm2.bias):
         p.data.normal_(generator=gen)
     modules = [lambda: norm(x, res), lambda: gemma_norm(x), lambda: layer_norm(x), lambda: plain_norm(x),
+               lambda: layer_norm.add_and_norm(x, res), lambda: layer_norm.add_and_norm(x, res, x),
+               lambda: layer_norm.add_and_norm(x), lambda: layer_norm.add_and_norm(x, res, x, also=layer_norm2),
+               lambda: layer_norm.add_and_norm(x, also=layer_norm2),
                lambda: SiluAndMul()(x),
                lambda: ActAndMul("gelu_pytorch_tanh")(x), lambda: get_act_fn("gelu")(x),
                lambda: get_act_fn("gelu_new")(x)]

@@ -55,12 +55,40 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(*args, **kwargs)
         self._weight_f32, self._bias_f32 = Float32Weight(), Float32Weight()
 
+    def _c_norm(self, x: torch.Tensor, *addends: torch.Tensor, also: "LayerNorm | None" = None):
+        if x.device.type != "cpu" or any(len(n.normalized_shape) != 1 or (n.weight is not None and x.dtype != n.weight.dtype)
+                                         for n in (self, also) if n is not None):
+            return None
+        second = None
+        if also is not None:
+            if also.eps != self.eps:
+                return None
+            second = also._f32_params()
+        return cpu_ops.layer_norm(x, *self._f32_params(), self.eps, *addends, second=second)
+
+    def _f32_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (None if self.weight is None else self._weight_f32.get(self.weight),
+                None if self.bias is None else self._bias_f32.get(self.bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and len(self.normalized_shape) == 1 and (
-                self.weight is None or x.dtype == self.weight.dtype):
-            weight = None if self.weight is None else self._weight_f32.get(self.weight)
-            bias = None if self.bias is None else self._bias_f32.get(self.bias)
-            out = cpu_ops.layer_norm(x, weight, bias, self.eps)
-            if out is not None:
-                return out
-        return super().forward(x)
+        out = self._c_norm(x)
+        return super().forward(x) if out is None else out
+
+    def add_and_norm(self, *parts: torch.Tensor, also: "LayerNorm | None" = None) -> tuple[torch.Tensor, ...]:
+        """``(norm(s), s)`` for the residual stream ``s = parts[0] + parts[1] + ...`` (up to three),
+        added left to right as the Hugging Face block writes it; ``(norm(s), also(s), s)`` with a
+        second norm ``also`` of the same stream.
+
+        Why: a block that adds two outputs to its input (GPT-NeoX's and GPT-J's parallel attention
+        and MLP) would pay two more passes over memory and two torch dispatches per layer, and
+        GPT-NeoX's two norms of one input would each compute its mean and variance; on CPU all of
+        it is one C call.
+        """
+        if len(parts) > 1 or also is not None:
+            fused = self._c_norm(*parts, also=also)
+            if fused is not None:
+                return fused if len(parts) > 1 else (*fused, parts[0])
+        s = parts[0]
+        for p in parts[1:]:
+            s = s + p
+        return (self(s), s) if also is None else (self(s), also(s), s)
