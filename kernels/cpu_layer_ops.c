@@ -143,9 +143,7 @@ int rms_norm(const void *x, long x_stride, const void *residual, long r_stride, 
         float v[MAX_COLS], tmp[MAX_COLS];
         load_row(x, (long)r * x_stride, cols, is_bf16, v);
         if (residual) {
-            load_row(residual, (long)r * r_stride, cols, is_bf16, tmp);
-            for (int i = 0; i < cols; i++) v[i] += tmp[i];
-            round_row(v, cols, is_bf16);
+            add_row(v, residual, (long)r * r_stride, cols, is_bf16, tmp);
             store_row(res_out, (long)r * cols, cols, is_bf16, v);
         }
         const float inv = 1.f / sqrtf(sum_squares(v, cols) / (float)cols + eps);

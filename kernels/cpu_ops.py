@@ -106,15 +106,18 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
             return None
         add_args[2 * i: 2 * i + 2] = a2.data_ptr(), a2.stride(0)
     rows, cols = x2.shape
-    outs = [torch.empty(x.shape, dtype=x.dtype) for _ in range(1 + (second is not None) + bool(addends))]
-    out, out2, summed = outs[0], outs[1] if second else None, outs[-1] if addends else None
+    out = torch.empty(x.shape, dtype=x.dtype)
+    out2 = torch.empty(x.shape, dtype=x.dtype) if second is not None else None
+    summed = torch.empty(x.shape, dtype=x.dtype) if addends else None
     w2, b2 = second or (None, None)
     status = lib.layer_norm(x2.data_ptr(), x2.stride(0), *add_args, _ptr(summed), out.data_ptr(), _ptr(weight),
                             _ptr(bias), _ptr(out2), _ptr(w2), _ptr(b2), rows, cols, float(eps),
                             int(x.dtype == torch.bfloat16), torch.get_num_threads())
     if status:
         return None
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    if out2 is None and summed is None:
+        return out
+    return tuple(t for t in (out, out2, summed) if t is not None)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

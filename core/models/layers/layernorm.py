@@ -55,13 +55,16 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(*args, **kwargs)
         self._weight_f32, self._bias_f32 = Float32Weight(), Float32Weight()
 
+    def _c_takes(self, x: torch.Tensor) -> bool:
+        """Whether the C norm can stand in for this one on x (a CPU tensor)."""
+        return len(self.normalized_shape) == 1 and (self.weight is None or x.dtype == self.weight.dtype)
+
     def _c_norm(self, x: torch.Tensor, *addends: torch.Tensor, also: "LayerNorm | None" = None):
-        if x.device.type != "cpu" or any(len(n.normalized_shape) != 1 or (n.weight is not None and x.dtype != n.weight.dtype)
-                                         for n in (self, also) if n is not None):
+        if x.device.type != "cpu" or not self._c_takes(x):
             return None
         second = None
         if also is not None:
-            if also.eps != self.eps:
+            if not also._c_takes(x) or also.eps != self.eps:
                 return None
             second = also._f32_params()
         return cpu_ops.layer_norm(x, *self._f32_params(), self.eps, *addends, second=second)
