@@ -37,9 +37,10 @@ def _zeroed_host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Ten
     """Zero pages from the OS, faulted in on first touch, 4 KiB at a time.
 
     Private: Python's default anonymous mapping is MAP_SHARED (shmem), whose faults cost ~25% more
-    here. No transparent huge pages: on these VMs a 2 MiB first-touch fault took ~5 ms (memory the
-    host had not backed yet), slower than the 512 small faults it replaces (the advice given before
-    never applied: shmem ignores it)."""
+    here. No transparent huge pages: on these VMs memory the host has not backed yet (all of it at
+    first, and whatever the guest freed, which it reports back to the host) costs 6-10 us per 4 KiB
+    on first touch either way, so a 2 MiB fault saves nothing and stalls one K/V write ~5 ms (the
+    advice given before never applied: shmem ignores it)."""
     import math
     import mmap
 
