@@ -18,8 +18,9 @@ families with a plain 2-matrix MLP get the width that keeps the layer's paramete
 or 1920 with MHA). Mixtral has 135M parameters in all (8 experts of MLP 192, top-2);
 ``llama_mha`` is the Llama path with 9 KV heads (MLP 1280, to keep 135M), the MHA families'
 reference; ``mixtral_active`` (135M *active* parameters: 8 experts of MLP 768, 373M in all) is a
-control row, reported and not judged. Weights are random (HF's own init, seed 0), saved once as bf16 safetensors with the bundled tokenizer under
-``$PAGEDLLM_CACHE_DIR/bench-models`` (default ``~/.cache/pagedllm``) and reused.
+control row, reported and not judged. Weights are random (HF's own init, seed 0), saved once as
+bf16 safetensors with the bundled tokenizer under ``$PAGEDLLM_CACHE_DIR/bench-models`` (default
+``~/.cache/pagedllm``) and reused.
 
 Every row runs the same seeded chat workload (``workload.py``) through the same runner as
 ``bench throughput`` (``throughput.bench_pagedllm``: untimed load and warm-up, greedy, EOS
@@ -49,12 +50,12 @@ REFERENCE = "llama"  # the Llama path, GQA (SmolLM2's 9 query / 3 KV heads): eve
 FALLBACK = "fallback"  # the Llama config through the Transformers fallback
 # The Llama path with one KV head per query head: the reference of the families that have no
 # grouped KV heads, which read (and write) 3x the KV cache of the GQA config per token.
-MHA_CONTROL = "llama_mha"
+MHA_REFERENCE = "llama_mha"
 MHA_FAMILIES = ("gpt2", "gptj", "gpt_neox", "opt")
 # Mixtral with 135M *active* parameters (373M in all: what reading every expert's weights costs).
 MIXTRAL_ACTIVE = "mixtral_active"
-UNJUDGED = (FALLBACK, MHA_CONTROL, MIXTRAL_ACTIVE)  # the references and control rows are reported only
-TARGET_RATIO = 0.8  # issue 7: each native family's output tok/s >= 80% of Llama's
+UNJUDGED = (FALLBACK, MHA_REFERENCE, MIXTRAL_ACTIVE)  # reported only
+TARGET_RATIO = 0.8  # issue 7: each native family's output tok/s >= 80% of its reference's (the Llama path)
 DEFAULT_NUM_PROMPTS = 32  # 15 rows of 128 prompts would take far too long on 2 cores
 FORMAT_VERSION = 1  # bump when the saved folders change: old cache entries are then ignored
 META_FILE = "pagedllm_bench.json"
@@ -67,7 +68,7 @@ SHAPES = {
 # family -> (transformers config class, architecture); the config kwargs are in family_config.
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
-    MHA_CONTROL: ("LlamaConfig", "LlamaForCausalLM"),
+    MHA_REFERENCE: ("LlamaConfig", "LlamaForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
@@ -111,7 +112,7 @@ def family_config(family: str, size: str = "135m"):
         "phi3": llama_like,
         "gemma": dict(llama_like, head_dim=head_dim),
         "gemma2": dict(llama_like, head_dim=head_dim, query_pre_attn_scalar=head_dim),  # soft-caps, window kept
-        MHA_CONTROL: dict(llama_like, num_key_value_heads=heads, intermediate_size=gated_mha),
+        MHA_REFERENCE: dict(llama_like, num_key_value_heads=heads, intermediate_size=gated_mha),
         # 135M parameters in all: 8 experts of a 1/8 width, top-2 (so a quarter of the dense MLP's work)
         "mixtral": dict(llama_like, intermediate_size=inter // 8, num_local_experts=8, num_experts_per_tok=2,
                         sliding_window=None),
@@ -230,7 +231,7 @@ def _in_fresh_process(fn, *args):
 
 def reference_of(name: str) -> str:
     """The row a family is judged against: the Llama path with the same attention layout."""
-    return MHA_CONTROL if name in MHA_FAMILIES else REFERENCE
+    return MHA_REFERENCE if name in MHA_FAMILIES else REFERENCE
 
 
 def parse_families(text: str | None) -> list[str]:
@@ -244,7 +245,7 @@ def parse_families(text: str | None) -> list[str]:
     if unknown:
         raise ValueError(f"--families: unknown {unknown}; choose from {', '.join([*FAMILIES, FALLBACK])} or all")
     names = list(dict.fromkeys(names))
-    refs = [REFERENCE] + ([MHA_CONTROL] if any(n in MHA_FAMILIES for n in names) else [])
+    refs = [REFERENCE] + ([MHA_REFERENCE] if any(n in MHA_FAMILIES for n in names) else [])
     return refs + [n for n in names if n not in refs]  # the ratios need the reference rows
 
 
@@ -346,7 +347,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "workload": stats,
         "reference": REFERENCE,
-        "mha_reference": MHA_CONTROL,
+        "mha_reference": MHA_REFERENCE,
         "mha_families": list(MHA_FAMILIES),
         "target_ratio": TARGET_RATIO,
         "results": rows,
