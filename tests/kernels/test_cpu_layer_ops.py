@@ -128,6 +128,25 @@ ACTS = {"silu": _silu, "gelu_tanh": _gelu_tanh, "gelu": _gelu}
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_exact_gelu_far_tails_match_float64(variant, dtype):
+    """Past |x| ~ 13 exact GELU of a negative x leaves float's normal range and the AVX-512 path
+    returns 0 there (it skips erfc's subnormal values); on both sides of that cut, and for large
+    positive x (exactly x), the results are float64's erfc form within float's smallest normal."""
+    tails = torch.cat([torch.linspace(8, 30, 400), torch.tensor([13.0, 13.1, 13.15, 13.152, 13.153, 13.2, 13.3])])
+    x = torch.cat([-tails, tails]).to(dtype).reshape(2, -1)
+    got = cpu_ops.act_and_mul(x, "gelu", False, lib=_lib(variant))
+    x64 = x.double()
+    want = 0.5 * x64 * torch.special.erfc(-x64 / math.sqrt(2))  # no 1 + erf cancellation in the oracle
+    # erfc(a) out here moves by a factor 2 a^2 of a relative change in a: float32's rounding of x
+    # alone gives ~1e-5 at |x| = 13 (libm's erfcf as much as the AVX-512 path)
+    err, bound = (got.double() - want).abs(), max(REL[dtype], 2e-5) * want.abs() + torch.finfo(torch.float32).tiny
+    assert bool((err <= bound).all()), f"worst excess {(err - bound).max().item():.3g}"
+    big = x64 > 13.2
+    assert torch.equal(got.double()[big], x64[big])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("gated", [True, False])
 def test_activations_match_float64(variant, dtype, act, gated):
