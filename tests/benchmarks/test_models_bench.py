@@ -67,8 +67,8 @@ def test_the_mha_families_are_the_configs_without_grouped_kv_heads():
                 return getattr(config, name)
         return config.num_attention_heads  # gpt2, gptj, gpt_neox, opt: one KV head per query head
 
-    layouts = {f: (bench.family_config(f).num_attention_heads, kv_heads(bench.family_config(f)))
-               for f in bench.FAMILIES if f != "llama_mha"}
+    configs = {f: bench.family_config(f) for f in bench.FAMILIES if f != "llama_mha"}
+    layouts = {f: (c.num_attention_heads, kv_heads(c)) for f, c in configs.items()}
     mha = {f for f, (heads, kv) in layouts.items() if kv == heads}
     assert mha == set(bench.MHA_FAMILIES)
     assert layouts["llama"] == (9, 3)
