@@ -1,8 +1,11 @@
-"""bf16 on CPU with every fast path (oneDNN-packed weights, the C layer ops, the C decode kernel)
-against transformers in bf16 on the bundled model: as close as the engine's plain torch path is.
+"""bf16 on CPU with every fast path (oneDNN-packed weights where the CPU has native bf16, the C
+layer ops, the C decode kernel) against transformers in float32 on the bundled model: as close
+as the engine's plain torch path is.
 
-bf16 results move with any change in the order of float32 sums, so neither path equals
-transformers bit for bit; the plain path's distance is the yardstick the fast one must keep.
+bf16 results move with any change in the order of float32 sums, so neither path equals a
+reference bit for bit; the plain path's distance to the float32 model is the yardstick the fast
+one must keep. (A bf16 transformers run is no oracle here: the plain path runs the very same
+torch ops and so sits at ~0 from it on CPUs without native bf16, a bound no other order meets.)
 """
 import torch
 
@@ -35,8 +38,9 @@ def test_cpu_fast_paths_keep_bf16_as_close_to_transformers_as_the_torch_path(mon
     from pagedllm.kernels import cpu_decode, cpu_gemm, cpu_ops
 
     path = bundled_path()
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    assert cpu_gemm.available() and cpu_ops.load() is not None and cpu_decode.load() is not None
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # oneDNN's bf16 packing needs AVX512-BF16/AMX; on other CPUs the fast path is the C kernels alone
+    assert cpu_ops.load() is not None and cpu_decode.load() is not None
     fast = _prompt_logprob_errors(path, hf)
     monkeypatch.setattr(cpu_build, "_LIBS", {})
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
