@@ -7,6 +7,7 @@ drives this loop.
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import logging
 import time
@@ -66,6 +67,8 @@ class LLMEngine:
         num_blocks = self._num_kv_blocks()
         self._check_fits(num_blocks)
         self.runner.allocate_kv_cache(num_blocks)
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
         if config.max_num_batched_tokens is None:
             budget = 2048 if config.enable_chunked_prefill else max(2048, self.max_model_len)
         else:
@@ -103,25 +106,39 @@ class LLMEngine:
     def _num_kv_blocks(self) -> int:
         layers, kv_heads, head_dim = self.runner.kv_shape
         per_block = bytes_per_block(layers, self.config.block_size, kv_heads, head_dim, self.dtype)
-        if self.device.type == "cuda":
-            budget = self._profile_gpu_budget()
+        if self.config.kv_cache_memory is not None:  # on GPU too, as vLLM's kv_cache_memory_bytes
+            budget = self.config.kv_cache_memory
+        elif self.device.type == "cuda":
+            budget = self._profile_gpu_budget(per_block)
         else:
-            budget = self.config.kv_cache_memory or DEFAULT_CPU_KV_CACHE_BYTES
+            budget = DEFAULT_CPU_KV_CACHE_BYTES
         return max(int(budget // per_block), 0)
 
-    def _profile_gpu_budget(self) -> int:
+    def _profile_gpu_budget(self, per_block: int) -> int:
         """Bytes for KV under the utilization cap, after weights and an activation reserve.
 
         The reserve is sized for one step of ``max_num_batched_tokens`` tokens (hidden states,
         MLP intermediates, logits of the sampled rows), a conservative stand-in for a profiling run.
+        The cap counts everything on the device, as vLLM's does: other processes' memory too.
         """
+        gc.collect()  # memory of engines this process dropped is not "in use"
+        torch.cuda.empty_cache()
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
         n = self.config.max_num_batched_tokens or 2048
         cfg = self.hf_config
         width = cfg.hidden_size * 8 + getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 3
         reserve = n * width * self.dtype.itemsize + self.config.max_num_seqs * cfg.vocab_size * 4 * 3
-        return int(total * self.config.gpu_memory_utilization - (total - free) - reserve)
+        cap = total * self.config.gpu_memory_utilization
+        budget = int(cap - (total - free) - reserve)
+        if budget < per_block:
+            raise ValueError(
+                f"gpu_memory_utilization={self.config.gpu_memory_utilization} caps this engine at {cap / GiB:.2f} "
+                f"of the device's {total / GiB:.2f} GiB, but {(total - free) / GiB:.2f} GiB are in use already "
+                f"(this model's weights: {torch.cuda.memory_allocated() / GiB:.2f} GiB; the rest: other processes "
+                f"or allocations) and one step needs ~{reserve / GiB:.2f} GiB of activations: no room is left for "
+                "the KV cache; raise gpu_memory_utilization, or free the device")
+        return budget
 
     def _check_fits(self, num_blocks: int) -> None:
         bs = self.config.block_size
@@ -131,7 +148,8 @@ class LLMEngine:
         if self.config.max_model_len is not None:
             layers, kv_heads, head_dim = self.runner.kv_shape
             need = bytes_per_block(layers, bs, kv_heads, head_dim, self.dtype) * -(-self.max_model_len // bs)
-            knob = "gpu_memory_utilization" if self.device.type == "cuda" else "kv_cache_memory"
+            knob = ("gpu_memory_utilization" if self.device.type == "cuda" and self.config.kv_cache_memory is None
+                    else "kv_cache_memory")
             raise ValueError(
                 f"max_model_len={self.max_model_len} needs {need / GiB:.2f} GiB of KV cache for one sequence, but "
                 f"only {num_blocks} blocks ({capacity} tokens) fit; raise {knob} or lower max_model_len")

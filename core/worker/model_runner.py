@@ -19,6 +19,7 @@ from pagedllm.models.registry import resolve_model_class
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
+from pagedllm.worker.cuda_graphs import DecodeGraphs
 from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ModelRunner:
                                           layer.sliding_window, layer.logits_soft_cap,
                                           alibi_slopes=layer.alibi_slopes)
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:
@@ -63,6 +65,25 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device)
+
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int, emulate: bool = False) -> None:
+        """CUDA graphs for decode steps of up to ``max_batch`` sequences (see ``cuda_graphs``).
+
+        Only the triton backend plans a step from device tensors alone (the CPU backends read
+        host copies of the lengths), so only it is captured; a model whose forward cannot be
+        captured (e.g. MoE routing that reads counts on the host) runs eagerly, with a warning.
+        """
+        if self.backend_cls.name != "triton":
+            return
+        graphs = DecodeGraphs(self.model, self.device, max_batch, max_model_len, self.block_size, emulate)
+        try:
+            graphs.capture(self.backend_cls.prepare)
+        except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+            logger.warning("CUDA graph capture failed (%s: %s); decode steps run eagerly",
+                           type(exc).__name__, exc)
+            return
+        self.graphs = graphs
+        logger.info("captured CUDA graphs for decode batches %s", graphs.buckets)
 
     # ---- one step ------------------------------------------------------------------
     def _build_metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]):
@@ -115,8 +136,11 @@ class ModelRunner:
         decodes = [s for s in scheduled if s.num_new_tokens == 1]
         prefills = [s for s in scheduled if s.num_new_tokens > 1]
         ordered, input_ids, positions, md, last_idx = self._build_metadata(decodes, prefills)
-        with set_forward_context(md):
-            hidden = self.model(input_ids, positions)
+        if self.graphs is not None and not prefills and self.graphs.bucket_for(len(decodes)) is not None:
+            hidden = self.graphs.run(md, input_ids, positions)
+        else:
+            with set_forward_context(md):
+                hidden = self.model(input_ids, positions)
         if any(s.seq.params.prompt_logprobs is not None for s in ordered):
             compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, last_idx)
         rows = [i for i, s in enumerate(ordered) if s.samples]
