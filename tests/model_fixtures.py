@@ -5,6 +5,7 @@ resolve to another folder's conftest.
 """
 from __future__ import annotations
 
+import os
 import zlib
 
 import torch
@@ -36,8 +37,16 @@ def make_tiny_model(path, arch: str = "llama", **overrides) -> str:
             if p.dim() == 2:
                 p.normal_(0, 0.08)
     model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(bundled_path()).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
     return str(path)
+
+
+def tokenizer_path() -> str:
+    """The tokenizer the tiny models share: the bundled model's, or PAGEDLLM_TEST_TOKENIZER's folder.
+
+    The variable serves machines that lack the bundled model package (the GPU check carries only
+    the tokenizer files there; its weights are larger than what travels)."""
+    return os.environ.get("PAGEDLLM_TEST_TOKENIZER") or bundled_path()
 
 
 _BUNDLED_PATH = None
