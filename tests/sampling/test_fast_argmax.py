@@ -6,9 +6,12 @@ import torch
 from pagedllm.worker.sampler import fast_argmax
 
 
-@pytest.mark.parametrize("vocab", [49152, 49153, 32000, 151936, 3000, 1000])
+@pytest.mark.parametrize("vocab", [49152, 49153, 32000, 151936, 3000, 2048, 2049])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_same_indices_as_argmax(vocab, dtype):
+    from pagedllm.worker.sampler import _ARGMAX_CHUNK
+
+    assert vocab // _ARGMAX_CHUNK >= 2, "a size that falls through to torch.argmax compares argmax with itself"
     gen = torch.Generator().manual_seed(vocab)
     x = torch.randn(37, vocab, generator=gen).to(dtype)
     assert torch.equal(fast_argmax(x), x.argmax(dim=-1))
@@ -39,14 +42,15 @@ def test_row_logsumexp_equals_torch_and_keeps_its_special_cases():
     assert torch.equal(row_logsumexp(x)[2:4], torch.logsumexp(x, dim=-1)[2:4])
 
 
-@pytest.mark.parametrize("vocab", [49152, 49153, 151936, 3000])
+@pytest.mark.parametrize("vocab", [49152, 49153, 151936, 12801])
 @pytest.mark.parametrize("k", [1, 5, 50])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fast_topk_same_values_as_topk_and_indices_that_hold_them(vocab, k, dtype):
     """bf16-valued rows have many exact ties, also at the k-th place; rows of -inf and a row
     whose top values all sit in one chunk or in the tail."""
-    from pagedllm.worker.sampler import fast_topk
+    from pagedllm.worker.sampler import _TOPK_CHUNK, fast_topk
 
+    assert vocab // _TOPK_CHUNK >= 4 * k, "a size that falls through to torch.topk compares topk with itself"
     gen = torch.Generator().manual_seed(vocab + k)
     x = (torch.randn(9, vocab, generator=gen) * 4).to(dtype).float()
     x[1, : vocab // 2] = float("-inf")
