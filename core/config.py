@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field, fields
 
@@ -13,6 +14,7 @@ _DTYPES = {
     "float": torch.float32, "float32": torch.float32, "fp32": torch.float32,
 }
 GiB = 1 << 30
+logger = logging.getLogger(__name__)
 
 
 def cpu_supports_bf16() -> bool:
@@ -160,6 +162,30 @@ class EngineConfig:
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
+
+
+_warned: set[str] = set()
+
+
+def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
+    """Warn once per process, naming the argument, when a value the user set has no effect on ``device``.
+
+    Only values that differ from the field's default count (vLLM's way): the default is no choice.
+    """
+    defaults = {f.name: f.default for f in fields(EngineConfig)}
+    reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
+                             "effect with issue 19"}
+    if device.type != "cuda":
+        reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
+                                    "takes effect)")
+        reasons["gpu_memory_utilization"] = f"on {device.type} (the KV cache there is sized by kv_cache_memory)"
+    elif config.kv_cache_memory is not None:
+        reasons["gpu_memory_utilization"] = "when kv_cache_memory is given (that sizes the KV cache)"
+    for name, reason in reasons.items():
+        value = getattr(config, name)
+        if value != defaults[name] and name not in _warned:
+            _warned.add(name)
+            logger.warning("%s=%r is accepted but has no effect %s", name, value, reason)
 
 
 def _positive_int(name: str, value) -> None:
