@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -13,6 +14,7 @@ _DTYPES = {
     "float": torch.float32, "float32": torch.float32, "fp32": torch.float32,
 }
 GiB = 1 << 30
+logger = logging.getLogger(__name__)
 
 
 def cpu_supports_bf16() -> bool:
@@ -45,37 +47,66 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model_dtype: t
     return _DTYPES[key]
 
 
+MODEL_IMPLS = ("auto", "native", "transformers")
+TOKENIZER_MODES = ("auto", "slow", "hf")
+DEVICES = ("auto", "cpu", "cuda")
+BLOCK_SIZES = (8, 16, 32, 64, 128)
+STATS_LOG_INTERVAL_S = 10.0  # vLLM's LoggingStatLogger interval
+
+
+def arg(default=dataclasses.MISSING, *, help: str, **cli):
+    """A field and its one help text; ``cli`` holds argparse extras (``flags``, ``choices``, ``nargs``, ``type``).
+
+    The CLI (``entrypoints/cli_args.py``) and docs/engine_args.md are generated from these.
+    """
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class EngineConfig:
-    """Every engine argument a user may pass to ``LLM(...)`` or ``pagedllm serve``."""
+    """Every engine argument a user may pass to ``LLM(...)`` or ``pagedllm serve`` (vLLM's ``EngineArgs``)."""
 
-    model: str
-    tokenizer: str | None = None
-    tokenizer_mode: str = "auto"
-    trust_remote_code: bool = False
-    dtype: str | torch.dtype = "auto"
-    max_model_len: int | None = None
-    seed: int = 0
-    download_dir: str | None = None
-    revision: str | None = None
-    tokenizer_revision: str | None = None
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    gpu_memory_utilization: float = 0.9
-    kv_cache_memory: int | None = None
-    swap_space: float = 4
-    enforce_eager: bool = False
-    device: str = "auto"
-    attention_backend: str | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    quantization: str | None = None
-    disable_log_stats: bool = True
-    served_model_name: str | list[str] | None = None
-    model_impl: str = "auto"  # auto (native when we have one, else transformers) | native | transformers
+    model: str = arg(help="model name (hub id), local folder or .gguf file")
+    tokenizer: str | None = arg(None, help="tokenizer name or folder (default: the model's)")
+    tokenizer_mode: str = arg("auto", choices=TOKENIZER_MODES,
+                              help="auto: the fast tokenizer when there is one; slow: the Python one; hf: as auto")
+    trust_remote_code: bool = arg(False, help="allow a model folder's own configuration code (e.g. ChatGLM)")
+    dtype: str | torch.dtype = arg("auto", help="auto (bf16 on CPUs with AVX512-BF16/AMX, else fp32; on GPU the "
+                                               "checkpoint's half type), bfloat16, float16 or float32")
+    max_model_len: int | None = arg(None, help="context length (default: the model's, capped to what the KV "
+                                               "cache holds)")
+    seed: int = arg(0, help="random seed")
+    download_dir: str | None = arg(None, help="where hub downloads go (default: the Hugging Face cache)")
+    revision: str | None = arg(None, help="hub revision (branch, tag or commit) of the model")
+    tokenizer_revision: str | None = arg(None, help="hub revision of the tokenizer")
+    block_size: int = arg(16, choices=BLOCK_SIZES, help="KV-cache block size in tokens")
+    max_num_seqs: int = arg(256, help="most sequences in one engine step")
+    max_num_batched_tokens: int | None = arg(None, help="token budget of one engine step (default: 2048, or "
+                                                        "max_model_len when chunked prefill is off)")
+    enable_prefix_caching: bool = arg(True, help="reuse KV blocks of shared prompt prefixes")
+    enable_chunked_prefill: bool = arg(True, help="split long prompts over steps, sharing them with decodes")
+    gpu_memory_utilization: float = arg(0.9, help="fraction of GPU memory for weights, activations and KV cache "
+                                                  "(GPU only; unused when kv_cache_memory is given)")
+    kv_cache_memory: int | None = arg(None, type="bytes", help="KV-cache size in bytes, or 2G / 512M on the "
+                                                               "command line (default: 4G on CPU, from "
+                                                               "gpu_memory_utilization on GPU)")
+    swap_space: float = arg(4, help="CPU swap space in GiB for preempted GPU blocks (no effect yet: swap_space "
+                                    "takes effect with issue 19)")
+    enforce_eager: bool = arg(False, help="never capture CUDA graphs for decode steps (no effect on CPU)")
+    device: str = arg("auto", choices=DEVICES, help="auto: cuda when available, else cpu")
+    attention_backend: str | None = arg(None, help="force an attention backend: triton, cpu or torch (default: "
+                                                   "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
+    tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
+    pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
+    quantization: str | None = arg(None, flags=("-q",), help="None or gguf (GGUF checkpoints are dequantized at "
+                                                             "load)")
+    disable_log_stats: bool = arg(True, help=f"do not log engine stats (throughput, running and waiting requests, "
+                                             f"KV-cache usage) every {STATS_LOG_INTERVAL_S:g} s")
+    served_model_name: str | list[str] | None = arg(None, nargs="+", help="model name(s) clients send; the first "
+                                                                          "is the one answered (default: the model)")
+    model_impl: str = arg("auto", choices=MODEL_IMPLS, help="auto: native when pagedllm has the architecture, else "
+                                                            "transformers; native: pagedllm's own or an error; "
+                                                            "transformers: Hugging Face's model on the paged cache")
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
@@ -93,8 +124,8 @@ class EngineConfig:
             raise ValueError(f"model must be a non-empty string (a hub id, folder or GGUF file), got {self.model!r}")
         self.model = str(self.model)
         _positive_int("block_size", self.block_size)
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise ValueError(f"block_size={self.block_size} is not supported; choose 8, 16, 32, 64 or 128")
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size={self.block_size} is not supported; choose one of {_listed(BLOCK_SIZES)}")
         _positive_int("max_num_seqs", self.max_num_seqs)
         if self.max_num_batched_tokens is not None:
             _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
@@ -106,10 +137,10 @@ class EngineConfig:
             _positive_int("kv_cache_memory", self.kv_cache_memory)
         if float(self.swap_space) < 0:
             raise ValueError(f"swap_space={self.swap_space} must be >= 0 (GiB)")
-        if self.tokenizer_mode not in ("auto", "slow", "hf"):
-            raise ValueError(f"tokenizer_mode={self.tokenizer_mode!r}; choose auto, slow or hf")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
+        if self.tokenizer_mode not in TOKENIZER_MODES:
+            raise ValueError(f"tokenizer_mode={self.tokenizer_mode!r}; choose {_listed(TOKENIZER_MODES)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}; choose {_listed(DEVICES)}")
         if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size}, pipeline_parallel_size="
@@ -120,8 +151,8 @@ class EngineConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
-        if self.model_impl not in ("auto", "native", "transformers"):
-            raise ValueError(f"model_impl={self.model_impl!r}; choose auto, native or transformers")
+        if self.model_impl not in MODEL_IMPLS:
+            raise ValueError(f"model_impl={self.model_impl!r}; choose {_listed(MODEL_IMPLS)}")
 
     @property
     def torch_device(self) -> torch.device:
@@ -133,8 +164,38 @@ class EngineConfig:
         return dataclasses.replace(self, **changes)
 
 
+_warned: set[str] = set()
+
+
+def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
+    """Warn once per process, naming the argument, when a value the user set has no effect on ``device``.
+
+    Only values that differ from the field's default count (vLLM's way): the default is no choice.
+    """
+    defaults = {f.name: f.default for f in fields(EngineConfig)}
+    reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
+                             "effect with issue 19"}
+    if device.type != "cuda":
+        reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
+                                    "takes effect)")
+        reasons["gpu_memory_utilization"] = f"on {device.type} (the KV cache there is sized by kv_cache_memory)"
+    elif config.kv_cache_memory is not None:
+        reasons["gpu_memory_utilization"] = "when kv_cache_memory is given (that sizes the KV cache)"
+    for name, reason in reasons.items():
+        value = getattr(config, name)
+        if value != defaults[name] and name not in _warned:
+            _warned.add(name)
+            logger.warning("%s=%r is accepted but has no effect %s", name, value, reason)
+
+
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1")
+
+
+def _listed(choices) -> str:
+    """``(8, 16, 32)`` -> ``8, 16 or 32`` for error messages."""
+    words = [str(c) for c in choices]
+    return ", ".join(words[:-1]) + " or " + words[-1]

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from pagedllm.benchmarks.report import load_avg, machine_info, write_json
 from pagedllm.benchmarks.workload import DEFAULT_MAX_OUTPUT_LEN, DEFAULT_MIN_OUTPUT_LEN, build_workload, workload_stats
-from pagedllm.entrypoints.cli_args import add_engine_args
+from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
 
 REFERENCE = "llama"  # the Llama path, GQA (SmolLM2's 9 query / 3 KV heads): every row's ratio_to_llama
 FALLBACK = "fallback"  # the Llama config through the Transformers fallback
@@ -59,6 +59,7 @@ TARGET_RATIO = 0.8  # issue 7: each native family's output tok/s >= 80% of its r
 DEFAULT_NUM_PROMPTS = 32  # 15 rows of 128 prompts would take far too long on 2 cores
 FORMAT_VERSION = 1  # bump when the saved folders change: old cache entries are then ignored
 META_FILE = "pagedllm_bench.json"
+PER_ROW_ARGS = ("model_impl", "trust_remote_code")  # engine arguments each row sets itself (bench_folder)
 
 # SmolLM2-135M's shape, and a tiny one for smoke runs and tests.
 SHAPES = {
@@ -302,8 +303,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                               seed=args.seed)
     stats = workload_stats(requests)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    engine = dict(dtype=dtype_name, seed=args.seed, max_num_seqs=args.max_num_seqs,
-                  max_num_batched_tokens=args.max_num_batched_tokens)
+    engine = engine_kwargs(args, dtype=dtype_name)
+    engine.pop("model")  # the tokenizer's source; each row runs its own folder
     load_before = load_avg()
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + {stats['output_tokens']} "
           f"output tokens; {dtype_name} on {device}; rows: {', '.join(names)}", file=sys.stderr, flush=True)
@@ -416,8 +417,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="where the random model folders are kept (default: $PAGEDLLM_CACHE_DIR/bench-models, "
                              "~/.cache/pagedllm/bench-models)")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
-    # The engine flags of the other benches, less --model-impl: each row sets its own implementation.
-    add_engine_args(parser, per_model=False, model_help="where the tokenizer and chat template come from")
+    # The engine flags of the other benches, less --model-impl and --trust-remote-code: each row sets its own.
+    add_engine_args(parser, skip=PER_ROW_ARGS, model_help="where the tokenizer and chat template come from")
     return parser
 
 

@@ -114,7 +114,8 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result["penalties_run"] = runs["penalties"]
         result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
                                            / runs["greedy"]["output_tokens_per_s"])
-    result.update(load_s=load_s, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
     del llm
     gc.collect()
     return result

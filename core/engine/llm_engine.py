@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, GenerationConfig
 
-from pagedllm.config import EngineConfig, GiB, resolve_dtype
+from pagedllm.config import STATS_LOG_INTERVAL_S, EngineConfig, GiB, resolve_dtype, warn_without_effect
 from pagedllm.engine.block_manager import BlockManager
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.engine.sequence import Sequence
 from pagedllm.engine.sequence_group import SequenceGroup
+from pagedllm.engine.stat_logger import StatLogger
 from pagedllm.loader import resolve_model
 from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -59,6 +60,7 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(tok_path, tokenizer_mode=config.tokenizer_mode,
                                         trust_remote_code=config.trust_remote_code)
         self.device = config.torch_device
+        warn_without_effect(config, self.device)
         self.dtype = resolve_dtype(config.dtype, self.device, getattr(self.hf_config, "torch_dtype", None)
                                    if not isinstance(getattr(self.hf_config, "torch_dtype", None), str) else None)
         self.max_model_len = self._derive_max_model_len()
@@ -83,6 +85,7 @@ class LLMEngine:
         self.eos_token_ids = self._eos_token_ids()
         self.sequences: dict[str, Sequence] = {}
         self.stats = EngineStats()
+        self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
         self._counter = itertools.count()
         self.load_time = time.perf_counter() - t0
         logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
@@ -300,6 +303,8 @@ class LLMEngine:
             out = self._make_output(head, advanced)
             if out is not None:
                 outputs.append(out)
+        if self.stat_logger is not None:
+            self.stat_logger.maybe_log(self)
         return outputs
 
     # ---- request set-up and stop rules ----------------------------------------------

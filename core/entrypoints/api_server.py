@@ -1,77 +1,18 @@
-"""vLLM's legacy ``POST /generate`` API (``python -m pagedllm.entrypoints.api_server``).
+"""vLLM's legacy API server (``python -m pagedllm.entrypoints.api_server``) for its ``/generate`` demo clients.
 
-Body: ``{"prompt": str, "stream": bool, **SamplingParams fields}``; answer ``{"text": [prompt +
-output, ...]}``, or with ``stream`` one such JSON object per line (cumulative), as vLLM's demo
-server does. The OpenAI server mounts the same route, so one server covers both.
+The route lives in ``openai/routes/generate.py`` and the OpenAI server mounts it, so this module
+only starts that server: imports go one way, from here to ``openai/api_server.py``.
 """
 from __future__ import annotations
 
-import json
+from pagedllm.entrypoints.openai.api_server import main as serve_main
+from pagedllm.entrypoints.openai.routes.generate import generate_router
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-
-from pagedllm.entrypoints.openai.protocol import APIError, random_id
-from pagedllm.entrypoints.openai.serving_engine import engine_error
-from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-
-
-def generate_router() -> APIRouter:
-    router = APIRouter()
-
-    @router.post("/generate")
-    async def generate(request: Request):
-        engine = request.app.state.engine
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise APIError(f"the request body is not valid JSON: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise APIError("the request body must be a JSON object")
-        prompt = payload.pop("prompt", None)
-        if not isinstance(prompt, str) or not prompt:
-            raise APIError("`prompt` must be a non-empty string", param="prompt")
-        stream = payload.pop("stream", False)
-        if not isinstance(stream, bool):
-            raise APIError("`stream` must be a bool", param="stream")
-        try:
-            params = SamplingParams.from_optional(**payload)
-        except (TypeError, ValueError) as exc:
-            raise APIError(str(exc)) from exc
-        params.output_kind = RequestOutputKind.CUMULATIVE
-        ids = engine.tokenizer.encode(prompt)
-        if len(ids) >= engine.max_model_len:
-            raise APIError(f"prompt has {len(ids)} tokens; the maximum context length is {engine.max_model_len}",
-                           param="prompt")
-        results = engine.generate({"prompt_token_ids": ids}, params, random_id("generate"))  # tokenized once
-
-        if stream:
-            async def lines():
-                try:
-                    async for out in results:
-                        yield json.dumps({"text": [prompt + c.text for c in out.outputs]}) + "\n"
-                except Exception as exc:  # end with an error line, never silently
-                    yield json.dumps(engine_error(exc).body()) + "\n"
-                finally:
-                    await results.aclose()
-            return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-        final = None
-        try:
-            async for out in results:
-                final = out
-        except Exception as exc:
-            raise engine_error(exc) from exc
-        return JSONResponse({"text": [prompt + c.text for c in final.outputs]})
-
-    return router
+__all__ = ["generate_router", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve ``/generate`` (plus the OpenAI routes: same app) for vLLM's legacy demo clients."""
-    from pagedllm.entrypoints.openai.api_server import main as serve_main
-
     return serve_main(argv)
 
 

