@@ -1,7 +1,8 @@
 """Each prompt's greedy tokens must not depend on what else runs: batch, prefix cache, preemption."""
 import pytest
+import torch
 
-from model_fixtures import BUNDLED, SEED_PROMPTS
+from model_fixtures import BUNDLED, SEED_PROMPTS, bundled_path
 from pagedllm import LLM, SamplingParams
 
 MAX_TOKENS = 24
@@ -38,8 +39,15 @@ def test_batch_equals_alone_and_prefix_cache_hits(bundled_llm_fp32, alone):
 
 
 def test_batch_equals_alone_under_preemption(alone):
-    # ~737 KB per fp32 block for this model: 48 blocks hold far less than 32 running sequences.
-    llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=48 * 737_280, max_num_batched_tokens=256, seed=0)
+    # 48 blocks hold far less than 32 running sequences; the block size comes from the model's shapes.
+    from transformers import AutoConfig
+
+    from pagedllm.worker.cache_engine import bytes_per_block
+
+    cfg = AutoConfig.from_pretrained(bundled_path())
+    per_block = bytes_per_block(cfg.num_hidden_layers, 16, cfg.num_key_value_heads,
+                                cfg.hidden_size // cfg.num_attention_heads, torch.float32)
+    llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=48 * per_block, max_num_batched_tokens=256, seed=0)
     engine = llm.llm_engine
     assert engine.block_manager.num_blocks == 48
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
