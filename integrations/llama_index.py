@@ -6,6 +6,7 @@ models are prompted through their chat template by default. ``api_url`` points i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
@@ -24,6 +25,29 @@ def _server_base(api_url: str) -> str:
     """llama-index's ``api_url`` (often ``.../generate``) as an OpenAI base URL (``.../v1``)."""
     base = api_url.rstrip("/").removesuffix("/generate").removesuffix("/v1")
     return base + "/v1"
+
+
+def _completion(text: str, delta: str) -> CompletionResponse:
+    return CompletionResponse(text=text, delta=delta)
+
+
+def _chat(text: str, delta: str) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+
+
+def _responses(deltas, make: Callable[[str, str], Any]):
+    """Provider deltas (an iterator, or an async one) -> ``make(text so far, new text)`` per non-empty
+    delta, as LlamaIndex's stream methods return: one loop for the four of them."""
+    text = ""
+
+    def step(delta: str):
+        nonlocal text
+        text += delta
+        return make(text, delta)
+
+    if hasattr(deltas, "__aiter__"):
+        return (step(d.text) async for d in deltas if d.text)
+    return (step(d.text) for d in deltas if d.text)
 
 
 class Vllm(VllmFields, LLM):
@@ -87,15 +111,7 @@ class Vllm(VllmFields, LLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        deltas = self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs))
-
-        def gen() -> CompletionResponseGen:
-            text = ""
-            for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield CompletionResponse(text=text, delta=d.text)
-        return gen()
+        return _responses(self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -105,15 +121,7 @@ class Vllm(VllmFields, LLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
                                ) -> CompletionResponseAsyncGen:
-        deltas = self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs))
-
-        async def gen() -> CompletionResponseAsyncGen:
-            text = ""
-            async for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield CompletionResponse(text=text, delta=d.text)
-        return gen()
+        return _responses(self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
 
     # ---- chat -------------------------------------------------------------------------------
     @llm_chat_callback()
@@ -124,15 +132,7 @@ class Vllm(VllmFields, LLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        deltas = self.provider.stream(self._messages(messages), self._params(kwargs))
-
-        def gen() -> ChatResponseGen:
-            text = ""
-            for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
-        return gen()
+        return _responses(self.provider.stream(self._messages(messages), self._params(kwargs)), _chat)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -142,12 +142,4 @@ class Vllm(VllmFields, LLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        deltas = self.provider.astream(self._messages(messages), self._params(kwargs))
-
-        async def gen() -> ChatResponseAsyncGen:
-            text = ""
-            async for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
-        return gen()
+        return _responses(self.provider.astream(self._messages(messages), self._params(kwargs)), _chat)
