@@ -33,7 +33,7 @@ class VLLM(VllmFields, BaseLLM):
     model: str = ""
     """Model name (hub id, bundled name, local folder or .gguf file); on a server, the served name."""
     use_beam_search: bool = False
-    """Sampling: beam search (``n`` beams, ``temperature`` 0) instead of sampling."""
+    """Kept from langchain_community's VLLM; True is refused (beam search runs through ``LLM.generate``)."""
     client: Any = None
     """Unused: langchain_community's handle on its ``vllm.LLM``, kept so saved configs still load."""
     base_url: str | None = None
