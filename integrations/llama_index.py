@@ -6,15 +6,17 @@ models are prompted through their chat template by default. ``api_url`` points i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
                                               CompletionResponse, CompletionResponseAsyncGen,
                                               CompletionResponseGen, LLMMetadata, MessageRole)
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM
 
+from pagedllm.integrations.vllm_fields import VllmFields
 from pagedllm.provider import Completion, Provider, get_provider
 from pagedllm.sampling_params import SamplingParams
 
@@ -25,29 +27,39 @@ def _server_base(api_url: str) -> str:
     return base + "/v1"
 
 
-class Vllm(LLM):
-    """``Settings.llm = Vllm(model="HuggingFaceTB/SmolLM2-135M-Instruct")``."""
+def _completion(text: str, delta: str) -> CompletionResponse:
+    return CompletionResponse(text=text, delta=delta)
 
-    model: str = Field(default="facebook/opt-125m", description="model name, local folder or .gguf file")
-    temperature: float = Field(default=1.0, ge=0.0)
-    tensor_parallel_size: int | None = 1
-    trust_remote_code: bool | None = False
-    n: int = 1
-    best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1
-    stop: list[str] | None = None
-    ignore_eos: bool = False
-    max_new_tokens: int = 512
-    logprobs: int | None = None
-    dtype: str = "auto"
-    download_dir: str | None = None
-    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="engine arguments (vLLM names)")
-    api_url: str = Field(default="", description="an OpenAI-compatible server instead of the in-process engine")
-    use_chat_template: bool | None = Field(
-        default=None, description="prompt complete() through the chat template (default: when the model has one)")
+
+def _chat(text: str, delta: str) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+
+
+def _responses(deltas, make: Callable[[str, str], Any]):
+    """Provider deltas (an iterator, or an async one) -> ``make(text so far, new text)`` per non-empty
+    delta, as LlamaIndex's stream methods return: one loop for the four of them."""
+    text = ""
+
+    def step(delta: str):
+        nonlocal text
+        text += delta
+        return make(text, delta)
+
+    if hasattr(deltas, "__aiter__"):
+        return (step(d.text) async for d in deltas if d.text)
+    return (step(d.text) for d in deltas if d.text)
+
+
+class Vllm(VllmFields, LLM):
+    """``Settings.llm = Vllm(model="HuggingFaceTB/SmolLM2-135M-Instruct")``; the sampling and engine
+    fields are ``VllmFields``, shared with LangChain's ``VLLM``."""
+
+    model: str = "facebook/opt-125m"
+    """Model name (hub id, bundled name, local folder or .gguf file); on a server, the served name."""
+    api_url: str = ""
+    """An OpenAI-compatible server (``http://host:8000`` or ``.../v1``) instead of the in-process engine."""
+    use_chat_template: bool | None = None
+    """Prompt ``complete()`` through the chat template (None: when the model has one)."""
 
     _provider: Provider | None = PrivateAttr(default=None)
 
@@ -61,10 +73,7 @@ class Vllm(LLM):
             if self.api_url:
                 self._provider = get_provider(self.model or None, base_url=_server_base(self.api_url))
             else:
-                kwargs = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
-                              trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
-                              download_dir=self.download_dir)
-                self._provider = get_provider(self.model, **(kwargs | self.vllm_kwargs))
+                self._provider = get_provider(self.model, **self._engine_kwargs())
         return self._provider
 
     @property
@@ -74,11 +83,7 @@ class Vllm(LLM):
                            model_name=info.name, is_chat_model=info.is_chat_model)
 
     def _params(self, kwargs: dict) -> SamplingParams:
-        fields = {"n": self.n, "best_of": self.best_of, "temperature": self.temperature,
-                  "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
-                  "top_p": self.top_p, "top_k": self.top_k, "stop": self.stop, "ignore_eos": self.ignore_eos,
-                  "max_tokens": self.max_new_tokens, "logprobs": self.logprobs}
-        return SamplingParams.from_optional(**(fields | kwargs))
+        return SamplingParams.from_optional(**(self._sampling_fields() | kwargs))
 
     def _prompt(self, prompt: str, formatted: bool):
         """A chat request for instruct models (their template), else the raw prompt."""
@@ -106,15 +111,7 @@ class Vllm(LLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        deltas = self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs))
-
-        def gen() -> CompletionResponseGen:
-            text = ""
-            for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield CompletionResponse(text=text, delta=d.text)
-        return gen()
+        return _responses(self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -124,15 +121,7 @@ class Vllm(LLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
                                ) -> CompletionResponseAsyncGen:
-        deltas = self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs))
-
-        async def gen() -> CompletionResponseAsyncGen:
-            text = ""
-            async for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield CompletionResponse(text=text, delta=d.text)
-        return gen()
+        return _responses(self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
 
     # ---- chat -------------------------------------------------------------------------------
     @llm_chat_callback()
@@ -143,15 +132,7 @@ class Vllm(LLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        deltas = self.provider.stream(self._messages(messages), self._params(kwargs))
-
-        def gen() -> ChatResponseGen:
-            text = ""
-            for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
-        return gen()
+        return _responses(self.provider.stream(self._messages(messages), self._params(kwargs)), _chat)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -161,12 +142,4 @@ class Vllm(LLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        deltas = self.provider.astream(self._messages(messages), self._params(kwargs))
-
-        async def gen() -> ChatResponseAsyncGen:
-            text = ""
-            async for d in deltas:
-                if d.text:
-                    text += d.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=d.text)
-        return gen()
+        return _responses(self.provider.astream(self._messages(messages), self._params(kwargs)), _chat)

@@ -15,7 +15,8 @@ DEFAULT_PLUGINS = (
 )
 
 ENTRY_POINT_GROUP = "pagedllm"
-# PAGEDLLM_LOAD_PLUGINS="" loads no third-party plugin; "a,b" loads only those entry points.
+# PAGEDLLM_LOAD_PLUGINS="" loads no third-party plugin; "a,b" loads only those entry points;
+# unset loads them all. tests/conftest.py sets it to "" so installed plugins stay out of test runs.
 LOAD_PLUGINS_ENV = "PAGEDLLM_LOAD_PLUGINS"
 
 pm = pluggy.PluginManager("pagedllm")
@@ -82,9 +83,9 @@ def get_adapters(plugin=None) -> list[dict]:
                 entry["requires"] = f"{requires} (not installed)"
         found.append(entry)
 
-    plugins = [plugin] if plugin is not None else pm.get_plugins()
-    for p in plugins:
-        hook = getattr(p, "register_adapters", None)
-        if hook is not None:
-            hook(register=register)
+    if plugin is None:
+        hook = pm.hook.register_adapters
+    else:  # the same hook, called on this one plugin only
+        hook = pm.subset_hook_caller("register_adapters", [p for p in pm.get_plugins() if p is not plugin])
+    hook(register=register)
     return found

@@ -6,6 +6,10 @@ import os
 import pytest
 import torch
 
+# Test mode: installed third-party plugins stay out of the run (simonw/llm's LLM_LOAD_PLUGINS);
+# `PAGEDLLM_LOAD_PLUGINS=name pytest ...` still loads that one on purpose.
+os.environ.setdefault("PAGEDLLM_LOAD_PLUGINS", "")
+
 if not torch.cuda.is_available():
     # Triton reads this when kernels are decorated: set it before anything imports them.
     os.environ.setdefault("TRITON_INTERPRET", "1")

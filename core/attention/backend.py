@@ -77,19 +77,13 @@ class AttentionBackend:
         raise NotImplementedError
 
 
-_BACKENDS: dict[str, type[AttentionBackend]] | None = None
-
-
 def _registry() -> dict[str, type[AttentionBackend]]:
-    global _BACKENDS
-    if _BACKENDS is None:
-        from pagedllm.plugins.manager import load_plugins
+    """Asked of the hook on every lookup, not cached, so a plugin registered later is seen."""
+    from pagedllm.plugins.manager import load_plugins
 
-        backends: dict[str, type[AttentionBackend]] = {}
-        load_plugins().hook.register_attention_backends(
-            register=lambda name, cls: backends.__setitem__(name, cls))
-        _BACKENDS = backends
-    return _BACKENDS
+    backends: dict[str, type[AttentionBackend]] = {}
+    load_plugins().hook.register_attention_backends(register=lambda name, cls: backends.__setitem__(name, cls))
+    return backends
 
 
 def get_attention_backend(name: str | None, device: torch.device) -> type[AttentionBackend]:

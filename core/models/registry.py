@@ -5,18 +5,14 @@ from torch import nn
 
 from pagedllm.config import MODEL_IMPLS  # one list: the config validates it, the CLI offers it
 
-_MODELS: dict[str, type[nn.Module]] | None = None
-
 
 def _registry() -> dict[str, type[nn.Module]]:
-    global _MODELS
-    if _MODELS is None:
-        from pagedllm.plugins.manager import load_plugins
+    """Asked of the hook on every lookup, not cached, so a plugin registered later is seen."""
+    from pagedllm.plugins.manager import load_plugins
 
-        models: dict[str, type[nn.Module]] = {}
-        load_plugins().hook.register_models(register=lambda arch, cls: models.__setitem__(arch, cls))
-        _MODELS = models
-    return _MODELS
+    models: dict[str, type[nn.Module]] = {}
+    load_plugins().hook.register_models(register=lambda arch, cls: models.__setitem__(arch, cls))
+    return models
 
 
 def supported_architectures() -> list[str]:
@@ -27,10 +23,11 @@ def get_model_class(config) -> type[nn.Module]:
     archs = list(getattr(config, "architectures", None) or [])
     if not archs and getattr(config, "model_type", None) == "llama":
         archs = ["LlamaForCausalLM"]  # GGUF-derived configs may lack `architectures`
+    registry = _registry()
     for arch in archs:
-        if arch in _registry():
-            return _registry()[arch]
-    raise ValueError(f"model architecture(s) {archs} are not supported; supported: {supported_architectures()}")
+        if arch in registry:
+            return registry[arch]
+    raise ValueError(f"model architecture(s) {archs} are not supported; supported: {sorted(registry)}")
 
 
 def resolve_model_class(config, model_impl: str = "auto") -> type[nn.Module]:
