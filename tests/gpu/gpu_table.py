@@ -25,33 +25,30 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _parity(r: dict) -> str:
+    return (f"exact={r['exact']}, same prefix {r['same_prefix_tokens']}, teacher-forced top-1 "
+            f"{r['teacher_forced_top1']:.3f} (HF on itself {r.get('hf_self_teacher_forced_top1', float('nan')):.3f})")
+
+
+PROBE_ROWS = [  # (key in probe.json, label, text of a result)
+    ("fp32_tiny", "fp32 greedy == HF (tiny Llama)", _parity),
+    ("bf16_big", "bf16 vs HF (0.68B)", _parity),
+    ("graphs", "CUDA graphs vs eager", lambda g: f"{g['same_sequences']}/{g['sequences']} same greedy sequences; "
+                                                f"{g['eager_s']} s -> {g['graphs_s']} s ({g['speedup']}x)"),
+    ("memory_cap", "gpu_memory_utilization", lambda m: f"{m['utilization']}: used {m['used_gib']:.1f} of cap "
+                                                       f"{m['cap_gib']:.1f} GiB ({'under' if m['under_cap'] else 'OVER'})"),
+]
+
+
 def rows(out: Path) -> list[tuple[str, str]]:
     table = []
     for name in ("kernels", "parity"):
         table.append((f"pytest {name}", junit_counts(out / f"{name}.xml")))
     probe = load(out / "probe.json") or {}
-    for key, label in (("fp32_tiny", "fp32 greedy == HF (tiny Llama)"), ("bf16_big", "bf16 vs HF (0.68B)")):
+    for key, label, describe in PROBE_ROWS:
         r = probe.get(key)
-        if r is None:
-            table.append((label, "not run"))
-        elif "error" in r:
-            table.append((label, "error: " + r["error"][:120]))
-        else:
-            table.append((label, f"exact={r['exact']}, same prefix {r['same_prefix_tokens']}, "
-                                 f"teacher-forced top-1 {r['teacher_forced_top1']:.3f} "
-                                 f"(HF on itself {r.get('hf_self_teacher_forced_top1', float('nan')):.3f})"))
-    g = probe.get("graphs")
-    if g and "error" not in g:
-        table.append(("CUDA graphs vs eager", f"{g['same_sequences']}/{g['sequences']} same greedy sequences; "
-                                              f"{g['eager_s']} s -> {g['graphs_s']} s ({g['speedup']}x)"))
-    elif g:
-        table.append(("CUDA graphs vs eager", "error: " + g["error"][:120]))
-    mem = probe.get("memory_cap")
-    if mem and "error" not in mem:
-        table.append(("gpu_memory_utilization", f"{mem['utilization']}: used {mem['used_gib']:.1f} of cap "
-                                                f"{mem['cap_gib']:.1f} GiB ({'under' if mem['under_cap'] else 'OVER'})"))
-    elif mem:
-        table.append(("gpu_memory_utilization", "error: " + mem["error"][:120]))
+        table.append((label, "not run" if r is None else "error: " + r["error"][:120] if "error" in r
+                      else describe(r)))
     log = out / "bench_kernels.log"
     if log.exists():
         text = log.read_text()
