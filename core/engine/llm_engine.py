@@ -202,7 +202,8 @@ class LLMEngine:
             raise ValueError("prompt must not be empty (the decoder prompt has no tokens)")
         if params.truncate_prompt_tokens is not None and len(token_ids) > params.truncate_prompt_tokens:
             token_ids = token_ids[-params.truncate_prompt_tokens:]  # keep the end (vLLM: left truncation)
-        params = self._resolve_params(params)
+        self._check_params(params)
+        params = copy.copy(params)  # later changes to the caller's object do not reach the request
         vocab = self.hf_config.vocab_size
         bad = [t for t in token_ids if t < 0 or t >= vocab]
         if bad:
@@ -216,6 +217,9 @@ class LLMEngine:
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
+        seq.eos_token_ids = self.eos_token_ids
+        if params.bad_words:
+            seq.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         self._init_seq(seq)
         if params.num_samples > 1:
             seq.group = SequenceGroup(seq)
@@ -295,8 +299,8 @@ class LLMEngine:
         return outputs
 
     # ---- request set-up and stop rules ----------------------------------------------
-    def _resolve_params(self, params: SamplingParams) -> SamplingParams:
-        """Check the vocabulary-dependent fields and fill the engine's fields (on a copy)."""
+    def _check_params(self, params: SamplingParams) -> None:
+        """Check the vocabulary-dependent fields (the user's params are never written to)."""
         if params.use_beam_search:
             raise ValueError("use_beam_search=True runs through LLM.beam_search / LLM.generate, "
                              "not a single engine request")
@@ -307,17 +311,17 @@ class LLMEngine:
             bad = [t for t in ids if t >= vocab]
             if bad:
                 raise ValueError(f"{name} has token id {bad[0]} outside the vocabulary (0..{vocab - 1})")
-        params = copy.copy(params)
-        params._eos_token_ids = self.eos_token_ids
-        if params.bad_words:
-            words = set()
-            for word in params.bad_words:
-                for prefix in ("", " "):
-                    ids = self.tokenizer.encode(prefix + word.lstrip(), add_special_tokens=False)
-                    if ids:
-                        words.add(tuple(ids))
-            params._bad_words_token_ids = [list(w) for w in sorted(words)]
-        return params  # a bad grammar fails in _init_seq, before the request is registered
+        # a bad grammar fails in _init_seq, before the request is registered
+
+    def _bad_words_token_ids(self, bad_words: list[str]) -> list[list[int]]:
+        """Each word's token ids, with and without a leading space (vLLM's bad_words)."""
+        words = set()
+        for word in bad_words:
+            for prefix in ("", " "):
+                ids = self.tokenizer.encode(prefix + word.lstrip(), add_special_tokens=False)
+                if ids:
+                    words.add(tuple(ids))
+        return [list(w) for w in sorted(words)]
 
     def _structured_compiler(self):
         compiler = getattr(self, "_so_compiler", None)

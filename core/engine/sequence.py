@@ -27,6 +27,8 @@ class Sequence:
         "block_table", "block_hashes", "status", "params", "max_tokens", "finish_reason",
         "stop_reason", "cumulative_logprob", "metrics", "num_cached_tokens", "detok", "text",
         "generator",
+        # per-request engine state the sampler reads (never on the user's SamplingParams)
+        "eos_token_ids", "bad_words_token_ids",
         # generation semantics (sampler / postprocess): see pagedllm.engine.llm_engine
         "step_logprobs", "logprobs", "prompt_logprobs", "matcher", "group", "index", "emitted_len",
     )
@@ -51,6 +53,8 @@ class Sequence:
         self.detok = None  # incremental detokenizer state
         self.text = ""
         self.generator = None  # torch.Generator for seeded sampling
+        self.eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids (the engine's)
+        self.bad_words_token_ids: list[list[int]] = []  # params.bad_words as token ids
         self.step_logprobs = None  # (top ids, top logprobs, rank) of the last sampled token
         self.logprobs: list | None = [] if params.logprobs is not None else None
         self.prompt_logprobs: list | None = None  # per prompt position, filled during prefill

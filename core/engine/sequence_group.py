@@ -52,6 +52,8 @@ class SequenceGroup:
                              parent.metrics.arrival_time)
             child.index = i
             child.group = self
+            child.eos_token_ids = parent.eos_token_ids
+            child.bad_words_token_ids = parent.bad_words_token_ids
             child.metrics.first_scheduled_time = parent.metrics.first_scheduled_time
             child.num_cached_tokens = parent.num_cached_tokens
             init_seq(child)

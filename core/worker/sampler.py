@@ -25,6 +25,19 @@ _TOPK_FAST_MAX = 1024
 
 
 @dataclass(slots=True)
+class Penalties:
+    """The rows with penalties, their values, and the (row, token) pairs of their history
+    (row = position in ``rows``): output tokens (frequency, presence), all tokens (repetition)."""
+
+    rows: torch.Tensor  # [P] batch rows
+    presence: torch.Tensor  # [P]
+    frequency: torch.Tensor  # [P]
+    repetition: torch.Tensor  # [P]
+    output_pairs: tuple  # (row [N], token [N]) one per output token
+    all_pairs: tuple  # (row [M], token [M]) one per prompt + output token; empty without repetition
+
+
+@dataclass(slots=True)
 class SamplingBatch:
     temperature: torch.Tensor  # [B] float32 (1.0 on greedy rows)
     top_p: torch.Tensor  # [B]
@@ -41,7 +54,7 @@ class SamplingBatch:
     allowed: tuple | None = None  # (rows [A], mask [A, V] bool True = banned)
     banned: tuple | None = None  # (row idx [N], token idx [N]) set to -inf
     bias: tuple | None = None  # (row idx [N], token idx [N], value [N]) added
-    penalties: tuple | None = None  # (rows, presence, frequency, repetition, out (row, tok), all (row, tok))
+    penalties: Penalties | None = None
     bitmask: tuple | None = None  # (rows [S], int32 bitmask [S, ceil(V/32)]) from structured output
     logprob_rows: list | None = None  # rows that want top logprobs
     max_logprobs: int = 0
@@ -92,12 +105,12 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
             allowed_ids.append(p.allowed_token_ids)
         n_out = seq.num_output_tokens
         if n_out < p.min_tokens:
-            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(p._eos_token_ids))
+            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(seq.eos_token_ids))
             ban_r.extend([i] * len(stops))
             ban_t.extend(stops)
-        if p._bad_words_token_ids:
+        if seq.bad_words_token_ids:
             out = seq.output_token_ids
-            for word in p._bad_words_token_ids:
+            for word in seq.bad_words_token_ids:
                 k = len(word) - 1
                 if k == 0 or (n_out >= k and out[n_out - k:] == word[:-1]):
                     ban_r.append(i)
@@ -133,13 +146,15 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
     if pen_rows:
         pp = [params[i] for i in pen_rows]
         f32 = dict(dtype=torch.float32, device=device)
-        batch.penalties = (
-            torch.tensor(pen_rows, device=device),
-            torch.tensor([p.presence_penalty for p in pp], **f32),
-            torch.tensor([p.frequency_penalty for p in pp], **f32),
-            torch.tensor([p.repetition_penalty for p in pp], **f32),
-            (torch.tensor(out_r, dtype=torch.long, device=device), torch.tensor(out_t, dtype=torch.long, device=device)),
-            (torch.tensor(all_r, dtype=torch.long, device=device), torch.tensor(all_t, dtype=torch.long, device=device)),
+        batch.penalties = Penalties(
+            rows=torch.tensor(pen_rows, device=device),
+            presence=torch.tensor([p.presence_penalty for p in pp], **f32),
+            frequency=torch.tensor([p.frequency_penalty for p in pp], **f32),
+            repetition=torch.tensor([p.repetition_penalty for p in pp], **f32),
+            output_pairs=(torch.tensor(out_r, dtype=torch.long, device=device),
+                          torch.tensor(out_t, dtype=torch.long, device=device)),
+            all_pairs=(torch.tensor(all_r, dtype=torch.long, device=device),
+                       torch.tensor(all_t, dtype=torch.long, device=device)),
         )
     if so_rows:
         from pagedllm.worker.structured_output import fill_bitmask
@@ -243,12 +258,13 @@ def _apply_bias_and_penalties(x: torch.Tensor, batch: SamplingBatch) -> None:
     if batch.bias is not None:
         r, t, v = batch.bias
         x.index_put_((r, t), v, accumulate=True)
-    if batch.penalties is not None:
-        rows, presence, frequency, repetition, out_idx, all_idx = batch.penalties
-        if rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
-            apply_penalties(x, presence, frequency, repetition, out_idx, all_idx)
+    pen = batch.penalties
+    if pen is not None:
+        args = (pen.presence, pen.frequency, pen.repetition, pen.output_pairs, pen.all_pairs)
+        if pen.rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
+            apply_penalties(x, *args)
         else:
-            x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
+            x[pen.rows] = apply_penalties(x[pen.rows], *args)
 
 
 def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
@@ -259,7 +275,7 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
     if batch.allowed is not None or batch.banned is not None or batch.bitmask is not None:
         return None
     penalties = batch.penalties
-    every_row = penalties is None or penalties[0].numel() == logits.shape[0]  # then pen rows == rows
+    every_row = penalties is None or penalties.rows.numel() == logits.shape[0]  # then pen rows == rows
     if (batch.bias is None and penalties is None) or not every_row:
         return None
     touched = []  # every pair the changes below write, with its raw value
@@ -267,7 +283,7 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
         r, t, _ = batch.bias
         touched.append((r, t, logits[r, t]))
     if penalties is not None:
-        for r, t in penalties[4:6]:  # output tokens (frequency, presence), all tokens (repetition)
+        for r, t in (penalties.output_pairs, penalties.all_pairs):
             touched.append((r, t, logits[r, t]))
     _apply_bias_and_penalties(logits, batch)
 

@@ -14,10 +14,11 @@ V = 1000
 EOS = 2
 
 
-def fake_seq(prompt, output):
+def fake_seq(prompt, output, bad_words_token_ids=()):
     ids = list(prompt) + list(output)
     return SimpleNamespace(token_ids=ids, num_tokens=len(ids), num_prompt_tokens=len(prompt),
-                           num_output_tokens=len(output), output_token_ids=list(output), matcher=None)
+                           num_output_tokens=len(output), output_token_ids=list(output), matcher=None,
+                           eos_token_ids=(EOS,), bad_words_token_ids=list(bad_words_token_ids))
 
 
 def reference(logits: torch.Tensor, p: SamplingParams, seq) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,11 +29,11 @@ def reference(logits: torch.Tensor, p: SamplingParams, seq) -> tuple[torch.Tenso
         keep = torch.zeros(V, dtype=torch.bool)
         keep[p.allowed_token_ids] = True
         x[~keep] = float("-inf")
-    for word in p._bad_words_token_ids:
+    for word in seq.bad_words_token_ids:
         if len(word) == 1 or out[len(out) - len(word) + 1:] == word[:-1]:
             x[word[-1]] = float("-inf")
     if len(out) < p.min_tokens:
-        for t in list(p.stop_token_ids) + list(p._eos_token_ids):
+        for t in list(p.stop_token_ids) + list(seq.eos_token_ids):
             x[t] = float("-inf")
     for t, b in (p.logit_bias or {}).items():
         x[t] += b
@@ -83,10 +84,8 @@ def make_cases(seed: int):
         if i in (6, 7):
             kw.update(min_tokens=len(output) + (1 if i == 6 else 0), stop_token_ids=[7, 8])
         p = SamplingParams(**kw)
-        p._eos_token_ids = (EOS,)
-        if i == 3:
-            p._bad_words_token_ids = [[11], [output[-1] if output else 5, 12], [900, 901, 13]]
-        cases.append((p, fake_seq(prompt, output)))
+        bad = [[11], [output[-1] if output else 5, 12], [900, 901, 13]] if i == 3 else []
+        cases.append((p, fake_seq(prompt, output, bad)))
     return cases
 
 
