@@ -1,9 +1,9 @@
 """The synchronous engine: add requests, ``step()`` until done, read RequestOutputs.
 
-One step = schedule -> model runner (forward + sample) -> apply it (append tokens, grammar
-state, fork ``n`` samples, free blocks of finished sequences) with the ``OutputProcessor``
-(detokenize, stop checks, RequestOutputs). Every front end (LLM, the server, the adapters)
-drives this loop.
+One step = schedule -> model runner (forward + sample, returns a ``SamplerOutput``) -> apply
+it (append tokens, grammar state, fork ``n`` samples, free blocks of finished sequences) with the
+``OutputProcessor`` (detokenize, stop checks, RequestOutputs). Every front end (LLM, the server,
+the adapters) drives this loop.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, config.enable_chunked_prefill)
         self.eos_token_ids = self._eos_token_ids()
-        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len, self.eos_token_ids)
+        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
         self.sequences: dict[str, Sequence] = {}
         self.stats = EngineStats()
         self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
@@ -236,7 +236,7 @@ class LLMEngine:
             for member in (seq.group.seqs if seq.group is not None else [seq]):
                 if not member.is_finished:
                     member.finish_reason = "abort"
-                    self.scheduler.finish(member)
+                    self._finish(member)
             self.stats.aborted_requests += 1
 
     def has_unfinished_requests(self) -> bool:
@@ -256,7 +256,7 @@ class LLMEngine:
         for s in scheduled:
             if s.seq.metrics.first_scheduled_time is None:
                 s.seq.metrics.first_scheduled_time = now
-        results = self.runner.execute(scheduled)
+        out = self.runner.execute(scheduled)
         stats = self.stats
         stats.num_steps += 1
         stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
@@ -266,20 +266,22 @@ class LLMEngine:
                 stats.prompt_tokens += s.num_new_tokens
             s.seq.num_computed_tokens += s.num_new_tokens
         proc = self.output_processor
+        if out.prompt_logprobs:
+            proc.add_prompt_logprobs(scheduled, out.prompt_logprobs)
         now = time.time()
         advanced: dict[int, Sequence] = {}  # sequences that got a token this step
-        for s, token, logprob in results:
-            seq = s.seq
+        logprobs, top_logprobs = out.logprobs, out.top_logprobs
+        for j, (i, token) in enumerate(zip(out.seq_indices, out.token_ids)):
+            seq = scheduled[i].seq
             seq.token_ids.append(token)
-            if logprob is not None:
-                seq.cumulative_logprob += logprob
+            if logprobs is not None:
+                seq.cumulative_logprob += logprobs[j]
             stats.generation_tokens += 1
             if seq.metrics.first_token_time is None:
                 seq.metrics.first_token_time = now
             seq.metrics.last_token_time = now
             if seq.logprobs is not None:
-                top_ids, top_lps, rank = seq.step_logprobs
-                seq.logprobs.append((token, logprob, rank, top_ids, top_lps))
+                seq.logprobs.append(top_logprobs[j])
             if seq.matcher is not None:
                 seq.matcher.consume_token(token)
             group = seq.group
@@ -287,7 +289,7 @@ class LLMEngine:
                 group.fork(self.block_manager, self.scheduler, self._init_seq)
             proc.process_token(seq, token)
             if seq.finish_reason is not None:
-                self.scheduler.finish(seq)
+                self._finish(seq)
                 seq.metrics.finished_time = now
                 if group is None or group.is_finished:
                     self.sequences.pop(seq.request_id, None)
@@ -297,6 +299,11 @@ class LLMEngine:
         if self.stat_logger is not None:
             self.stat_logger.maybe_log(self)
         return outputs
+
+    def _finish(self, seq: Sequence) -> None:
+        """Free a finished or aborted sequence's blocks and its runner-side generator."""
+        self.scheduler.finish(seq)
+        self.runner.release(((seq.request_id, seq.index),))
 
     # ---- request set-up and stop rules ----------------------------------------------
     def _check_params(self, params: SamplingParams) -> None:
@@ -333,10 +340,9 @@ class LLMEngine:
         return compiler
 
     def _init_seq(self, seq: Sequence) -> None:
-        """Per-sequence state: seeded generator, incremental detokenizer, grammar state."""
+        """Per-sequence state: incremental detokenizer, grammar state (seeded generators live in
+        the runner)."""
         params = seq.params
-        if params.seed is not None:
-            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         if params.detokenize and (params.output_kind is not RequestOutputKind.FINAL_ONLY or params.stop):
             seq.detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens],
                                                params.skip_special_tokens)

@@ -11,16 +11,26 @@ from pagedllm.engine.sequence import Sequence
 from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind
 from pagedllm.worker.sampler import wants_logprob
+from pagedllm.worker.sampler_output import PromptLogprobs, TokenLogprobs
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, max_model_len: int, eos_token_ids: tuple[int, ...]):
+    def __init__(self, tokenizer, max_model_len: int):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
-        self.eos_token_ids = eos_token_ids
         self._token_text: dict[int, str] = {}  # token id -> its text, for logprob dicts
 
     # ---- per step ----------------------------------------------------------------------
+    @staticmethod
+    def add_prompt_logprobs(scheduled: list, chunks: list[PromptLogprobs]) -> None:
+        """Store each chunk's records at their prompt positions (a recomputed chunk overwrites)."""
+        for chunk in chunks:
+            seq = scheduled[chunk.seq_index].seq
+            store = seq.prompt_logprobs
+            if store is None:
+                store = seq.prompt_logprobs = [None] * seq.num_prompt_tokens
+            store[chunk.first_position:chunk.first_position + len(chunk.entries)] = chunk.entries
+
     def process_token(self, seq: Sequence, token: int) -> None:
         """After ``token`` was appended: detokenize the delta, apply the stop rules, and give a
         finished sequence that was not detokenized incrementally its text."""
@@ -48,20 +58,21 @@ class OutputProcessor:
         return outputs
 
     # ---- stop rules ----------------------------------------------------------------------
-    def _drops_stop_token(self, seq: Sequence) -> bool:
+    @staticmethod
+    def _drops_stop_token(seq: Sequence) -> bool:
         """A stop token (EOS or stop_token_ids) adds no text unless include_stop_str_in_output."""
         p = seq.params
         if seq.finish_reason != "stop" or isinstance(seq.stop_reason, str) or p.include_stop_str_in_output:
             return False
         last = seq.token_ids[-1]
-        return last in p.stop_token_ids or (not p.ignore_eos and last in self.eos_token_ids)
+        return last in p.stop_token_ids or (not p.ignore_eos and last in seq.eos_token_ids)
 
     def _check_stop(self, seq: Sequence, token: int, delta_len: int = 0) -> None:
         p = seq.params
         n_out = seq.num_output_tokens
         if n_out >= p.min_tokens:
             stop = None
-            if not p.ignore_eos and token in self.eos_token_ids:
+            if not p.ignore_eos and token in seq.eos_token_ids:
                 stop = (None,)
             elif token in p.stop_token_ids:
                 stop = (token,)
@@ -112,12 +123,10 @@ class OutputProcessor:
             text = self._token_text[token_id] = self.tokenizer.decode([token_id])
         return text
 
-    def _logprob_dict(self, entry: tuple, detokenize: bool) -> dict:
-        """(token, logprob, rank, top ids, top logprobs) -> {token_id: Logprob}."""
-        token, logprob, rank, top_ids, top_lps = entry
+    def _logprob_dict(self, entry: TokenLogprobs, detokenize: bool) -> dict:
         dec = self._decoded if detokenize else (lambda t: None)
-        out = {token: Logprob(logprob, rank, dec(token))}
-        for r, (t, lp) in enumerate(zip(top_ids, top_lps), start=1):
+        out = {entry.token_id: Logprob(entry.logprob, entry.rank, dec(entry.token_id))}
+        for r, (t, lp) in enumerate(zip(entry.top_ids, entry.top_logprobs), start=1):
             if t not in out:
                 out[t] = Logprob(lp, r, dec(t))
         return out

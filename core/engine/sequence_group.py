@@ -33,8 +33,8 @@ class SequenceGroup:
     def fork(self, block_manager, scheduler, init_seq) -> list[Sequence]:
         """Create the siblings of the (just prefilled) parent and put them straight into running.
 
-        ``init_seq(seq)`` gives a new sequence its per-request state (generator, detokenizer,
-        grammar), as the engine does in ``add_request``.
+        ``init_seq(seq)`` gives a new sequence its per-sequence state (detokenizer, grammar), as the
+        engine does in ``add_request``; the request's token-id state is copied from the parent.
         """
         parent = self.seqs[0]
         self.forked = True
