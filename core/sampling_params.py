@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 _GREEDY_EPS = 1e-5
 _MAX_LOGIT_BIAS = 100.0  # OpenAI's and vLLM's clamp
@@ -109,9 +109,6 @@ class SamplingParams:
     early_stopping: bool | str = False
     structured_outputs: StructuredOutputsParams | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
-    # Filled by the engine (not user fields): EOS ids of the model, bad words as token ids.
-    _eos_token_ids: tuple = field(default=(), repr=False, compare=False)
-    _bad_words_token_ids: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.stop_token_ids is None:

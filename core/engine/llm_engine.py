@@ -1,8 +1,9 @@
 """The synchronous engine: add requests, ``step()`` until done, read RequestOutputs.
 
-One step = schedule -> model runner (forward + sample) -> postprocess (append tokens,
-detokenize, stop checks, free blocks). Every front end (LLM, the server, the adapters)
-drives this loop.
+One step = schedule -> model runner (forward + sample, returns a ``SamplerOutput``) -> apply
+it (append tokens, grammar state, fork ``n`` samples, free blocks of finished sequences) with the
+``OutputProcessor`` (detokenize, stop checks, RequestOutputs). Every front end (LLM, the server,
+the adapters) drives this loop.
 """
 from __future__ import annotations
 
@@ -18,17 +19,17 @@ from transformers import AutoConfig, GenerationConfig
 
 from pagedllm.config import STATS_LOG_INTERVAL_S, EngineConfig, GiB, resolve_dtype, warn_without_effect
 from pagedllm.engine.block_manager import BlockManager
+from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.engine.sequence import Sequence
 from pagedllm.engine.sequence_group import SequenceGroup
 from pagedllm.engine.stat_logger import StatLogger
 from pagedllm.loader import resolve_model
-from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
+from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
 from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_block
 from pagedllm.worker.model_runner import ModelRunner
-from pagedllm.worker.sampler import wants_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, config.enable_chunked_prefill)
         self.eos_token_ids = self._eos_token_ids()
+        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
         self.sequences: dict[str, Sequence] = {}
         self.stats = EngineStats()
         self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
@@ -200,7 +202,8 @@ class LLMEngine:
             raise ValueError("prompt must not be empty (the decoder prompt has no tokens)")
         if params.truncate_prompt_tokens is not None and len(token_ids) > params.truncate_prompt_tokens:
             token_ids = token_ids[-params.truncate_prompt_tokens:]  # keep the end (vLLM: left truncation)
-        params = self._resolve_params(params)
+        self._check_params(params)
+        params = copy.copy(params)  # later changes to the caller's object do not reach the request
         vocab = self.hf_config.vocab_size
         bad = [t for t in token_ids if t < 0 or t >= vocab]
         if bad:
@@ -214,6 +217,9 @@ class LLMEngine:
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
+        seq.eos_token_ids = self.eos_token_ids
+        if params.bad_words:
+            seq.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         self._init_seq(seq)
         if params.num_samples > 1:
             seq.group = SequenceGroup(seq)
@@ -230,7 +236,7 @@ class LLMEngine:
             for member in (seq.group.seqs if seq.group is not None else [seq]):
                 if not member.is_finished:
                     member.finish_reason = "abort"
-                    self.scheduler.finish(member)
+                    self._finish(member)
             self.stats.aborted_requests += 1
 
     def has_unfinished_requests(self) -> bool:
@@ -250,7 +256,7 @@ class LLMEngine:
         for s in scheduled:
             if s.seq.metrics.first_scheduled_time is None:
                 s.seq.metrics.first_scheduled_time = now
-        results = self.runner.execute(scheduled)
+        out = self.runner.execute(scheduled)
         stats = self.stats
         stats.num_steps += 1
         stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
@@ -259,57 +265,49 @@ class LLMEngine:
             if not is_generated_input:
                 stats.prompt_tokens += s.num_new_tokens
             s.seq.num_computed_tokens += s.num_new_tokens
+        proc = self.output_processor
+        if out.prompt_logprobs:
+            proc.add_prompt_logprobs(scheduled, out.prompt_logprobs)
         now = time.time()
         advanced: dict[int, Sequence] = {}  # sequences that got a token this step
-        for s, token, logprob in results:
-            seq = s.seq
+        logprobs, top_logprobs = out.logprobs, out.top_logprobs
+        for j, (i, token) in enumerate(zip(out.seq_indices, out.token_ids)):
+            seq = scheduled[i].seq
             seq.token_ids.append(token)
-            if logprob is not None:
-                seq.cumulative_logprob += logprob
+            if logprobs is not None:
+                seq.cumulative_logprob += logprobs[j]
             stats.generation_tokens += 1
             if seq.metrics.first_token_time is None:
                 seq.metrics.first_token_time = now
             seq.metrics.last_token_time = now
             if seq.logprobs is not None:
-                top_ids, top_lps, rank = seq.step_logprobs
-                seq.logprobs.append((token, logprob, rank, top_ids, top_lps))
+                seq.logprobs.append(top_logprobs[j])
             if seq.matcher is not None:
                 seq.matcher.consume_token(token)
             group = seq.group
             if group is not None and not group.forked:
                 group.fork(self.block_manager, self.scheduler, self._init_seq)
-            delta = seq.detok.step(seq.token_ids) if seq.detok is not None else ""
-            seq.text += delta
-            self._check_stop(seq, token, len(delta))
+            proc.process_token(seq, token)
             if seq.finish_reason is not None:
-                self.scheduler.finish(seq)
+                self._finish(seq)
                 seq.metrics.finished_time = now
-                if seq.detok is None and seq.params.detokenize:
-                    ids = seq.output_token_ids
-                    if self._drops_stop_token(seq):
-                        ids = ids[:-1]
-                    seq.text = self.tokenizer.decode(ids, skip_special_tokens=seq.params.skip_special_tokens)
                 if group is None or group.is_finished:
                     self.sequences.pop(seq.request_id, None)
                     stats.finished_requests += 1
             advanced[id(seq)] = seq
-        outputs = []
-        reported = set()
-        for seq in advanced.values():
-            head = seq if seq.group is None else seq.group.seqs[0]
-            if id(head) in reported:
-                continue
-            reported.add(id(head))
-            out = self._make_output(head, advanced)
-            if out is not None:
-                outputs.append(out)
+        outputs = proc.make_outputs(advanced)
         if self.stat_logger is not None:
             self.stat_logger.maybe_log(self)
         return outputs
 
+    def _finish(self, seq: Sequence) -> None:
+        """Free a finished or aborted sequence's blocks and its runner-side generator."""
+        self.scheduler.finish(seq)
+        self.runner.release(((seq.request_id, seq.index),))
+
     # ---- request set-up and stop rules ----------------------------------------------
-    def _resolve_params(self, params: SamplingParams) -> SamplingParams:
-        """Check the vocabulary-dependent fields and fill the engine's fields (on a copy)."""
+    def _check_params(self, params: SamplingParams) -> None:
+        """Check the vocabulary-dependent fields (the user's params are never written to)."""
         if params.use_beam_search:
             raise ValueError("use_beam_search=True runs through LLM.beam_search / LLM.generate, "
                              "not a single engine request")
@@ -320,17 +318,17 @@ class LLMEngine:
             bad = [t for t in ids if t >= vocab]
             if bad:
                 raise ValueError(f"{name} has token id {bad[0]} outside the vocabulary (0..{vocab - 1})")
-        params = copy.copy(params)
-        params._eos_token_ids = self.eos_token_ids
-        if params.bad_words:
-            words = set()
-            for word in params.bad_words:
-                for prefix in ("", " "):
-                    ids = self.tokenizer.encode(prefix + word.lstrip(), add_special_tokens=False)
-                    if ids:
-                        words.add(tuple(ids))
-            params._bad_words_token_ids = [list(w) for w in sorted(words)]
-        return params  # a bad grammar fails in _init_seq, before the request is registered
+        # a bad grammar fails in _init_seq, before the request is registered
+
+    def _bad_words_token_ids(self, bad_words: list[str]) -> list[list[int]]:
+        """Each word's token ids, with and without a leading space (vLLM's bad_words)."""
+        words = set()
+        for word in bad_words:
+            for prefix in ("", " "):
+                ids = self.tokenizer.encode(prefix + word.lstrip(), add_special_tokens=False)
+                if ids:
+                    words.add(tuple(ids))
+        return [list(w) for w in sorted(words)]
 
     def _structured_compiler(self):
         compiler = getattr(self, "_so_compiler", None)
@@ -342,132 +340,14 @@ class LLMEngine:
         return compiler
 
     def _init_seq(self, seq: Sequence) -> None:
-        """Per-sequence state: seeded generator, incremental detokenizer, grammar state."""
+        """Per-sequence state: incremental detokenizer, grammar state (seeded generators live in
+        the runner)."""
         params = seq.params
-        if params.seed is not None:
-            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         if params.detokenize and (params.output_kind is not RequestOutputKind.FINAL_ONLY or params.stop):
             seq.detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens],
                                                params.skip_special_tokens)
         if params.structured_outputs is not None:
             seq.matcher = self._structured_compiler().matcher(params.structured_outputs)
-
-    def _drops_stop_token(self, seq: Sequence) -> bool:
-        """A stop token (EOS or stop_token_ids) adds no text unless include_stop_str_in_output."""
-        p = seq.params
-        if seq.finish_reason != "stop" or isinstance(seq.stop_reason, str) or p.include_stop_str_in_output:
-            return False
-        last = seq.token_ids[-1]
-        return last in p.stop_token_ids or (not p.ignore_eos and last in self.eos_token_ids)
-
-    def _check_stop(self, seq: Sequence, token: int, delta_len: int = 0) -> None:
-        p = seq.params
-        n_out = seq.num_output_tokens
-        if n_out >= p.min_tokens:
-            stop = None
-            if not p.ignore_eos and token in self.eos_token_ids:
-                stop = (None,)
-            elif token in p.stop_token_ids:
-                stop = (token,)
-            if stop is not None:
-                seq.finish_reason, seq.stop_reason = "stop", stop[0]
-                if seq.detok is not None and not p.include_stop_str_in_output and delta_len:
-                    seq.text = seq.text[:len(seq.text) - delta_len]
-                return
-            if p.stop and delta_len and self._find_stop_string(seq, delta_len):
-                return
-            if seq.matcher is not None and seq.matcher.is_stopped():
-                seq.finish_reason = "stop"  # the grammar is complete
-                return
-        if n_out >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
-            seq.finish_reason = "length"
-
-    @staticmethod
-    def _find_stop_string(seq: Sequence, delta_len: int) -> bool:
-        """Search the text that the new delta could complete (stop strings span tokens)."""
-        p = seq.params
-        text = seq.text
-        start = max(0, len(text) - delta_len - max(len(s) for s in p.stop) + 1)
-        best = None
-        for stop in p.stop:
-            i = text.find(stop, start)
-            if i != -1 and (best is None or i < best[0]):
-                best = (i, stop)
-        if best is None:
-            return False
-        i, stop = best
-        seq.text = text[:i + len(stop)] if p.include_stop_str_in_output else text[:i]
-        seq.finish_reason, seq.stop_reason = "stop", stop
-        return True
-
-    @staticmethod
-    def _visible_text(seq: Sequence) -> str:
-        """Text that may be shown now: a possible stop string's start is held back until decided."""
-        p = seq.params
-        if seq.is_finished or not p.stop or p.include_stop_str_in_output:
-            return seq.text
-        hold = max(len(s) for s in p.stop) - 1
-        return seq.text[:max(seq.emitted_len, len(seq.text) - hold)]
-
-    def _decoded(self, token_id: int) -> str | None:
-        cache = getattr(self, "_token_text", None)
-        if cache is None:
-            cache = self._token_text = {}
-        text = cache.get(token_id)
-        if text is None:
-            text = cache[token_id] = self.tokenizer.decode([token_id])
-        return text
-
-    def _logprob_dict(self, entry, detokenize: bool) -> dict:
-        token, logprob, rank, top_ids, top_lps = entry
-        dec = self._decoded if detokenize else (lambda t: None)
-        out = {token: Logprob(logprob, rank, dec(token))}
-        for r, (t, lp) in enumerate(zip(top_ids, top_lps), start=1):
-            if t not in out:
-                out[t] = Logprob(lp, r, dec(t))
-        return out
-
-    def _completion(self, seq: Sequence, delta: bool) -> CompletionOutput:
-        p = seq.params
-        visible = self._visible_text(seq)
-        if delta:
-            text, token_ids = visible[seq.emitted_len:], seq.token_ids[-1:]
-            entries = seq.logprobs[-1:] if seq.logprobs is not None else None
-        else:
-            text, token_ids = visible, seq.output_token_ids
-            entries = seq.logprobs
-        seq.emitted_len = len(visible)
-        logprobs = None if entries is None else [self._logprob_dict(e, p.detokenize) for e in entries]
-        return CompletionOutput(index=seq.index, text=text, token_ids=token_ids,
-                                cumulative_logprob=seq.cumulative_logprob if wants_logprob(p) else None,
-                                logprobs=logprobs,
-                                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason)
-
-    def _make_output(self, seq: Sequence, advanced: dict | None = None) -> RequestOutput | None:
-        """The RequestOutput of ``seq``'s request (all samples of a group), or None if nothing to say yet."""
-        p = seq.params
-        group = seq.group
-        finished = seq.is_finished if group is None else group.is_finished
-        kind = p.output_kind
-        if not finished and (kind is RequestOutputKind.FINAL_ONLY
-                             or (group is not None and group.num_samples > p.n)):
-            return None  # best_of > n: which n are returned is known only at the end
-        members = [seq] if group is None else (group.returned() if finished else group.seqs)
-        delta = kind is RequestOutputKind.DELTA
-        if delta and advanced is not None:
-            members = [m for m in members if id(m) in advanced]
-        completions = [self._completion(m, delta) for m in members]
-        if finished and group is not None:
-            for i, c in enumerate(completions):
-                c.index = i if group.num_samples > p.n else c.index
-        prompt_logprobs = None
-        if seq.prompt_logprobs is not None and (not delta or seq.num_output_tokens == 1 or finished):
-            prompt_logprobs = [None] + [self._logprob_dict(e, p.detokenize) if e is not None else None
-                                        for e in seq.prompt_logprobs[1:]]
-        return RequestOutput(request_id=seq.request_id, prompt=seq.prompt,
-                             prompt_token_ids=seq.token_ids[:seq.num_prompt_tokens],
-                             prompt_logprobs=prompt_logprobs, outputs=completions, finished=finished,
-                             metrics=seq.metrics, num_cached_tokens=seq.num_cached_tokens)
 
     # ---- introspection ---------------------------------------------------------------
     def get_tokenizer(self):

@@ -26,9 +26,10 @@ class Sequence:
         "request_id", "prompt", "token_ids", "num_prompt_tokens", "num_computed_tokens",
         "block_table", "block_hashes", "status", "params", "max_tokens", "finish_reason",
         "stop_reason", "cumulative_logprob", "metrics", "num_cached_tokens", "detok", "text",
-        "generator",
-        # generation semantics (sampler / postprocess): see pagedllm.engine.llm_engine
-        "step_logprobs", "logprobs", "prompt_logprobs", "matcher", "group", "index", "emitted_len",
+        # per-request engine state the sampler reads (never on the user's SamplingParams)
+        "eos_token_ids", "bad_words_token_ids",
+        # generation semantics (engine / output processor): see pagedllm.engine.output_processor
+        "logprobs", "prompt_logprobs", "matcher", "group", "index", "emitted_len",
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -50,10 +51,10 @@ class Sequence:
         self.num_cached_tokens = 0
         self.detok = None  # incremental detokenizer state
         self.text = ""
-        self.generator = None  # torch.Generator for seeded sampling
-        self.step_logprobs = None  # (top ids, top logprobs, rank) of the last sampled token
-        self.logprobs: list | None = [] if params.logprobs is not None else None
-        self.prompt_logprobs: list | None = None  # per prompt position, filled during prefill
+        self.eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids (the engine's)
+        self.bad_words_token_ids: list[list[int]] = []  # params.bad_words as token ids
+        self.logprobs: list | None = [] if params.logprobs is not None else None  # TokenLogprobs per token
+        self.prompt_logprobs: list | None = None  # TokenLogprobs per prompt position, filled during prefill
         self.matcher = None  # structured-output grammar state (llguidance)
         self.group = None  # the SequenceGroup of an n>1 / best_of request
         self.index = 0  # this sample's index in its group

@@ -33,8 +33,8 @@ class SequenceGroup:
     def fork(self, block_manager, scheduler, init_seq) -> list[Sequence]:
         """Create the siblings of the (just prefilled) parent and put them straight into running.
 
-        ``init_seq(seq)`` gives a new sequence its per-request state (generator, detokenizer,
-        grammar), as the engine does in ``add_request``.
+        ``init_seq(seq)`` gives a new sequence its per-sequence state (detokenizer, grammar), as the
+        engine does in ``add_request``; the request's token-id state is copied from the parent.
         """
         parent = self.seqs[0]
         self.forked = True
@@ -52,6 +52,8 @@ class SequenceGroup:
                              parent.metrics.arrival_time)
             child.index = i
             child.group = self
+            child.eos_token_ids = parent.eos_token_ids
+            child.bad_words_token_ids = parent.bad_words_token_ids
             child.metrics.first_scheduled_time = parent.metrics.first_scheduled_time
             child.num_cached_tokens = parent.num_cached_tokens
             init_seq(child)

@@ -3,6 +3,10 @@
 Token layout (what the attention backends expect): single-token sequences first (decodes,
 and 1-token prefill remainders, which are the same computation), then multi-token prefill
 chunks back to back. Slot mapping and positions are computed with tensor ops, not per token.
+
+Sequences are only read here: a step returns a ``SamplerOutput`` (plain data) and the engine
+applies it. Seeded requests' generators live here, keyed by (request id, sample index), as the
+worker would keep them in its own process; the engine releases them when a sequence ends.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
 from pagedllm.worker.cuda_graphs import DecodeGraphs
 from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
+from pagedllm.worker.sampler_output import SamplerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class ModelRunner:
                                           alibi_slopes=layer.alibi_slopes)
         self.sampler = Sampler()
         self.graphs: DecodeGraphs | None = None
+        self.generators: dict[tuple[str, int], torch.Generator] = {}
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:
@@ -85,11 +91,24 @@ class ModelRunner:
         self.graphs = graphs
         logger.info("captured CUDA graphs for decode batches %s", graphs.buckets)
 
+    # ---- seeded generators ------------------------------------------------------------
+    def _generator(self, seq) -> torch.Generator:
+        """The sequence's own generator, seeded at its first draw (it survives preemption)."""
+        key = (seq.request_id, seq.index)
+        gen = self.generators.get(key)
+        if gen is None:
+            gen = self.generators[key] = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+        return gen
+
+    def release(self, keys) -> None:
+        """Forget the generators of sequences that ended: (request id, sample index) pairs."""
+        for key in keys:
+            self.generators.pop(key, None)
+
     # ---- one step ------------------------------------------------------------------
-    def _build_metadata(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq]):
+    def _build_metadata(self, ordered: list[ScheduledSeq], nd: int):
         bs = self.block_size
         dev = self.device
-        ordered = decodes + prefills
         input_ids: list[int] = []
         starts, q_lens, tables = [], [], []
         for s in ordered:
@@ -107,7 +126,6 @@ class ModelRunner:
         positions = torch.arange(len(input_ids)) - first_tok[seq_idx] + starts_t[seq_idx]
         slots = table[seq_idx, positions // bs].long() * bs + positions % bs
         ctx_lens = starts_t + q_lens_t
-        nd = len(decodes)
         p_qlens = q_lens[nd:]
         md = AttentionMetadata(
             slot_mapping=slots.to(dev),
@@ -116,43 +134,46 @@ class ModelRunner:
             decode_block_tables=table[:nd].to(dev),
             decode_context_lens=ctx_lens[:nd].to(torch.int32).to(dev),
             max_decode_context_len=int(ctx_lens[:nd].max()) if nd else 0,
-            num_prefills=len(prefills),
+            num_prefills=len(ordered) - nd,
             prefill_query_start_loc=torch.tensor([0] + list(_cumsum(p_qlens)), dtype=torch.int32).to(dev),
             prefill_block_tables=table[nd:].to(dev),
             prefill_context_lens=ctx_lens[nd:].to(torch.int32).to(dev),
             max_prefill_query_len=max(p_qlens, default=0),
-            max_prefill_context_len=int(ctx_lens[nd:].max()) if prefills else 0,
+            max_prefill_context_len=int(ctx_lens[nd:].max()) if nd < len(ordered) else 0,
             decode_context_lens_list=ctx_lens[:nd].tolist(),
             prefill_query_lens_list=p_qlens,
             prefill_context_lens_list=ctx_lens[nd:].tolist(),
         )
         self.backend_cls.prepare(md)
         last_token_index = first_tok + q_lens_t - 1
-        return ordered, torch.tensor(input_ids, device=dev), positions.to(dev), md, last_token_index
+        return torch.tensor(input_ids, device=dev), positions.to(dev), md, last_token_index
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledSeq]) -> list[tuple[ScheduledSeq, int, float]]:
-        """Run one step; returns (scheduled seq, sampled token, its logprob) for sampling seqs."""
-        decodes = [s for s in scheduled if s.num_new_tokens == 1]
-        prefills = [s for s in scheduled if s.num_new_tokens > 1]
-        ordered, input_ids, positions, md, last_idx = self._build_metadata(decodes, prefills)
-        if self.graphs is not None and not prefills and self.graphs.bucket_for(len(decodes)) is not None:
+    def execute(self, scheduled: list[ScheduledSeq]) -> SamplerOutput:
+        """Run one step and sample; reads the sequences, writes none of them."""
+        order = [i for i, s in enumerate(scheduled) if s.num_new_tokens == 1]  # decodes first
+        nd = len(order)
+        if nd < len(scheduled):
+            order += [i for i, s in enumerate(scheduled) if s.num_new_tokens > 1]
+        ordered = [scheduled[i] for i in order]
+        input_ids, positions, md, last_idx = self._build_metadata(ordered, nd)
+        if self.graphs is not None and nd == len(ordered) and self.graphs.bucket_for(nd) is not None:
             hidden = self.graphs.run(md, input_ids, positions)
         else:
             with set_forward_context(md):
                 hidden = self.model(input_ids, positions)
+        prompt_logprobs = None
         if any(s.seq.params.prompt_logprobs is not None for s in ordered):
-            compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, last_idx)
+            prompt_logprobs = compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, order, last_idx)
         rows = [i for i, s in enumerate(ordered) if s.samples]
         if not rows:
-            return []
-        sample_seqs = [ordered[i] for i in rows]
+            return SamplerOutput.empty(prompt_logprobs)
+        seqs = [ordered[i].seq for i in rows]
         logits = self.model.compute_logits(hidden[last_idx[rows].to(self.device)]).float()
-        batch = SamplingBatch.build([s.seq.params for s in sample_seqs], [s.seq.generator for s in sample_seqs],
-                                    self.vocab_size, self.device, seqs=[s.seq for s in sample_seqs])
-        tokens, logprobs = self.sampler(logits, batch)
-        logprobs = logprobs.tolist() if logprobs is not None else [None] * len(sample_seqs)
-        return list(zip(sample_seqs, tokens.tolist(), logprobs))
+        generators = [None if s.params.seed is None else self._generator(s) for s in seqs]
+        batch = SamplingBatch.build([s.params for s in seqs], generators, self.vocab_size, self.device, seqs=seqs)
+        token_ids, logprobs, top_logprobs = self.sampler(logits, batch)
+        return SamplerOutput([order[i] for i in rows], token_ids, logprobs, top_logprobs, prompt_logprobs)
 
 
 def _cumsum(values):

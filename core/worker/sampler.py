@@ -18,10 +18,24 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.sampling_params import SamplingParams, SamplingType
+from pagedllm.worker.sampler_output import PromptLogprobs, TokenLogprobs
 
 _NEG_INF = float("-inf")
 # Use ``topk`` instead of a full sort for top-k/top-p while every such row has a k below this.
 _TOPK_FAST_MAX = 1024
+
+
+@dataclass(slots=True)
+class Penalties:
+    """The rows with penalties, their values, and the (row, token) pairs of their history
+    (row = position in ``rows``): output tokens (frequency, presence), all tokens (repetition)."""
+
+    rows: torch.Tensor  # [P] batch rows
+    presence: torch.Tensor  # [P]
+    frequency: torch.Tensor  # [P]
+    repetition: torch.Tensor  # [P]
+    output_pairs: tuple  # (row [N], token [N]) one per output token
+    all_pairs: tuple  # (row [M], token [M]) one per prompt + output token; empty without repetition
 
 
 @dataclass(slots=True)
@@ -36,14 +50,14 @@ class SamplingBatch:
     any_top_p: bool
     any_min_p: bool
     generators: list  # per row: torch.Generator or None
-    seqs: list | None = None  # per row: the Sequence (for history-dependent processing)
     # -- logits processing, each None when no row needs it --
     allowed: tuple | None = None  # (rows [A], mask [A, V] bool True = banned)
     banned: tuple | None = None  # (row idx [N], token idx [N]) set to -inf
     bias: tuple | None = None  # (row idx [N], token idx [N], value [N]) added
-    penalties: tuple | None = None  # (rows, presence, frequency, repetition, out (row, tok), all (row, tok))
+    penalties: Penalties | None = None
     bitmask: tuple | None = None  # (rows [S], int32 bitmask [S, ceil(V/32)]) from structured output
     logprob_rows: list | None = None  # rows that want top logprobs
+    logprob_ks: list | None = None  # how many top logprobs each of those rows wants
     max_logprobs: int = 0
     # Some row needs the sampled token's logprob (logprobs, or best_of ranking); else the
     # full-vocabulary logsumexp is skipped (vLLM also reports no cumulative_logprob then).
@@ -67,7 +81,6 @@ class SamplingBatch:
             any_top_p=any(not g and p.top_p < 1.0 for g, p in zip(greedy, params)),
             any_min_p=any(not g and p.min_p > 0.0 for g, p in zip(greedy, params)),
             generators=generators,
-            seqs=seqs,
             needs_logprob=any(wants_logprob(p) for p in params),
         )
         if seqs is not None:
@@ -85,19 +98,19 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
     allowed_rows, allowed_ids = [], []
     ban_r, ban_t, bias_r, bias_t, bias_v = [], [], [], [], []
     pen_rows, out_r, out_t, all_r, all_t = [], [], [], [], []
-    so_rows, logprob_rows, max_lp = [], [], 0
+    so_rows, logprob_rows, logprob_ks = [], [], []
     for i, (p, seq) in enumerate(zip(params, seqs)):
         if p.allowed_token_ids is not None:
             allowed_rows.append(i)
             allowed_ids.append(p.allowed_token_ids)
         n_out = seq.num_output_tokens
         if n_out < p.min_tokens:
-            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(p._eos_token_ids))
+            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(seq.eos_token_ids))
             ban_r.extend([i] * len(stops))
             ban_t.extend(stops)
-        if p._bad_words_token_ids:
+        if seq.bad_words_token_ids:
             out = seq.output_token_ids
-            for word in p._bad_words_token_ids:
+            for word in seq.bad_words_token_ids:
                 k = len(word) - 1
                 if k == 0 or (n_out >= k and out[n_out - k:] == word[:-1]):
                     ban_r.append(i)
@@ -119,7 +132,7 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
             so_rows.append(i)
         if p.logprobs is not None:
             logprob_rows.append(i)
-            max_lp = max(max_lp, p.logprobs)
+            logprob_ks.append(p.logprobs)
     if allowed_rows:
         mask = torch.ones(len(allowed_rows), V, dtype=torch.bool)
         r = torch.repeat_interleave(torch.arange(len(allowed_rows)), torch.tensor([len(a) for a in allowed_ids]))
@@ -133,13 +146,15 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
     if pen_rows:
         pp = [params[i] for i in pen_rows]
         f32 = dict(dtype=torch.float32, device=device)
-        batch.penalties = (
-            torch.tensor(pen_rows, device=device),
-            torch.tensor([p.presence_penalty for p in pp], **f32),
-            torch.tensor([p.frequency_penalty for p in pp], **f32),
-            torch.tensor([p.repetition_penalty for p in pp], **f32),
-            (torch.tensor(out_r, dtype=torch.long, device=device), torch.tensor(out_t, dtype=torch.long, device=device)),
-            (torch.tensor(all_r, dtype=torch.long, device=device), torch.tensor(all_t, dtype=torch.long, device=device)),
+        batch.penalties = Penalties(
+            rows=torch.tensor(pen_rows, device=device),
+            presence=torch.tensor([p.presence_penalty for p in pp], **f32),
+            frequency=torch.tensor([p.frequency_penalty for p in pp], **f32),
+            repetition=torch.tensor([p.repetition_penalty for p in pp], **f32),
+            output_pairs=(torch.tensor(out_r, dtype=torch.long, device=device),
+                          torch.tensor(out_t, dtype=torch.long, device=device)),
+            all_pairs=(torch.tensor(all_r, dtype=torch.long, device=device),
+                       torch.tensor(all_t, dtype=torch.long, device=device)),
         )
     if so_rows:
         from pagedllm.worker.structured_output import fill_bitmask
@@ -148,7 +163,8 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
                          fill_bitmask([seqs[i].matcher for i in so_rows], V).to(device))
     if logprob_rows:
         batch.logprob_rows = logprob_rows
-        batch.max_logprobs = max_lp
+        batch.logprob_ks = logprob_ks
+        batch.max_logprobs = max(logprob_ks)
 
 
 def apply_penalties(logits: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor,
@@ -243,12 +259,13 @@ def _apply_bias_and_penalties(x: torch.Tensor, batch: SamplingBatch) -> None:
     if batch.bias is not None:
         r, t, v = batch.bias
         x.index_put_((r, t), v, accumulate=True)
-    if batch.penalties is not None:
-        rows, presence, frequency, repetition, out_idx, all_idx = batch.penalties
-        if rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
-            apply_penalties(x, presence, frequency, repetition, out_idx, all_idx)
+    pen = batch.penalties
+    if pen is not None:
+        args = (pen.presence, pen.frequency, pen.repetition, pen.output_pairs, pen.all_pairs)
+        if pen.rows.numel() == x.shape[0]:  # every row (rows are in order): no gather/scatter copies
+            apply_penalties(x, *args)
         else:
-            x[rows] = apply_penalties(x[rows], presence, frequency, repetition, out_idx, all_idx)
+            x[pen.rows] = apply_penalties(x[pen.rows], *args)
 
 
 def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
@@ -259,7 +276,7 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
     if batch.allowed is not None or batch.banned is not None or batch.bitmask is not None:
         return None
     penalties = batch.penalties
-    every_row = penalties is None or penalties[0].numel() == logits.shape[0]  # then pen rows == rows
+    every_row = penalties is None or penalties.rows.numel() == logits.shape[0]  # then pen rows == rows
     if (batch.bias is None and penalties is None) or not every_row:
         return None
     touched = []  # every pair the changes below write, with its raw value
@@ -267,7 +284,7 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
         r, t, _ = batch.bias
         touched.append((r, t, logits[r, t]))
     if penalties is not None:
-        for r, t in penalties[4:6]:  # output tokens (frequency, presence), all tokens (repetition)
+        for r, t in (penalties.output_pairs, penalties.all_pairs):
             touched.append((r, t, logits[r, t]))
     _apply_bias_and_penalties(logits, batch)
 
@@ -353,11 +370,13 @@ def fast_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits: [B, V] float32 -> (token ids [B], raw logprob of each sampled token [B] or None).
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[list, list | None, list | None]:
+        """logits: [B, V] float32 -> (token ids, raw logprob of each sampled token or None, top logprobs).
 
-        Rows that asked for ``logprobs`` also get ``seq.step_logprobs`` = (top ids, top
-        logprobs, sampled token's rank) from the raw distribution, as vLLM reports them.
+        Results leave as Python lists (sampled ids and logprobs reach the host here), so the
+        runner can return them without touching a sequence. Top logprobs: per row, a
+        ``TokenLogprobs`` (rank and top ids/logprobs in the raw distribution, as vLLM reports
+        them) for the rows that asked for ``logprobs``, None for the others; None when none asked.
         """
         restore = process_logits_in_place(logits, batch)
         x = logits if restore is not None else process_logits(logits, batch)
@@ -373,12 +392,19 @@ class Sampler:
         if restore is not None:
             restore()
         if not batch.needs_logprob:
-            return tokens, None
+            return tokens.tolist(), None, None
         raw_logprob_norm = row_logsumexp(logits)
         logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - raw_logprob_norm
-        if batch.logprob_rows:
-            self._top_logprobs(logits, raw_logprob_norm, tokens, logprobs, batch)
-        return tokens, logprobs
+        top = self._top_logprobs(logits, raw_logprob_norm, tokens, batch) if batch.logprob_rows else None
+        token_ids, logprobs = tokens.tolist(), logprobs.tolist()
+        if top is None:
+            return token_ids, logprobs, None
+        top_ids, top_lps, ranks = top
+        records = [None] * len(token_ids)
+        for j, (row, k) in enumerate(zip(batch.logprob_rows, batch.logprob_ks)):
+            records[row] = TokenLogprobs(token_ids[row], logprobs[row], ranks[j],
+                                         top_ids[j][:k] if top_ids else [], top_lps[j][:k] if top_lps else [])
+        return token_ids, logprobs, records
 
     @staticmethod
     def _sample_random(x: torch.Tensor, batch: SamplingBatch, rows: torch.Tensor) -> torch.Tensor:
@@ -424,7 +450,8 @@ class Sampler:
         return out
 
     @staticmethod
-    def _top_logprobs(logits, norm, tokens, logprobs, batch: SamplingBatch) -> None:
+    def _top_logprobs(logits, norm, tokens, batch: SamplingBatch) -> tuple[list, list, list]:
+        """(top ids, top logprobs, rank of the sampled token) of the logprob rows, as lists."""
         rows = torch.tensor(batch.logprob_rows, device=logits.device)
         raw = logits if rows.numel() == logits.shape[0] else logits[rows]
         chosen = tokens[rows].unsqueeze(1)
@@ -439,24 +466,22 @@ class Sampler:
             if outside.numel():
                 ranks[outside] = (raw[outside] > chosen_logit[outside]).sum(dim=1) + 1
             top_vals = top_vals - norm[rows].unsqueeze(1)
-            top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
-        else:
-            ranks = (raw > chosen_logit).sum(dim=1) + 1
-        ranks = ranks.tolist()
-        for j, row in enumerate(batch.logprob_rows):
-            seq = batch.seqs[row]
-            kk = seq.params.logprobs
-            seq.step_logprobs = (top_ids[j][:kk] if k else [], top_vals[j][:kk] if k else [], ranks[j])
+            return top_ids.tolist(), top_vals.tolist(), ranks.tolist()
+        ranks = (raw > chosen_logit).sum(dim=1) + 1
+        return [], [], ranks.tolist()
 
 
 @torch.inference_mode()
-def compute_prompt_logprobs(compute_logits, hidden: torch.Tensor, ordered: list, last_idx: torch.Tensor) -> None:
-    """For sequences that want ``prompt_logprobs``, store the raw logprob, rank and top-k of every
-    prompt token this step's chunk predicts into ``seq.prompt_logprobs`` (index = token position).
+def compute_prompt_logprobs(compute_logits, hidden: torch.Tensor, ordered: list, seq_indices: list[int],
+                            last_idx: torch.Tensor) -> list[PromptLogprobs]:
+    """For sequences that want ``prompt_logprobs``: the raw logprob, rank and top-k of every prompt
+    token this step's chunk predicts, one ``PromptLogprobs`` per chunk (``seq_indices[i]`` names
+    ``ordered[i]`` in the step's scheduled list).
 
-    Position ``p``'s logits predict token ``p + 1``; the first prompt token has none (None).
+    Position ``p``'s logits predict token ``p + 1``; the first prompt token has none.
     """
     last = last_idx.tolist()
+    chunks = []
     for i, s in enumerate(ordered):
         seq = s.seq
         k = seq.params.prompt_logprobs
@@ -476,8 +501,7 @@ def compute_prompt_logprobs(compute_logits, hidden: torch.Tensor, ordered: list,
         if k:
             top_vals, top_ids = lp.topk(k, dim=-1)
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
-        store = seq.prompt_logprobs
-        if store is None:
-            store = seq.prompt_logprobs = [None] * P
-        for j, (t, c, r) in enumerate(zip(targets.tolist(), chosen.tolist(), ranks)):
-            store[start + 1 + j] = (t, c, r, top_ids[j] if k else [], top_vals[j] if k else [])
+        entries = [TokenLogprobs(t, c, r, top_ids[j] if k else [], top_vals[j] if k else [])
+                   for j, (t, c, r) in enumerate(zip(targets.tolist(), chosen.tolist(), ranks))]
+        chunks.append(PromptLogprobs(seq_indices[i], start + 1, entries))
+    return chunks

@@ -60,8 +60,8 @@ def draw(logits: torch.Tensor, p: SamplingParams, seeded: bool) -> torch.Tensor:
                 else [None] * 5000)
         batch = SamplingBatch.build([p] * 5000, gens, V, "cpu")
         batch.needs_logprob = False
-        tokens, _ = Sampler()(logits.expand(5000, V).clone(), batch)
-        counts += torch.bincount(tokens, minlength=V).double()
+        tokens, _, _ = Sampler()(logits.expand(5000, V).clone(), batch)
+        counts += torch.bincount(torch.tensor(tokens), minlength=V).double()
     return counts
 
 

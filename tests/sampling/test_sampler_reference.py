@@ -14,10 +14,11 @@ V = 1000
 EOS = 2
 
 
-def fake_seq(prompt, output):
+def fake_seq(prompt, output, bad_words_token_ids=()):
     ids = list(prompt) + list(output)
     return SimpleNamespace(token_ids=ids, num_tokens=len(ids), num_prompt_tokens=len(prompt),
-                           num_output_tokens=len(output), output_token_ids=list(output), matcher=None)
+                           num_output_tokens=len(output), output_token_ids=list(output), matcher=None,
+                           eos_token_ids=(EOS,), bad_words_token_ids=list(bad_words_token_ids))
 
 
 def reference(logits: torch.Tensor, p: SamplingParams, seq) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,11 +29,11 @@ def reference(logits: torch.Tensor, p: SamplingParams, seq) -> tuple[torch.Tenso
         keep = torch.zeros(V, dtype=torch.bool)
         keep[p.allowed_token_ids] = True
         x[~keep] = float("-inf")
-    for word in p._bad_words_token_ids:
+    for word in seq.bad_words_token_ids:
         if len(word) == 1 or out[len(out) - len(word) + 1:] == word[:-1]:
             x[word[-1]] = float("-inf")
     if len(out) < p.min_tokens:
-        for t in list(p.stop_token_ids) + list(p._eos_token_ids):
+        for t in list(p.stop_token_ids) + list(seq.eos_token_ids):
             x[t] = float("-inf")
     for t, b in (p.logit_bias or {}).items():
         x[t] += b
@@ -83,10 +84,8 @@ def make_cases(seed: int):
         if i in (6, 7):
             kw.update(min_tokens=len(output) + (1 if i == 6 else 0), stop_token_ids=[7, 8])
         p = SamplingParams(**kw)
-        p._eos_token_ids = (EOS,)
-        if i == 3:
-            p._bad_words_token_ids = [[11], [output[-1] if output else 5, 12], [900, 901, 13]]
-        cases.append((p, fake_seq(prompt, output)))
+        bad = [[11], [output[-1] if output else 5, 12], [900, 901, 13]] if i == 3 else []
+        cases.append((p, fake_seq(prompt, output, bad)))
     return cases
 
 
@@ -125,7 +124,7 @@ def test_greedy_rows_take_argmax_of_processed_logits_and_fast_topk_equals_sort()
     batch = SamplingBatch.build(params, [None] * len(cases), V, "cpu", seqs=seqs)
     assert batch.needs_logprob == any(p.logprobs is not None or p.best_of is not None for p in params)
     batch.needs_logprob = True  # check the raw logprob of every row, not only those that ask
-    tokens, logprobs = Sampler()(logits, batch)
+    tokens, logprobs, _ = Sampler()(logits, batch)
     for i, (p, seq) in enumerate(cases):
         ref_proc, ref_dist = reference(logits[i], p, seq)
         if p.temperature == 0:
@@ -169,12 +168,13 @@ def test_sampled_token_rank_and_top_logprobs_match_a_full_count():
         seq.params = p
     gens = [torch.Generator().manual_seed(i) for i in range(B)]
     batch = SamplingBatch.build(params, gens, V, "cpu", seqs=seqs)
-    tokens, _ = Sampler()(logits, batch)
+    tokens, logprobs, top = Sampler()(logits, batch)
     outside = 0
     ref = logits.double().log_softmax(-1)
     for i, seq in enumerate(seqs):
-        top_ids, top_lps, rank = seq.step_logprobs
+        top_ids, top_lps, rank = top[i].top_ids, top[i].top_logprobs, top[i].rank
         tok = int(tokens[i])
+        assert top[i].token_id == tok and top[i].logprob == logprobs[i]
         assert rank == int((logits[i] > logits[i, tok]).sum()) + 1
         assert top_ids == logits[i].topk(2).indices.tolist()
         assert all(abs(lp - float(ref[i, t])) < 1e-4 for t, lp in zip(top_ids, top_lps))
@@ -204,8 +204,7 @@ def test_in_place_processing_samples_as_the_clone_and_leaves_raw_logits(repetiti
     def run():
         gens = [torch.Generator().manual_seed(100 + i) for i in range(6)]
         batch = SamplingBatch.build(params, gens, V, "cpu", seqs=seqs)
-        tokens, logprobs = Sampler()(logits, batch)
-        return tokens, logprobs, [s.step_logprobs for s in seqs]
+        return Sampler()(logits, batch)  # token ids, logprobs, top-logprob records
 
     assert sampler_mod.process_logits_in_place(logits.clone(), SamplingBatch.build(
         params, [None] * 6, V, "cpu", seqs=seqs)) is not None  # the in-place path applies here
@@ -213,5 +212,5 @@ def test_in_place_processing_samples_as_the_clone_and_leaves_raw_logits(repetiti
     assert torch.equal(logits, raw)
     monkeypatch.setattr(sampler_mod, "process_logits_in_place", lambda logits, batch: None)
     cloned = run()
-    assert torch.equal(in_place[0], cloned[0]) and torch.equal(in_place[1], cloned[1])
+    assert in_place[0] == cloned[0] and in_place[1] == cloned[1]
     assert in_place[2] == cloned[2]
