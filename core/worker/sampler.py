@@ -212,14 +212,6 @@ def _mask_sorted(sorted_logits: torch.Tensor, top_k: torch.Tensor | None, top_p:
     return sorted_logits
 
 
-def apply_top_k_top_p_fast(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor | None) -> torch.Tensor:
-    """Same result as ``apply_top_k_top_p`` when every row has top_k < V: ``topk`` instead of a sort."""
-    k_max = int(top_k.max())
-    vals, idx = fast_topk(logits, k_max)
-    kept = _mask_sorted(vals, top_k, top_p)
-    return torch.full_like(logits, _NEG_INF).scatter_(-1, idx, kept)
-
-
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     probs = logits.softmax(dim=-1)
     threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
@@ -292,23 +284,6 @@ def process_logits_in_place(logits: torch.Tensor, batch: SamplingBatch):
         for r, t, raw in touched:
             logits[r, t] = raw
     return restore
-
-
-def sampling_distribution(x: torch.Tensor, batch: SamplingBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Processed logits -> logits after temperature, min-p, top-k and top-p (rows: the random rows)."""
-    sel = (lambda t: t) if rows is None else (lambda t: t[rows])
-    x = x / sel(batch.temperature).unsqueeze(1)
-    if batch.any_min_p:
-        x = apply_min_p(x, sel(batch.min_p))
-    if batch.any_top_k or batch.any_top_p:
-        top_k = sel(batch.top_k)
-        top_p = sel(batch.top_p) if batch.any_top_p else None
-        V = x.shape[1]
-        if batch.any_top_k and int(top_k.max()) < min(V, _TOPK_FAST_MAX):
-            x = apply_top_k_top_p_fast(x, top_k, top_p)
-        else:
-            x = apply_top_k_top_p(x, top_k if batch.any_top_k else None, top_p)
-    return x
 
 
 def row_logsumexp(x: torch.Tensor) -> torch.Tensor:
