@@ -65,7 +65,8 @@ def bundled_path() -> str:
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_id=None) -> list[int]:
     """Hugging Face transformers' own greedy generate: the oracle for token-exact parity."""
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        ids = torch.tensor([prompt_ids], device=model.device)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
                              pad_token_id=0, temperature=None, top_p=None, top_k=None)
     return out[0, len(prompt_ids):].tolist()

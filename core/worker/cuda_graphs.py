@@ -4,8 +4,8 @@ A decode step of a small model is a few hundred tiny kernel launches from Python
 launches, not the math, set the step time. One graph per batch-size bucket is captured at start
 over static input buffers; a step with ``n`` decodes copies its inputs into the first ``n`` rows
 of the smallest bucket ``>= n`` and replays it. Padding rows write no K/V (slot -1) and read one
-cached token, and their outputs are dropped. Prefill chunks, prompt logprobs and batches larger
-than the largest bucket run eagerly. The graphs end at the last hidden states: logits and
+cached token, and their outputs are dropped. Steps with a prefill chunk and batches larger than
+the largest bucket run eagerly. The graphs end at the last hidden states: logits and
 sampling stay outside (they depend on which rows sample).
 
 ``replay`` is a plain re-call of the captured function where there is no CUDA (``emulate``):
@@ -14,15 +14,12 @@ that is how the buffer handling is tested on CPU, against the eager step.
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Callable
 
 import torch
 
 from pagedllm.attention import AttentionMetadata
 from pagedllm.forward_context import set_forward_context
-
-logger = logging.getLogger(__name__)
 
 PAD_SLOT = -1
 

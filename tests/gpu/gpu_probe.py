@@ -15,20 +15,16 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared HF oracle
+from model_fixtures import hf_greedy  # noqa: E402
 
 DEVICE = os.environ.get("PROBE_DEVICE", "cuda")  # "cpu" rehearses the script where there is no GPU
 PROMPTS = ["Hello, my name is", "The president of the United States is", "The capital of France is",
            "The future of AI is"]
-
-
-def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        x = torch.tensor([ids], device=DEVICE)
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0, temperature=None, top_p=None, top_k=None)
-    return out[0, len(ids):].tolist()
 
 
 def teacher_forced_top1(model, prompt: list[int], tokens: list[int]) -> float:
