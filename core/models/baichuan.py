@@ -9,19 +9,17 @@ The published variants share their weight names and differ in two places:
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pagedllm.models.layers.attention import Attention, local_alibi_slopes
-from pagedllm.models.layers.layernorm import RMSNorm
-from pagedllm.models.layers.linear import QKVParallelLinear, RowParallelLinear
+from pagedllm.distributed import get_tp_world_size
+from pagedllm.models.layers.attention import local_alibi_slopes
+from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import get_rope, rope_parameters
-from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedllm.models.llama import LlamaMLP
-from pagedllm.models.weight_utils import load_mapped
+from pagedllm.models.llama import LlamaForCausalLM
+from pagedllm.models.weight_utils import Target
 
 BAICHUAN2_VOCAB = 125696
 
@@ -47,107 +45,43 @@ def baichuan_norm_head(config) -> bool:
     return config.vocab_size == BAICHUAN2_VOCAB or hasattr(config, "z_loss_weight")
 
 
-class BaichuanAttention(nn.Module):
-    def __init__(self, config, max_position: int, alibi: bool):
-        super().__init__()
-        heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // heads
-        self.W_pack = QKVParallelLinear(config.hidden_size, self.head_dim, heads, heads)
-        self.nh = self.W_pack.num_heads
-        self.o_proj = RowParallelLinear(config.hidden_size, config.hidden_size)
-        self.rotary_emb = None if alibi else get_rope(self.head_dim, self.head_dim, max_position,
-                                                       rope_parameters(config))
-        slopes = local_alibi_slopes(heads, self.nh) if alibi else None
-        self.attn = Attention(self.nh, self.head_dim, self.head_dim ** -0.5, self.nh, alibi_slopes=slopes)
+class _BaichuanBase(LlamaForCausalLM):
+    """The Llama block (its q|k|v checkpoint-fused as ``W_pack``), RoPE or ALiBi, plain or normed head."""
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.W_pack(hidden).split(self.nh * self.head_dim, dim=-1)
-        if self.rotary_emb is not None:
-            T = hidden.shape[0]
-            q, k = self.rotary_emb(positions, q.view(T, self.nh, self.head_dim), k.view(T, self.nh, self.head_dim))
-        return self.o_proj(self.attn(q, k, v))
+    alibi = False
+    renames = ((".W_pack.", ".qkv_proj."),)
 
-
-class BaichuanDecoderLayer(nn.Module):
-    def __init__(self, config, max_position: int, alibi: bool):
-        super().__init__()
-        self.self_attn = BaichuanAttention(config, max_position, alibi)
-        self.mlp = LlamaMLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, positions, hidden, residual):
-        if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
-
-
-class BaichuanModel(nn.Module):
-    def __init__(self, config, max_position: int, alibi: bool):
-        super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            BaichuanDecoderLayer(config, max_position, alibi) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual)
-        return self.norm(hidden, residual)[0]
-
-
-class _BaichuanBase(nn.Module):
-    def __init__(self, config, max_position: int | None, alibi: bool):
-        super().__init__()
-        self.config = config
-        max_position = max_position or getattr(config, "max_position_embeddings", None) \
-            or getattr(config, "model_max_length", None) or 4096
-        self.alibi = alibi
+    def __init__(self, config, max_position: int | None = None):
         self.norm_head = baichuan_norm_head(config)
-        self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        self.model = BaichuanModel(config, max_position, alibi)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tied:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    @staticmethod
+    def default_max_position(config) -> int:
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "model_max_length", None) or 4096
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+    def attention(self, config, layer_idx: int, max_position: int, **kwargs) -> QKVAttention:
+        heads = config.num_attention_heads
+        dim = config.hidden_size // heads
+        rotary = None if self.alibi else get_rope(dim, dim, max_position, rope_parameters(config))
+        slopes = local_alibi_slopes(heads, heads // get_tp_world_size()) if self.alibi else None
+        return QKVAttention(config.hidden_size, heads, heads, dim, rotary_emb=rotary, alibi_slopes=slopes)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        def mapper(name: str, tensor: torch.Tensor):
-            if "rotary_emb.inv_freq" in name or (self.tied and name == "lm_head.weight"):
-                return
-            if ".W_pack." in name:  # rows are [q | k | v], one hidden size each
-                yield from ((name, part, s) for part, s in zip(tensor.chunk(3, dim=0), "qkv"))
-            elif ".gate_proj." in name:
-                yield name.replace(".gate_proj.", ".gate_up_proj."), tensor, 0
-            elif ".up_proj." in name:
-                yield name.replace(".up_proj.", ".gate_up_proj."), tensor, 1
-            elif name == "lm_head.weight" and self.norm_head:
-                yield name, F.normalize(tensor.float(), dim=-1).to(tensor.dtype), None
-            else:
-                yield name, tensor, None
-
-        return load_mapped(self, weights, mapper)
+    def split_fused(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
+        if ".qkv_proj." in name:  # W_pack rows are [q | k | v], one hidden size each
+            yield from ((name, part, s) for part, s in zip(tensor.chunk(3, dim=0), "qkv"))
+        elif name == "lm_head.weight" and self.norm_head:
+            yield name, F.normalize(tensor.float(), dim=-1).to(tensor.dtype), None
+        else:
+            yield from super().split_fused(name, tensor)
 
 
 class BaiChuanForCausalLM(_BaichuanBase):
     """Baichuan-7B (capital C in the published class name): RoPE."""
-
-    def __init__(self, config, max_position: int | None = None):
-        super().__init__(config, max_position, alibi=False)
 
 
 class BaichuanForCausalLM(_BaichuanBase):
     """Baichuan-13B and Baichuan2-7B/13B: RoPE or ALiBi, see ``baichuan_uses_alibi``."""
 
     def __init__(self, config, max_position: int | None = None):
-        super().__init__(config, max_position, alibi=baichuan_uses_alibi(config))
+        self.alibi = baichuan_uses_alibi(config)
+        super().__init__(config, max_position)

@@ -18,18 +18,18 @@ the same names. ChatGLM-6B v1 (GLM's 2D positions) is a different model and is r
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from pagedllm.models.layers.activation import SiluAndMul
-from pagedllm.models.layers.attention import Attention
+from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.layernorm import LayerNorm, RMSNorm
-from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.models.layers.mlp import GatedMLP
+from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import get_rope
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedllm.models.weight_utils import load_mapped
+from pagedllm.models.weight_utils import Target
 
 
 def check_supported(config) -> None:
@@ -54,42 +54,21 @@ def _norm(config) -> nn.Module:
     return LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
 
-class GLMAttention(nn.Module):
-    def __init__(self, config, max_position: int):
-        super().__init__()
-        heads = config.num_attention_heads
-        self.head_dim = getattr(config, "kv_channels", None) or config.hidden_size // heads
-        kv_heads = config.multi_query_group_num if getattr(config, "multi_query_attention", False) else heads
-        self.total_num_heads, self.total_num_kv_heads = heads, kv_heads
-        bias = bool(getattr(config, "add_bias_linear", False) or getattr(config, "add_qkv_bias", False))
-        self.query_key_value = QKVParallelLinear(config.hidden_size, self.head_dim, heads, kv_heads, bias=bias)
-        self.num_heads, self.num_kv_heads = self.query_key_value.num_heads, self.query_key_value.num_kv_heads
-        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.dense = RowParallelLinear(heads * self.head_dim, config.hidden_size,
-                                       bias=bool(getattr(config, "add_bias_linear", False)))
-        base = 10000.0 * float(getattr(config, "rope_ratio", 1) or 1)
-        self.rotary_emb = get_rope(self.head_dim, self.head_dim // 2, max_position,
-                                   {"rope_type": "default", "rope_theta": base}, is_neox_style=False)
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads)
-
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        T = hidden.shape[0]
-        q, k, v = self.query_key_value(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q.view(T, self.num_heads, self.head_dim),
-                               k.view(T, self.num_kv_heads, self.head_dim))
-        return self.dense(self.attn(q, k, v))
+def glm_heads(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size): GQA over ``multi_query_group_num`` groups."""
+    heads = config.num_attention_heads
+    kv_heads = config.multi_query_group_num if getattr(config, "multi_query_attention", False) else heads
+    return heads, kv_heads, getattr(config, "kv_channels", None) or config.hidden_size // heads
 
 
-class GLMMLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        bias = bool(getattr(config, "add_bias_linear", False))
-        self.dense_h_to_4h = MergedColumnParallelLinear(config.hidden_size, [config.ffn_hidden_size] * 2, bias=bias)
-        self.act = SiluAndMul()
-        self.dense_4h_to_h = RowParallelLinear(config.ffn_hidden_size, config.hidden_size, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+def glm_attention(config, max_position: int) -> QKVAttention:
+    """GPT-J-style rotary on half of each head, base scaled by ``rope_ratio``."""
+    heads, kv_heads, dim = glm_heads(config)
+    linear_bias = bool(getattr(config, "add_bias_linear", False))
+    base = 10000.0 * float(getattr(config, "rope_ratio", 1) or 1)
+    rotary = get_rope(dim, dim // 2, max_position, {"rope_type": "default", "rope_theta": base}, is_neox_style=False)
+    return QKVAttention(config.hidden_size, heads, kv_heads, dim, rotary_emb=rotary, o_bias=linear_bias,
+                        qkv_bias=linear_bias or bool(getattr(config, "add_qkv_bias", False)))
 
 
 class GLMBlock(nn.Module):
@@ -97,9 +76,9 @@ class GLMBlock(nn.Module):
         super().__init__()
         self.residual_from_norm = bool(getattr(config, "apply_residual_connection_post_layernorm", False))
         self.input_layernorm = _norm(config)
-        self.self_attention = GLMAttention(config, max_position)
+        self.self_attention = glm_attention(config, max_position)
         self.post_attention_layernorm = _norm(config)
-        self.mlp = GLMMLP(config)
+        self.mlp = GatedMLP(config.hidden_size, config.ffn_hidden_size, bias=bool(getattr(config, "add_bias_linear", False)))
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         normed = self.input_layernorm(hidden)
@@ -137,35 +116,37 @@ class ChatGLMModel(nn.Module):
         return self.encoder(positions, self.embedding.word_embeddings(input_ids))
 
 
-class ChatGLMForCausalLM(nn.Module):
+class ChatGLMForCausalLM(CausalLM):
     """Registered as ``ChatGLMModel`` and ``ChatGLMForConditionalGeneration`` (the published names)."""
 
+    body_name = "transformer"
+    embedding_name = "transformer.embedding.word_embeddings"
+    head_name = "transformer.output_layer"
+    skipped_suffixes = ("rotary_pos_emb.inv_freq",)
+    renames = ((".self_attention.query_key_value.", ".self_attention.qkv_proj."),
+               (".self_attention.dense.", ".self_attention.o_proj."),
+               (".mlp.dense_h_to_4h.", ".mlp.gate_up_proj."), (".mlp.dense_4h_to_h.", ".mlp.down_proj."))
+
     def __init__(self, config, max_position: int | None = None):
-        super().__init__()
         check_supported(config)
-        self.config = config
-        self.transformer = ChatGLMModel(config, max_position or getattr(config, "seq_length", None) or 2048)
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
+    @staticmethod
+    def default_max_position(config) -> int:
+        return getattr(config, "seq_length", None) or 2048
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.transformer.output_layer.compute_logits(hidden)
+    def build_body(self, config, max_position: int) -> nn.Module:
+        return ChatGLMModel(config, max_position)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        attn = self.transformer.encoder.layers[0].self_attention
-        q_size, kv_size = attn.total_num_heads * attn.head_dim, attn.total_num_kv_heads * attn.head_dim
+    def ties_embeddings(self, config) -> bool:
+        return False
 
-        def mapper(name: str, tensor: torch.Tensor):
-            if name.endswith("rotary_pos_emb.inv_freq"):
-                return
-            if ".query_key_value." in name:  # rows: all q heads, then the k groups, then the v groups
-                for shard, part in zip("qkv", tensor.split([q_size, kv_size, kv_size])):
-                    yield name, part, shard
-            elif ".dense_h_to_4h." in name:  # rows: the silu half, then the linear half
-                for shard, part in enumerate(tensor.chunk(2, dim=0)):
-                    yield name, part, shard
-            else:
-                yield name, tensor, None
-
-        return load_mapped(self, weights, mapper)
+    def split_fused(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
+        if ".qkv_proj." in name:  # rows: all q heads, then the k groups, then the v groups
+            heads, kv_heads, dim = glm_heads(self.config)
+            q_size, kv_size = heads * dim, kv_heads * dim
+            yield from ((name, part, s) for s, part in zip("qkv", tensor.split([q_size, kv_size, kv_size])))
+        elif ".gate_up_proj." in name:  # rows: the silu half, then the linear half
+            yield from ((name, part, s) for s, part in enumerate(tensor.chunk(2, dim=0)))
+        else:
+            yield name, tensor, None

@@ -5,19 +5,18 @@ attention and final-logit soft-capping, and sliding-window attention on alternat
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import nn
 
 from pagedllm.kernels import cpu_ops
-from pagedllm.models.layers.activation import ActAndMul
+from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.layers.attention import layer_sliding_window
 from pagedllm.models.layers.layernorm import Float32Weight
-from pagedllm.models.layers.attention import Attention, layer_sliding_window
-from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedllm.models.layers.mlp import GatedMLP
+from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
-from pagedllm.models.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedllm.models.weight_utils import load_mapped
+from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.llama import LlamaForCausalLM
 
 
 class GemmaRMSNorm(nn.Module):
@@ -39,41 +38,19 @@ class GemmaRMSNorm(nn.Module):
         return (xf * (1.0 + self.weight.float())).to(x.dtype)
 
 
-class GemmaAttention(nn.Module):
-    def __init__(self, config, layer_idx: int, max_position: int, gemma2: bool):
-        super().__init__()
-        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, heads, kv_heads,
-                                          bias=getattr(config, "attention_bias", False))
-        self.nh, self.nkv = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
-        self.o_proj = RowParallelLinear(heads * self.head_dim, config.hidden_size,
-                                        bias=getattr(config, "attention_bias", False))
-        self.rotary_emb = RotaryEmbedding(self.head_dim, self.head_dim, max_position, rope_parameters(config))
-        if gemma2:
-            scale = config.query_pre_attn_scalar ** -0.5
-            window = layer_sliding_window(config, layer_idx, layer_idx % 2 == 0)
-            cap = getattr(config, "attn_logit_softcapping", None)
-        else:
-            scale, window, cap = self.head_dim ** -0.5, None, None
-        self.attn = Attention(self.nh, self.head_dim, scale, self.nkv, sliding_window=window, logits_soft_cap=cap)
-
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        T, D = hidden.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(hidden).split([self.nh * D, self.nkv * D, self.nkv * D], dim=-1)
-        q, k = self.rotary_emb(positions, q.view(T, self.nh, D), k.view(T, self.nkv, D))
-        return self.o_proj(self.attn(q.reshape(T, -1), k.reshape(T, -1), v))
-
-
-class GemmaMLP(nn.Module):
-    def __init__(self, config, act: str):
-        super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size)
-        self.act = ActAndMul(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+def gemma_attention(config, layer_idx: int, max_position: int, gemma2: bool) -> QKVAttention:
+    """Gemma 2 scales by ``query_pre_attn_scalar``, soft-caps scores and slides a window on even layers."""
+    dim = config.head_dim
+    if gemma2:
+        scale = config.query_pre_attn_scalar ** -0.5
+        window = layer_sliding_window(config, layer_idx, layer_idx % 2 == 0)
+        cap = getattr(config, "attn_logit_softcapping", None)
+    else:
+        scale, window, cap = dim ** -0.5, None, None
+    bias = getattr(config, "attention_bias", False)
+    return QKVAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, dim,
+                        qkv_bias=bias, o_bias=bias, scale=scale, sliding_window=window, logits_soft_cap=cap,
+                        rotary_emb=RotaryEmbedding(dim, dim, max_position, rope_parameters(config)))
 
 
 class GemmaDecoderLayer(nn.Module):
@@ -81,8 +58,8 @@ class GemmaDecoderLayer(nn.Module):
         super().__init__()
         eps, hidden = config.rms_norm_eps, config.hidden_size
         act = (getattr(config, "hidden_activation", None) if gemma2 else None) or config.hidden_act
-        self.self_attn = GemmaAttention(config, layer_idx, max_position, gemma2)
-        self.mlp = GemmaMLP(config, act)
+        self.self_attn = gemma_attention(config, layer_idx, max_position, gemma2)
+        self.mlp = GatedMLP(hidden, config.intermediate_size, act)
         self.input_layernorm = GemmaRMSNorm(hidden, eps)
         self.post_attention_layernorm = GemmaRMSNorm(hidden, eps)
         self.gemma2 = gemma2
@@ -116,39 +93,22 @@ class GemmaModel(nn.Module):
         return self.norm(hidden)
 
 
-class GemmaForCausalLM(nn.Module):
+class GemmaForCausalLM(CausalLM):
     gemma2 = False
-    packed = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-              "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
 
-    def __init__(self, config, max_position: int | None = None):
-        super().__init__()
-        self.config = config
-        self.model = GemmaModel(config, max_position or config.max_position_embeddings, self.gemma2)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        self.lm_head.weight = self.model.embed_tokens.weight  # Gemma always ties
+    def build_body(self, config, max_position: int) -> nn.Module:
         self.final_soft_cap = getattr(config, "final_logit_softcapping", None) if self.gemma2 else None
+        return GemmaModel(config, max_position, self.gemma2)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def ties_embeddings(self, config) -> bool:
+        return True  # Gemma always ties
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head.compute_logits(hidden)
+        logits = super().compute_logits(hidden)
         if self.final_soft_cap:  # in float32 (the sampler's dtype anyway), in place: [B, vocab] is large
             logits = logits.float().div_(self.final_soft_cap).tanh_().mul_(self.final_soft_cap)
         return logits
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        def mapper(name: str, tensor: torch.Tensor):
-            if name.startswith("lm_head.") or "rotary_emb.inv_freq" in name:
-                return
-            for fragment, (fused, shard) in self.packed.items():
-                if f".{fragment}." in name:
-                    yield name.replace(fragment, fused), tensor, shard
-                    return
-            yield name, tensor, None
-
-        return load_mapped(self, weights, mapper)
 
 
 class Gemma2ForCausalLM(GemmaForCausalLM):

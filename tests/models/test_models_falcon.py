@@ -43,7 +43,7 @@ def test_falcon_alibi_slopes_are_falcons():
     from pagedllm.models.falcon import FalconForCausalLM
 
     config = _config(hidden_size=128, num_attention_heads=32, alibi=True, multi_query=False)
-    got = FalconForCausalLM(config).transformer.h[0].self_attention.attn.alibi_slopes
+    got = FalconForCausalLM(config).model.layers[0].self_attn.attn.alibi_slopes
     # Falcon's bias at key position 1 is exactly its (rounded) slope.
     want = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), 32, torch.float32).view(32, 2)[:, 1] / math.sqrt(4)
     assert got == want.tolist()

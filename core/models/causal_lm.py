@@ -1,0 +1,83 @@
+"""What every native decoder-only model shares: a body, an LM head tied or not to the embeddings,
+``compute_logits``, and one checkpoint loader driven by per-family tables.
+
+A family says how its checkpoint names map onto its parameters instead of writing a loading
+loop: ``skipped_suffixes`` (buffers that are not weights), ``renames`` (checkpoint fragment ->
+parameter fragment, applied in order), ``packed_modules_mapping`` (a separate q/k/v or gate/up
+tensor -> its shard of a fused parameter), and ``split_fused`` for checkpoints that store a
+fused tensor in their own row layout. ``weight_utils.load_mapped`` copies the result through each
+parameter's ``weight_loader`` (tensor-parallel slicing, later quantized layouts).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from pagedllm.models.layers.vocab_embedding import ParallelLMHead
+from pagedllm.models.weight_utils import Target, load_mapped
+
+
+class CausalLM(nn.Module):
+    body_name: ClassVar[str] = "model"  # the attribute holding the decoder: (input_ids, positions) -> hidden
+    embedding_name: ClassVar[str] = "model.embed_tokens"
+    head_name: ClassVar[str] = "lm_head"
+    head_bias: ClassVar[bool] = False
+    tie_by_default: ClassVar[bool] = False  # when the config does not say ``tie_word_embeddings``
+    skipped_suffixes: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+    renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    packed_modules_mapping: ClassVar[dict[str, tuple[str, object]]] = {}
+
+    def __init__(self, config, max_position: int | None = None):
+        super().__init__()
+        self.config = config
+        self.add_module(self.body_name, self.build_body(config, max_position or self.default_max_position(config)))
+        if "." not in self.head_name:
+            self.add_module(self.head_name, self.build_head(config))
+        self.tied = self.ties_embeddings(config)
+        if self.tied:
+            self.get_submodule(self.head_name).weight = self.get_submodule(self.embedding_name).weight
+
+    # --- what a family provides -------------------------------------------------------------
+    def build_body(self, config, max_position: int) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def default_max_position(config) -> int:
+        return getattr(config, "max_position_embeddings", None) or 4096
+
+    def build_head(self, config) -> nn.Module:
+        return ParallelLMHead(config.vocab_size, config.hidden_size, bias=self.head_bias)
+
+    def ties_embeddings(self, config) -> bool:
+        return bool(getattr(config, "tie_word_embeddings", self.tie_by_default))
+
+    def split_fused(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
+        """Targets of one (renamed) checkpoint tensor; by default the packed-modules table."""
+        for fragment, (fused, shard) in self.packed_modules_mapping.items():
+            if f".{fragment}." in name:
+                yield name.replace(f".{fragment}.", f".{fused}."), tensor, shard
+                return
+        yield name, tensor, None
+
+    # --- shared ------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.body_name)(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule(self.head_name).compute_logits(hidden)
+
+    def checkpoint_targets(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
+        """Skip buffers and the tied head, rename, then split into the fused parameters' shards."""
+        if name.endswith(self.skipped_suffixes):
+            return
+        for old, new in self.renames:
+            name = name.replace(old, new)
+        if self.tied and name.startswith(self.head_name + "."):
+            return
+        yield from self.split_fused(name, tensor)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded."""
+        return load_mapped(self, weights, self.checkpoint_targets)
