@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.distributed import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
-from pagedllm.models.layers.linear import PrepackedMatmul
+from pagedllm.models.layers.linear import DenseLinearMethod
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -30,15 +30,23 @@ class VocabParallelEmbedding(nn.Module):
         return tp_all_reduce(out)
 
 
-class ParallelLMHead(PrepackedMatmul, VocabParallelEmbedding):
+class ParallelLMHead(VocabParallelEmbedding):
+    """The embedding's [vocab shard, hidden] weight used as a linear layer (tied or not)."""
+
+    packed_weight = None
+
     def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False):
         super().__init__(num_embeddings, embedding_dim)
+        self.linear_method = DenseLinearMethod()
         if bias:
             self.bias = nn.Parameter(torch.empty(self.shard), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
 
+    def prepack_for_cpu(self) -> None:
+        self.linear_method.process_weights_after_loading(self)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._matmul(hidden)
+        logits = self.linear_method.apply(self, hidden)
         return tp_all_gather_last_dim(logits)[..., :self.num_embeddings]
