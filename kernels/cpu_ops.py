@@ -19,6 +19,7 @@ from pagedllm.kernels import cpu_build
 
 SOURCE = Path(__file__).with_name("cpu_layer_ops.c")
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+MAX_COLS = 16384  # cpu_layer_ops.c's MAX_COLS: wider rows (norms, activation halves) are declined
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -1,8 +1,10 @@
 """Triton fused elementwise ops of a decoder layer (twins in ``reference``).
 
 Each replaces several torch ops (and their round trips through memory) with one kernel:
-RMSNorm with the residual add folded in, rotary embedding of q and k in one launch, and the
-gated-MLP activation. All compute in fp32 and round where the unfused HF model rounds.
+RMSNorm with the residual add folded in, rotary embedding of q and k, and the gated-MLP
+activation. All compute in fp32 and round where the unfused HF model rounds. They are the
+CUDA paths of the layers ``RMSNorm``, ``RotaryEmbedding`` and ``SiluAndMul``
+(``models/layers``, bound once at load).
 """
 from __future__ import annotations
 
@@ -81,8 +83,12 @@ def _rotary_kernel(pos_ptr, x_ptr, out_ptr, cs_ptr, stride_xt, stride_xh, stride
     o_row = out_ptr + t * stride_ot + h * stride_oh
     x1 = tl.load(x_row + d1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_row + d2, mask=mask, other=0.0).to(tl.float32)
-    tl.store(o_row + d1, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(o_row + d2, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    dt = out_ptr.dtype.element_ty
+    # each product rounded to the dtype before the sum, as the unfused torch ops (the layer's oracle) round
+    x1c, x2s = (x1 * cos).to(dt).to(tl.float32), (x2 * sin).to(dt).to(tl.float32)
+    x2c, x1s = (x2 * cos).to(dt).to(tl.float32), (x1 * sin).to(dt).to(tl.float32)
+    tl.store(o_row + d1, (x1c - x2s).to(dt), mask=mask)
+    tl.store(o_row + d2, (x2c + x1s).to(dt), mask=mask)
     if HAS_PASS:  # dims past rotary_dim (partial rotary) are copied unchanged
         p = 2 * half + tl.arange(0, BLOCK_P)[None, :]
         p_mask = h_mask & (p < head_dim)
@@ -126,8 +132,9 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, d, BLOCK: tl.conste
     mask = cols < d
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
-    y = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    # silu(gate) rounded to the dtype before the product, as the unfused model's two ops round
+    act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,28 @@ lives in slot ``block_table[t // block_size] * block_size + t % block_size``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pagedllm.attention.torch_backend import StepPart
+
+
+@dataclass(slots=True)
+class StepState:
+    """What a backend computes once per step and every layer reuses (in ``prepare``, or by the
+    first layer that needs it); one object per step, so nothing of it outlives the step."""
+
+    # torch: rows whose slot is >= 0 (the rest are padding, not written); None when all are,
+    # so the usual step skips a boolean index per layer
+    write_mask: torch.Tensor | None = None
+    # torch: the prefill chunks padded to the longest, with their gather index and causal mask
+    prefill: "StepPart | None" = None
+    # torch: decode rows in groups of similar context length (less padding), each with its mask
+    decode_groups: "list[StepPart] | None" = None
+    # triton: the split-K decode kernel's buffers, by shape, so layers do not each allocate them
+    triton_workspace: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -33,8 +53,8 @@ class AttentionMetadata:
     decode_context_lens_list: list[int] = field(default_factory=list)
     prefill_query_lens_list: list[int] = field(default_factory=list)
     prefill_context_lens_list: list[int] = field(default_factory=list)
-    # Whatever a backend precomputes once per step in ``prepare`` (indices, masks, ...).
-    backend_state: dict = field(default_factory=dict)
+    # What the backend precomputes once per step in ``prepare`` (indices, masks, buffers).
+    backend_state: StepState = field(default_factory=StepState)
 
     @property
     def num_tokens(self) -> int:

@@ -22,6 +22,7 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._slopes = None if self.alibi_slopes is None else torch.tensor(self.alibi_slopes, dtype=torch.float32)
+        self._lib = cpu_decode.load()  # once per layer, at load; None: the torch backend's code throughout
 
     @staticmethod
     def available() -> bool:
@@ -29,14 +30,13 @@ class CpuAttentionBackend(TorchAttentionBackend):
         return cpu_decode.load() is not None
 
     def _write_cache(self, k, v, k_cache, v_cache, md: AttentionMetadata) -> None:
-        lib = cpu_decode.load()
-        if lib is None or not cpu_decode.store_kv(lib, k, v, k_cache, v_cache, md.slot_mapping):
+        if self._lib is None or not cpu_decode.store_kv(self._lib, k, v, k_cache, v_cache, md.slot_mapping):
             super()._write_cache(k, v, k_cache, v_cache, md)
 
     def _decode(self, q, k_cache, v_cache, md: AttentionMetadata, out) -> None:
-        lib = cpu_decode.load()
-        if lib is not None and cpu_decode.supports(q, k_cache):
-            done = cpu_decode.paged_decode(lib, q, k_cache, v_cache, md.decode_block_tables, md.decode_context_lens,
+        # per call only what the tensors decide: their dtypes, shapes past the kernel's buffers
+        if self._lib is not None and cpu_decode.supports(q, k_cache):
+            done = cpu_decode.paged_decode(self._lib, q, k_cache, v_cache, md.decode_block_tables, md.decode_context_lens,
                                            md.max_decode_context_len, self.scale, self.sliding_window,
                                            self.logits_soft_cap, self._slopes, out=out)
             if done is not None:

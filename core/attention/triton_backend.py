@@ -52,7 +52,7 @@ class TritonAttentionBackend(AttentionBackend):
             decode(q[:nd], k_cache, v_cache, md.decode_block_tables, md.decode_context_lens,
                    self.scale, self.sliding_window, self.logits_soft_cap,
                    max_context_len=md.max_decode_context_len, out=out[:nd],
-                   workspace=md.backend_state.setdefault("triton_workspace", {}))
+                   workspace=md.backend_state.triton_workspace)
         if md.num_prefills:
             prefill(q[nd:], k_cache, v_cache, md.prefill_block_tables,
                     md.prefill_query_start_loc, md.prefill_context_lens,

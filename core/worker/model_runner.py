@@ -21,6 +21,7 @@ from pagedllm.forward_context import set_forward_context
 from pagedllm.loader import iterate_weights
 from pagedllm.models.registry import resolve_model_class
 from pagedllm.models.layers.attention import Attention
+from pagedllm.models.layers.custom_op import CustomOp
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
 from pagedllm.worker.cuda_graphs import DecodeGraphs
@@ -54,6 +55,8 @@ class ModelRunner:
                 module.to_dtype(dtype)
             if hasattr(module, "prepack_for_cpu"):  # CPU bf16: oneDNN-packed linear, LM head, small MoE
                 module.prepack_for_cpu()
+            if isinstance(module, CustomOp):  # norms, activations, rotary: C, Triton or torch, chosen once
+                module.bind_forward(device, dtype)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.backend_cls = get_attention_backend(attention_backend, device)
         for layer in self.attention_layers:

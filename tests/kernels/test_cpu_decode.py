@@ -140,7 +140,7 @@ def test_shapes_past_the_kernel_buffers_are_declined_not_overrun():
 def test_store_kv_equals_the_torch_backends_index_copy(dtype):
     """k/v are strided slices of a fused q|k|v row; padding slots (-1) are skipped; the caches end
     bit-identical to the torch backend's write, and the other slots untouched."""
-    from pagedllm.attention.backend import AttentionMetadata
+    from pagedllm.attention.backend import AttentionMetadata, StepState
     from pagedllm.attention.torch_backend import TorchAttentionBackend
 
     gen = torch.Generator().manual_seed(5)
@@ -153,7 +153,7 @@ def test_store_kv_equals_the_torch_backends_index_copy(dtype):
     torch_caches = (k_cache.clone(), v_cache.clone())
     assert cpu_decode.store_kv(cpu_decode.load(), k, v, k_cache, v_cache, slots)
     md = AttentionMetadata.__new__(AttentionMetadata)  # only the fields a cache write reads
-    md.slot_mapping, md.backend_state = slots, {"write_mask": slots >= 0}
+    md.slot_mapping, md.backend_state = slots, StepState(write_mask=slots >= 0)
     TorchAttentionBackend(9, kvh, d, 0.125)._write_cache(k, v, *torch_caches, md)
     assert torch.equal(k_cache, torch_caches[0]) and torch.equal(v_cache, torch_caches[1])
     written = slots >= 0

@@ -186,10 +186,9 @@ def test_inputs_the_c_code_cannot_take_return_none():
 
 def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
     """RMSNorm (with residual), Gemma's norm, LayerNorm and the activations: the C path against the same
-    modules with the C library disabled (their torch code), in bf16."""
-    from pagedllm.models.gemma import GemmaRMSNorm
+    modules bound again with the C library disabled (their torch code), in bf16."""
     from pagedllm.models.layers.activation import ActAndMul, SiluAndMul, get_act_fn
-    from pagedllm.models.layers.layernorm import LayerNorm, RMSNorm
+    from pagedllm.models.layers.layernorm import GemmaRMSNorm, LayerNorm, RMSNorm
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(9, 256, generator=gen).to(torch.bfloat16)
@@ -207,9 +206,12 @@ def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypa
                lambda: ActAndMul("gelu_pytorch_tanh")(x), lambda: get_act_fn("gelu")(x),
                lambda: get_act_fn("gelu_new")(x)]
     fused = [m() for m in modules]
+    kept = (norm, gemma_norm, layer_norm, plain_norm, layer_norm2)  # bound at their first call
+    assert [m.bound_to for m in kept] == ["cpu"] * 5
     monkeypatch.setattr(cpu_build, "_LIBS", {})
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
     assert cpu_ops.load() is None
+    assert [m.bind_forward("cpu") for m in kept] == ["native"] * 5
     unfused = [m() for m in modules]
     for a, b in zip(fused, unfused):
         for ta, tb in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
@@ -243,7 +245,7 @@ def test_rotary_equals_the_torch_ops_and_float64(variant, dtype, neox, head_dim,
     q = qkv[:, :heads * head_dim].view(T, heads, head_dim)
     before = qkv.clone()
     cos, sin = rope.cos_cache[positions].unsqueeze(1), rope.sin_cache[positions].unsqueeze(1)
-    want = rope._apply(q.clone(), cos, sin)
+    want = rope._turn(q.clone(), cos, sin)
     got = cpu_ops.rotary_embedding_(q, positions, rope.cos_cache, rope.sin_cache, neox, lib=_lib(variant))
     assert got is q
     assert torch.equal(got, want)
@@ -277,9 +279,10 @@ def test_rotary_module_rotates_in_place_on_cpu_and_equals_its_torch_path(monkeyp
     positions = torch.tensor([3, 4, 5, 100])
     q0, k0 = q.clone(), k.clone()
     rq, rk = rope(positions, q, k)
-    assert rq is q and rk is k and not torch.equal(q, q0)
+    assert rope.bound_to == "cpu" and rq is q and rk is k and not torch.equal(q, q0)
     monkeypatch.setattr(cpu_build, "_LIBS", {})
     monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
+    assert rope.bind_forward("cpu") == "native"
     tq, tk = rope(positions, q0, k0)
     assert torch.equal(tq, rq) and torch.equal(tk, rk)
 
@@ -295,15 +298,17 @@ def test_rotary_turns_adjacent_q_and_k_in_one_pass(monkeypatch, use_c):
         monkeypatch.setattr(cpu_build, "_LIBS", {})
         monkeypatch.setenv("PAGEDLLM_CPU_KERNEL", "0")
     rope = _rope(64, 16, True, torch.bfloat16)
+    assert rope.bind_forward("cpu") == ("cpu" if use_c else "native")
     T, nq, nk, D = 5, 9, 3, 64
     qkv = torch.randn(T, (nq + 2 * nk) * D).to(torch.bfloat16)
     positions = torch.tensor([0, 9, 9, 200, 511])
     before = qkv.clone()
-    want_q = rope._rotate(positions, before[:, :nq * D].reshape(T, nq, D).clone())
-    want_k = rope._rotate(positions, before[:, nq * D:(nq + nk) * D].reshape(T, nk, D).clone())
+    name = "_rotate_cpu" if use_c else "_rotate_native"  # the bound path's rotation of one tensor
+    rotate = getattr(rope, name)
+    want_q = rotate(positions, before[:, :nq * D].reshape(T, nq, D).clone())
+    want_k = rotate(positions, before[:, nq * D:(nq + nk) * D].reshape(T, nk, D).clone())
     calls = []
-    rotate = rope._rotate
-    monkeypatch.setattr(rope, "_rotate", lambda pos, x: (calls.append(tuple(x.shape)), rotate(pos, x))[1])
+    monkeypatch.setattr(rope, name, lambda pos, x: (calls.append(tuple(x.shape)), rotate(pos, x))[1])
     q, k = qkv[:, :nq * D].view(T, nq, D), qkv[:, nq * D:(nq + nk) * D].view(T, nk, D)
     rq, rk = rope(positions, q, k)
     assert calls == [(T, nq + nk, D)]

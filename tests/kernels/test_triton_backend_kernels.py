@@ -74,7 +74,7 @@ def test_backend_mixed_step(dtype, sliding_window, soft_cap):
                                equal_nan=True)
     # A second layer in the same step reuses the split-K workspace and gives the same result.
     out2 = backend.forward(q, k_new, v_new, case.k_cache, case.v_cache, md)
-    assert md.backend_state["triton_workspace"]
+    assert md.backend_state.triton_workspace
     assert torch.equal(out2[:-1], out[:-1])
 
 

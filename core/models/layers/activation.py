@@ -1,30 +1,32 @@
 """MLP activations: SiLU-and-multiply on a fused [gate | up] projection, tanh-GELU, and HF's others.
 
-On CPU, SiLU, tanh-GELU and exact GELU (gated or not) run as one C call (``pagedllm.kernels.cpu_ops``) when it
-is available; the torch code is the path everywhere else and the C code's oracle.
+Each of ours is a ``CustomOp``: bound once to one C call on CPU (``pagedllm.kernels.cpu_ops``: SiLU,
+tanh-GELU and exact GELU, gated or not), to the Triton kernel on CUDA for gated SiLU, else to the
+torch code, which is also the kernels' oracle.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.kernels import cpu_ops
+from pagedllm.models.layers.custom_op import CPU_KERNEL_DTYPES, CustomOp
 
 
-def _on_cpu(x: torch.Tensor, act: str, gated: bool) -> torch.Tensor | None:
-    return cpu_ops.act_and_mul(x, act, gated) if x.device.type == "cpu" else None
-
-
-class _WithCpuTwin(nn.Module):
+class _WithCpuTwin(CustomOp):
     """An elementwise activation that has a C twin (``c_act``, one call on CPU) and a torch formula."""
 
     c_act: str
 
-    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kernel_applies(self, kind: str, dtype: torch.dtype | None) -> bool:
+        return dtype is None or dtype in CPU_KERNEL_DTYPES
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, self.c_act, gated=False)
-        return fused if fused is not None else self.torch_forward(x)
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        # the C call declines what only the input decides: another dtype, rows wider than its buffers
+        fused = cpu_ops.act_and_mul(x, self.c_act, False, lib=self._lib)
+        return self.forward_native(x) if fused is None else fused
 
 
 class Silu(_WithCpuTwin):
@@ -32,7 +34,7 @@ class Silu(_WithCpuTwin):
 
     c_act = "silu"
 
-    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x)
 
 
@@ -45,7 +47,7 @@ class FusedTanhGelu(_WithCpuTwin):
 
     c_act = "gelu_tanh"
 
-    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate="tanh")
 
 
@@ -54,7 +56,7 @@ class ExactGelu(_WithCpuTwin):
 
     c_act = "gelu"
 
-    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)
 
 
@@ -75,21 +77,33 @@ def get_act_fn(name: str) -> nn.Module:
     return ACT2FN[name]
 
 
-class ActAndMul(nn.Module):
+class ActAndMul(CustomOp):
     """``act(gate) * up`` on a fused [gate | up] projection, for any activation (Gemma's tanh GELU);
-    one C call on CPU when the activation has a C twin."""
+    one C call on CPU when the activation has a C twin, one Triton kernel on CUDA for SiLU."""
 
     def __init__(self, name: str):
         super().__init__()
         self.act = get_act_fn(name)
         self.c_act = getattr(self.act, "c_act", None)
+        # the oracle stays torch even when self.act itself is bound to its C twin (HF's: its forward)
+        self._act_native = getattr(self.act, "forward_native", self.act.forward)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = _on_cpu(x, self.c_act, gated=True) if self.c_act else None
-        if fused is not None:
-            return fused
+    def _kernel_applies(self, kind: str, dtype: torch.dtype | None) -> bool:
+        if kind == "cuda":
+            return self.c_act == "silu"  # fused_ops.silu_and_mul is the one Triton activation
+        return self.c_act is not None and (dtype is None or dtype in CPU_KERNEL_DTYPES)
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
-        return self.act(gate) * up
+        return self._act_native(gate) * up
+
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        # the C call declines what only the input decides: another dtype, an odd width, wide rows
+        fused = cpu_ops.act_and_mul(x, self.c_act, True, lib=self._lib)
+        return self.forward_native(x) if fused is None else fused
+
+    def forward_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fused.silu_and_mul(x)
 
 
 class SiluAndMul(ActAndMul):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from pagedllm.kernels import cpu_ops
+from pagedllm.models.layers.custom_op import CPU_KERNEL_DTYPES, CustomOp
 
 
 def rope_parameters(config) -> dict:
@@ -71,7 +71,10 @@ def _longrope_inv_freq(rotary_dim: int, p: dict, max_position: int) -> torch.Ten
     return 1.0 / (ext * float(p["rope_theta"]) ** exponent)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(CustomOp):
+    """Rotary embedding of q and k from cos/sin tables made once; a ``CustomOp``: on CPU one C call
+    that rotates in place, on CUDA the Triton kernel, else the torch ops (the oracle)."""
+
     def __init__(self, head_dim: int, rotary_dim: int, max_position: int, params: dict,
                  is_neox_style: bool = True):
         super().__init__()
@@ -100,8 +103,22 @@ class RotaryEmbedding(nn.Module):
     def to_dtype(self, dtype: torch.dtype) -> None:
         self.cos_cache = self.cos_cache.to(dtype)
         self.sin_cache = self.sin_cache.to(dtype)
+        if self.bound_to is not None:  # the tables a bound path reads follow
+            self.bind_forward(self.bound_device, dtype)
 
-    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _kernel_applies(self, kind: str, dtype: torch.dtype | None) -> bool:
+        table = self.cos_cache.dtype
+        if dtype not in (None, table):
+            return False  # torch would promote q and k to the tables' dtype, the kernels keep theirs
+        return table in CPU_KERNEL_DTYPES if kind == "cpu" else self.rotary_dim % 2 == 0
+
+    def _prepare(self, choice: str) -> None:
+        self._dtype = self.cos_cache.dtype
+        # Triton's layout: one [max_position, rotary_dim] table, cos | sin
+        self._cos_sin_table = torch.cat((self.cos_cache, self.sin_cache), -1).contiguous() if choice == "cuda" else None
+
+    def _turn(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The torch rotation (named so as not to override ``nn.Module._apply``, which ``.to()`` runs)."""
         rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
         if self.is_neox_style:
             x1, x2 = rot.chunk(2, dim=-1)
@@ -121,22 +138,43 @@ class RotaryEmbedding(nn.Module):
             self._last_cos_sin = (self.cos_cache[positions].unsqueeze(1), self.sin_cache[positions].unsqueeze(1))
         return self._last_cos_sin
 
-    def _rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x [T, n, head_dim] rotated: in place by one C call on CPU (callers pass fresh projections,
-        as with vLLM's in-place kernels), else by the torch ops (which leave x alone)."""
-        if x.device.type == "cpu" and cpu_ops.rotary_embedding_(x, positions, self.cos_cache, self.sin_cache,
-                                                                 self.is_neox_style) is not None:
-            return x
+    def _rotate_native(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x [T, n, head_dim] rotated by the torch ops (x itself is left alone)."""
         cos, sin = self._cos_sin(positions)
-        return self._apply(x, cos, sin)
+        return self._turn(x, cos, sin)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]. When k's heads directly follow q's
-        (both views of one fused QKV output, as in most models here) they turn in one pass."""
-        both = _side_by_side(q, k)
-        if both is not None:
-            return self._rotate(positions, both).split([q.shape[1], k.shape[1]], dim=1)
-        return self._rotate(positions, q), self._rotate(positions, k)
+    def _rotate_cpu(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x rotated in place by one C call (callers pass fresh projections, as with vLLM's in-place
+        kernels). The call declines what only this input decides (a layout other than rows of
+        heads, another dtype, positions past the table): the torch ops then, which raise for the last."""
+        if cpu_ops.rotary_embedding_(x, positions, self.cos_cache, self.sin_cache, self.is_neox_style,
+                                     lib=self._lib) is None:
+            return self._rotate_native(positions, x)
+        return x
+
+    def forward_native(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""
+        return _in_one_pass(positions, q, k, self._rotate_native)
+
+    def forward_cpu(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        return _in_one_pass(positions, q, k, self._rotate_cpu)
+
+    def forward_cuda(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """Both in one Triton launch each (new tensors). Positions are not checked against the
+        table here (a device sync per call): the runner's never pass ``max_model_len``."""
+        if q.dtype is not self._dtype or k.dtype is not self._dtype:
+            return self.forward_native(positions, q, k)
+        return self._fused.rotary(positions, q, k, self._cos_sin_table, self.head_dim, self.rotary_dim,
+                                  self.is_neox_style)
+
+
+def _in_one_pass(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, rotate):
+    """``rotate`` q and k; when k's heads directly follow q's (both views of one fused QKV output,
+    as in most models here) they turn in one pass."""
+    both = _side_by_side(q, k)
+    if both is not None:
+        return rotate(positions, both).split([q.shape[1], k.shape[1]], dim=1)
+    return rotate(positions, q), rotate(positions, k)
 
 
 def _side_by_side(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
