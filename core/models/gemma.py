@@ -8,34 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.kernels import cpu_ops
 from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.attention import layer_sliding_window
-from pagedllm.models.layers.layernorm import Float32Weight
+from pagedllm.models.layers.layernorm import GemmaRMSNorm
 from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
 from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
 from pagedllm.models.llama import LlamaForCausalLM
-
-
-class GemmaRMSNorm(nn.Module):
-    """RMSNorm scaled by ``1 + weight``, all in float32 (Gemma checkpoints store weight - 1)."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
-        self._scale_f32 = Float32Weight(lambda w: 1.0 + w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":  # one C call (float32 normed * (1 + weight), rounded once)
-            fused = cpu_ops.rms_norm(x, self._scale_f32.get(self.weight), self.eps, round_before_weight=False)
-            if fused is not None:
-                return fused
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).to(x.dtype)
 
 
 def gemma_attention(config, layer_idx: int, max_position: int, gemma2: bool) -> QKVAttention:

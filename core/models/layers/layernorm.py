@@ -13,24 +13,6 @@ from pagedllm.kernels import cpu_ops
 from pagedllm.models.layers.custom_op import CPU_KERNEL_DTYPES, CustomOp, float32_copy
 
 
-class Float32Weight:
-    """A float32 copy of a norm's weight, remade when the weight is replaced or changed in place.
-
-    Kept only for ``models/gemma.py``'s own norm until it uses ``GemmaRMSNorm`` from this file
-    (whose copy is made once, at bind time); delete it then."""
-
-    def __init__(self, transform=None):
-        self.transform = transform or (lambda w: w)
-        self.key, self.value = None, None
-
-    def get(self, weight: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if key != self.key:
-            self.value = self.transform(weight.detach().float()).contiguous()
-            self.key = key
-        return self.value
-
-
 def _cpu_takes(weight: torch.Tensor | None, cols: int, dtype: torch.dtype | None) -> bool:
     """Whether the C norm computes what the torch one does: the same dtype in and out (torch
     promotes bf16 activations times an fp32 weight to fp32, the C call keeps bf16), a dtype it
