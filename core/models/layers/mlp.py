@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.models.layers.activation import ActAndMul, get_act_fn
+from pagedllm.models.layers.activation import ActAndMul, SiluAndMul, get_act_fn
 from pagedllm.models.layers.linear import ColumnParallelLinear, MergedColumnParallelLinear, RowParallelLinear
 
 
@@ -18,7 +18,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias=bias)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
-        self.act = ActAndMul(act)
+        self.act = SiluAndMul() if act == "silu" else ActAndMul(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
