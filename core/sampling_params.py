@@ -133,6 +133,15 @@ class SamplingParams:
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
     def _verify(self) -> None:
+        """Check every field, group by group, in a fixed order: with several bad fields, the same one is named."""
+        self._verify_sampling_knobs()
+        self._verify_lengths()
+        self._verify_stops_and_flags()
+        self._verify_token_constraints()
+        self._verify_beam_and_structure()
+
+    def _verify_sampling_knobs(self) -> None:
+        """n/best_of and the numeric knobs that shape the distribution (penalties, temperature, top-p/k, min-p)."""
         _int("n", self.n, low=1)
         if self.best_of is not None:
             _int("best_of", self.best_of)
@@ -158,6 +167,9 @@ class SamplingParams:
         _number("min_p", self.min_p)
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p={self.min_p} must be in [0, 1]")
+
+    def _verify_lengths(self) -> None:
+        """seed, the output-length bounds and the logprob counts: integers with lower bounds."""
         if self.seed is not None:
             _int("seed", self.seed)
         if self.max_tokens is not None:
@@ -171,6 +183,9 @@ class SamplingParams:
             _int("logprobs", self.logprobs, low=0)
         if self.prompt_logprobs is not None:
             _int("prompt_logprobs", self.prompt_logprobs, low=0)
+
+    def _verify_stops_and_flags(self) -> None:
+        """Stop token ids and stop strings (normalised to lists) and the bool flags."""
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids={self.stop_token_ids!r} must be a list of non-negative ints")
@@ -184,20 +199,11 @@ class SamplingParams:
                      "include_stop_str_in_output", "use_beam_search"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    def _verify_token_constraints(self) -> None:
+        """logit_bias, allowed_token_ids and bad_words: per-token edits the sampler applies to every step."""
         if self.logit_bias is not None:
-            if not isinstance(self.logit_bias, dict):
-                raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {type(self.logit_bias).__name__}")
-            bias = {}
-            for k, v in self.logit_bias.items():
-                try:
-                    tid = int(k)  # JSON (OpenAI) sends the token ids as strings
-                except (TypeError, ValueError):
-                    raise ValueError(f"logit_bias key {k!r} must be a token id") from None
-                if tid < 0:
-                    raise ValueError(f"logit_bias key {tid} must be a token id >= 0")
-                _number(f"logit_bias[{tid}]", v)
-                bias[tid] = max(-_MAX_LOGIT_BIAS, min(_MAX_LOGIT_BIAS, float(v)))
-            self.logit_bias = bias
+            self.logit_bias = _normalized_logit_bias(self.logit_bias)
         if self.allowed_token_ids is not None:
             if (not isinstance(self.allowed_token_ids, (list, tuple)) or not self.allowed_token_ids
                     or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
@@ -209,6 +215,9 @@ class SamplingParams:
                     isinstance(w, str) and w.strip() for w in self.bad_words):
                 raise ValueError("bad_words must be a list of non-empty strings")
             self.bad_words = list(self.bad_words)
+
+    def _verify_beam_and_structure(self) -> None:
+        """Prompt truncation, the beam-search knobs and structured outputs (which beam search cannot honour)."""
         if self.truncate_prompt_tokens is not None:
             _int("truncate_prompt_tokens", self.truncate_prompt_tokens, low=1)
         _number("length_penalty", self.length_penalty)
@@ -270,3 +279,20 @@ def _int(name: str, value, low: int | None = None) -> None:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if low is not None and value < low:
         raise ValueError(f"{name}={value} must be >= {low}")
+
+
+def _normalized_logit_bias(logit_bias) -> dict[int, float]:
+    """{token_id: bias} with int keys (JSON sends them as strings) and biases clamped to +-100 as OpenAI does."""
+    if not isinstance(logit_bias, dict):
+        raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {type(logit_bias).__name__}")
+    bias = {}
+    for k, v in logit_bias.items():
+        try:
+            tid = int(k)  # JSON (OpenAI) sends the token ids as strings
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias key {k!r} must be a token id") from None
+        if tid < 0:
+            raise ValueError(f"logit_bias key {tid} must be a token id >= 0")
+        _number(f"logit_bias[{tid}]", v)
+        bias[tid] = max(-_MAX_LOGIT_BIAS, min(_MAX_LOGIT_BIAS, float(v)))
+    return bias

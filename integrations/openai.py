@@ -60,11 +60,7 @@ async def _call_app(app, request) -> tuple[int, list, AsyncIterator[bytes], asyn
     as they are generated; setting the returned event tells the app the client left.
     """
     body = await request.aread()
-    url = request.url
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
-             "scheme": url.scheme, "path": url.path, "raw_path": url.raw_path.split(b"?")[0],
-             "query_string": url.query, "root_path": "", "server": ("pagedllm.in-process", 80),
-             "client": ("127.0.0.1", 0), "headers": [(k.lower(), v) for k, v in request.headers.raw]}
+    scope = _asgi_scope(request)
     disconnected = asyncio.Event()
     sent_body = False
     messages: asyncio.Queue = asyncio.Queue()
@@ -96,24 +92,35 @@ async def _call_app(app, request) -> tuple[int, list, AsyncIterator[bytes], asyn
         raise start
     if start is None or start["type"] != "http.response.start":
         raise RuntimeError("the app ended without a response")
+    return start["status"], start.get("headers", []), _body_chunks(messages, disconnected, task), disconnected
 
-    async def chunks():
-        try:
-            while True:
-                message = await messages.get()
-                if isinstance(message, BaseException):
-                    raise message
-                if message is None:
-                    return
-                if message.get("body"):
-                    yield message["body"]
-                if not message.get("more_body", False):
-                    return
-        finally:
-            disconnected.set()
-            await asyncio.gather(task, return_exceptions=True)
 
-    return start["status"], start.get("headers", []), chunks(), disconnected
+def _asgi_scope(request) -> dict:
+    """The ASGI HTTP scope for an httpx request, as a server would hand it to the app."""
+    url = request.url
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+            "scheme": url.scheme, "path": url.path, "raw_path": url.raw_path.split(b"?")[0],
+            "query_string": url.query, "root_path": "", "server": ("pagedllm.in-process", 80),
+            "client": ("127.0.0.1", 0), "headers": [(k.lower(), v) for k, v in request.headers.raw]}
+
+
+async def _body_chunks(messages: asyncio.Queue, disconnected: asyncio.Event, task) -> AsyncIterator[bytes]:
+    """The response body as the app sends it; when the reader stops (end, error or close) the
+    app is told the client left and its task is awaited, so an abandoned stream aborts its request."""
+    try:
+        while True:
+            message = await messages.get()
+            if isinstance(message, BaseException):
+                raise message
+            if message is None:
+                return
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body", False):
+                return
+    finally:
+        disconnected.set()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 class _AsyncBody(httpx.AsyncByteStream):

@@ -5,8 +5,9 @@ bit patterns of bfloat16 operands in ``tl.dot``: under the interpreter the kerne
 operands to fp32 before ``tl.dot`` (exact), still rounding the softmax weights to bf16 first
 (``P_DTYPE``) as the compiled bf16 path does. (The interpreter also rounds fp32->bf16 toward
 zero where the GPU rounds to nearest even, so CPU-interpreted bf16 errors are an upper bound.)
-The jit helpers are inlined in the kernels on purpose: each call of a jit function from an
-interpreted kernel costs a re-patch of the language module, which dominated test time.
+Each call of a jit function from an interpreted kernel costs a re-patch of the language module,
+which dominated test time when the kernels called small jit helpers once per tile: the one jit
+helper they share (``_attention_tiles.attend_paged_tiles``) is called once per program.
 """
 from __future__ import annotations
 
@@ -29,3 +30,17 @@ def dot_flags(kernel, dtype: torch.dtype) -> dict:
     upcast = dtype == torch.bfloat16 and is_interpreted(kernel)
     return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32",
             "UPCAST_DOT": upcast, "P_DTYPE": _TL_DTYPES[dtype]}
+
+
+def check_paged_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """What the attention wrappers require before they launch: query heads in whole groups per KV
+    head (GQA/MQA), head_dim at stride 1 (the kernels index it with ``offs_d`` alone), one dtype."""
+    num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                         f"({num_kv_heads})")
+    if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("q, k_cache and v_cache must be contiguous in head_dim")
+    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
+        raise TypeError(f"q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, "
+                        f"{v_cache.dtype}")

@@ -241,6 +241,19 @@ static inline __attribute__((always_inline)) void prefetch_page_starts(const uin
     }
 }
 
+/* The chunk of (up to) 16 tokens at t, as Q.K and P.V both walk the cache: the rows' pointers into p
+ * (all KV heads), the next chunk's into pn and their count into *mn (for prefetch_head), and the
+ * page starts two chunks ahead prefetched. Returns the chunk's token count. */
+static inline __attribute__((always_inline)) int start_chunk(const uint16_t *cache, const int32_t *table, int t,
+                                                             int n, int bs, long row, const uint16_t **p,
+                                                             const uint16_t **pn, int *mn) {
+    const int m = n - t < 16 ? n - t : 16;
+    row_ptrs(cache, table, t, m, bs, row, p);
+    *mn = next_chunk_ptrs(cache, table, t, n, bs, row, pn);
+    prefetch_page_starts(cache, table, t, n, bs, row);
+    return m;
+}
+
 /* Software prefetch of one KV head's D elements of m rows. Each KV head fetches its slice of the
  * next chunk as it starts on the current one, so the next chunk streams in spread over the
  * chunk's work: one burst of the whole chunk (all heads) stalled on the fill buffers; spread,
@@ -255,12 +268,9 @@ static inline __attribute__((always_inline)) void prefetch_head(const uint16_t *
 static void qk_dpbf16(const uint16_t *q, const uint16_t *kc, const int32_t *table, int first, int n, int bs,
                       long row, int H, int G, int D, float scale, float *s, int max_ctx) {
     for (int t = first; t < n; t += 16) {
-        const int m = n - t < 16 ? n - t : 16;
-        const uint16_t *k[16];
-        row_ptrs(kc, table, t, m, bs, row, k);
-        const uint16_t *kn[16];
-        const int mn = next_chunk_ptrs(kc, table, t, n, bs, row, kn);
-        prefetch_page_starts(kc, table, t, n, bs, row);
+        const uint16_t *k[16], *kn[16];
+        int mn;
+        const int m = start_chunk(kc, table, t, n, bs, row, k, kn, &mn);
         for (int h = 0; h < H; h++) {
             const uint16_t *qh = q + (long)h * D;
             const long off = (long)(h / G) * D;
@@ -298,12 +308,9 @@ static void row_to_bf16(float *s, int n) {
 static void pv_dpbf16(const uint16_t *vc, const int32_t *table, int first, int n, int bs, long row, int H,
                       int G, int D, const float *s, int max_ctx, float *acc) {
     for (int t = first; t < n; t += 16) {
-        const int m = n - t < 16 ? n - t : 16;
-        const uint16_t *v[16];
-        row_ptrs(vc, table, t, m, bs, row, v);
-        const uint16_t *vn[16];
-        const int mn = next_chunk_ptrs(vc, table, t, n, bs, row, vn);
-        prefetch_page_starts(vc, table, t, n, bs, row);
+        const uint16_t *v[16], *vn[16];
+        int mn;
+        const int m = start_chunk(vc, table, t, n, bs, row, v, vn, &mn);
         for (int h0 = 0, hb; h0 < H; h0 += hb) {
             hb = G - h0 % G < PV_HEADS ? G - h0 % G : PV_HEADS; /* heads h0 .. h0+hb-1 share one KV head */
             const long off = (long)(h0 / G) * D;

@@ -4,7 +4,7 @@ One query token per sequence. A program owns one (sequence, KV head, context spl
 the query heads that share that KV head as one ``[group, head_dim]`` tile (GQA/MQA), so each K/V
 tile is read once per KV head rather than once per query head, and walks its split of the
 context in tiles of ``BLOCK_N`` tokens gathered through the block table, with an online softmax
-accumulated in fp32.
+accumulated in fp32 (the loop the prefill kernel shares: ``_attention_tiles``).
 
 Long contexts with few sequences would leave most of the GPU idle, so the context is cut into
 ``num_splits`` splits (flash-decoding); each split writes an unnormalised partial output plus
@@ -17,11 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels._triton_utils import dot_flags
-
-# Finite stand-in for -inf as the initial running max, so a row that has seen no key yet
-# rescales by exp(0) = 1 instead of exp(-inf - -inf) = NaN.
-_NEG_INIT = tl.constexpr(-1.0e30)
+from pagedllm.kernels._attention_tiles import NEG_INIT, attend_paged_tiles
+from pagedllm.kernels._triton_utils import check_paged_inputs, dot_flags
 
 
 @triton.jit
@@ -46,50 +43,25 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
     heads = kvh * group + offs_g
     g_mask = offs_g < group
     d_mask = offs_d < head_dim
 
     q = tl.load(q_ptr + seq64 * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST_DOT:
-        q = q.to(tl.float32)
 
     start = split * partition_size
     end = tl.minimum(start + partition_size, ctx)
     if USE_WINDOW:
         # The query is at position ctx - 1 and sees keys j with (ctx - 1) - j < window.
         start = tl.maximum(start, ctx - sliding_window)
-
-    m_i = tl.full([BLOCK_G], _NEG_INIT, tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    bt_row = block_tables_ptr + seq64 * stride_bts
-    for n0 in range(start, end, BLOCK_N):
-        toks = n0 + offs_n
-        n_mask = toks < end
-        blk = tl.load(bt_row + toks // block_size, mask=n_mask, other=0).to(tl.int64)
-        within = (toks % block_size).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + within[:, None] * stride_ks
-                    + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + within[:, None] * stride_vs
-                    + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST_DOT:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-        if USE_SOFT_CAP:  # soft_cap * tanh(s / soft_cap), tanh via exp (no libdevice)
-            s = soft_cap * (1.0 - 2.0 / (tl.exp(2.0 * s / soft_cap) + 1.0))
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v,
-                                            input_precision=DOT_PRECISION)
-        m_i = m_new
+    # Every key in [start, end) is visible to all rows (one position): no per-query mask.
+    m_i, l_i, acc = attend_paged_tiles(
+        q, 0, start, end, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq64 * stride_bts, kvh, offs_d, d_mask,
+        scale, soft_cap, sliding_window, block_size,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        BLOCK_ROWS=BLOCK_G, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, USE_SOFT_CAP=USE_SOFT_CAP, USE_WINDOW=USE_WINDOW,
+        MASK_PER_QUERY=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE)
 
     if SPLIT:
         pa = (part_acc_ptr + seq64 * stride_pas + heads[:, None] * stride_pah
@@ -119,12 +91,12 @@ def _reduce_kernel(part_acc_ptr, part_ml_ptr, out_ptr, num_splits,
     s_mask = offs_s < num_splits
     d_mask = offs_d < head_dim
     pm = part_ml_ptr + seq * stride_pms + h * stride_pmh + offs_s * stride_pmp
-    m = tl.load(pm, mask=s_mask, other=_NEG_INIT)
+    m = tl.load(pm, mask=s_mask, other=NEG_INIT)
     l = tl.load(pm + 1, mask=s_mask, other=0.0)
     acc = tl.load(part_acc_ptr + seq * stride_pas + h * stride_pah
                   + offs_s[:, None] * stride_pap + offs_d[None, :],
                   mask=s_mask[:, None] & d_mask[None, :], other=0.0)
-    w = tl.exp(m - tl.max(m, axis=0))  # empty splits: m = _NEG_INIT, l = 0, acc = 0
+    w = tl.exp(m - tl.max(m, axis=0))  # empty splits: m = NEG_INIT, l = 0, acc = 0
     total = tl.sum(w * l, axis=0)
     total = tl.where(total > 0.0, total, 1.0)
     o = tl.sum(w[:, None] * acc, axis=0) / total
@@ -158,14 +130,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                         f"({num_kv_heads})")
-    if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("q, k_cache and v_cache must be contiguous in head_dim")
-    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
-        raise TypeError(f"q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, "
-                        f"{v_cache.dtype}")
+    check_paged_inputs(q, k_cache, v_cache)
     if out is None:
         out = torch.empty_like(q)
     if num_seqs == 0:

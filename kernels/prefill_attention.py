@@ -7,7 +7,7 @@ chunk's own (written by ``store_kv`` just before), are read through the block ta
 prompts, chunked prefill and prefix-cache hits are one code path. Query ``i`` of a chunk of
 length ``L`` in a context of ``C`` tokens is at position ``C - L + i``; only key tiles some query
 of the program can see are visited (causal and sliding-window bounds), and the mask is applied
-per element. Online softmax in fp32.
+per element. Online softmax in fp32 (the loop the decode kernel shares: ``_attention_tiles``).
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels._triton_utils import dot_flags
-
-_NEG_INIT = tl.constexpr(-1.0e30)  # finite initial running max: see decode_attention
+from pagedllm.kernels._attention_tiles import attend_paged_tiles
+from pagedllm.kernels._triton_utils import check_paged_inputs, dot_flags
 
 
 @triton.jit
@@ -44,7 +43,6 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
     kvh = h // group
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_mask = offs_m < q_len
     d_mask = offs_d < head_dim
@@ -52,46 +50,18 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
     rows = (q_start + offs_m).to(tl.int64)
     q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    if UPCAST_DOT:
-        q = q.to(tl.float32)
 
     # Keys any row of this program may see: [lo, hi).
     hi = tl.minimum(prefix + m0 + BLOCK_M, ctx)
     lo = 0
     if USE_WINDOW:
         lo = tl.maximum(prefix + m0 - sliding_window + 1, 0)
-
-    m_i = tl.full([BLOCK_M], _NEG_INIT, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bts
-    for n0 in range(lo, hi, BLOCK_N):
-        toks = n0 + offs_n
-        n_mask = toks < hi
-        blk = tl.load(bt_row + toks // block_size, mask=n_mask, other=0).to(tl.int64)
-        within = (toks % block_size).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + within[:, None] * stride_ks
-                    + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + within[:, None] * stride_vs
-                    + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST_DOT:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-        if USE_SOFT_CAP:  # soft_cap * tanh(s / soft_cap), tanh via exp (no libdevice)
-            s = soft_cap * (1.0 - 2.0 / (tl.exp(2.0 * s / soft_cap) + 1.0))
-        visible = n_mask[None, :] & (toks[None, :] <= pos[:, None])
-        if USE_WINDOW:
-            visible = visible & (pos[:, None] - toks[None, :] < sliding_window)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v,
-                                            input_precision=DOT_PRECISION)
-        m_i = m_new
+    m_i, l_i, acc = attend_paged_tiles(
+        q, pos, lo, hi, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq.to(tl.int64) * stride_bts, kvh, offs_d,
+        d_mask, scale, soft_cap, sliding_window, block_size,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        BLOCK_ROWS=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, USE_SOFT_CAP=USE_SOFT_CAP, USE_WINDOW=USE_WINDOW,
+        MASK_PER_QUERY=True, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -113,14 +83,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
-                         f"({num_kv_heads})")
-    if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("q, k_cache and v_cache must be contiguous in head_dim")
-    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
-        raise TypeError(f"q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, "
-                        f"{v_cache.dtype}")
+    check_paged_inputs(q, k_cache, v_cache)
     if out is None:
         out = torch.empty_like(q)
     num_seqs = context_lens.shape[0]

@@ -289,10 +289,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from pagedllm.config import resolve_dtype
     from pagedllm.loader import resolve_model
 
-    for name in ("num_prompts", "output_len", "repeat"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    _check_counts(args)
     names = parse_families(args.families)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
@@ -311,8 +308,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     folders, build_errors = ensure_model_folders([n for n in names if n != FALLBACK], args.size, cache_dir,
                                                  tokenizer_path)
+    rows = _run_rounds(args.repeat, names, folders, build_errors, engine, requests)
+    add_ratios(rows)
+    return _report(args, rows, stats, dtype_name, device, load_before)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse a count below 1 before anything is built or loaded (the error names the CLI flag)."""
+    for name in ("num_prompts", "output_len", "repeat"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _run_rounds(repeat: int, names: list, folders: dict, build_errors: dict, engine: dict, requests) -> dict:
+    """Each row's figures, median over ``repeat`` rounds; a row that fails keeps its error and is not run again."""
     rows = {}
-    for rep in range(args.repeat):  # rounds over all rows, so a slow spell of the machine hits every row
+    for rep in range(repeat):  # rounds over all rows, so a slow spell of the machine hits every row
         for name in names:
             if "error" in rows.get(name, {}):
                 continue
@@ -328,14 +340,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 result = _in_fresh_process(bench_folder, str(folder), impl, engine, requests)
                 row["runs_output_tokens_per_s"].append(result["output_tokens_per_s"])
                 row.update(result, output_tokens_per_s=statistics.median(row["runs_output_tokens_per_s"]))
-                print(f"{name} (round {rep + 1}/{args.repeat}): {result['output_tokens']} output tokens in "
+                print(f"{name} (round {rep + 1}/{repeat}): {result['output_tokens']} output tokens in "
                       f"{result['elapsed_s']:.1f} s ({result['output_tokens_per_s']:.1f} tok/s)",
                       file=sys.stderr, flush=True)
             except Exception as exc:  # one broken family must not hide the others' figures
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"{name}: FAILED: {row['error']}", file=sys.stderr, flush=True)
+    return rows
 
-    add_ratios(rows)
+
+def _report(args: argparse.Namespace, rows: dict, stats: dict, dtype_name: str, device, load_before) -> dict:
+    """The saved report: the run's settings, every row, and the verdicts drawn from the ratios."""
     ran = [r for r in rows.values() if "output_tokens" in r]
     return {
         "benchmark": "models",

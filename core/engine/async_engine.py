@@ -53,7 +53,8 @@ class StepRecord:
 class _Stream:
     """The way back to one caller; ``loop`` is None for a thread (sync) caller."""
 
-    __slots__ = ("request_id", "loop", "queue", "arrival", "first_token_time", "last_token_time", "num_outputs")
+    __slots__ = ("request_id", "loop", "queue", "arrival", "first_token_time", "last_token_time", "num_outputs",
+                 "done")
 
     def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None):
         self.request_id = request_id
@@ -63,6 +64,15 @@ class _Stream:
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         self.num_outputs = 0
+        self.done = False  # the caller has taken the stream's last item
+
+    def take(self, item) -> RequestOutput | None:
+        """One queue item for the caller (``generate`` and ``generate_sync`` alike): the output to
+        yield, or None; an error is raised. Sets ``done`` when this item ends the stream."""
+        output, self.done = _unpack(item)
+        if isinstance(output, BaseException):
+            raise output  # done already: the id may belong to another live request
+        return output
 
 
 class AsyncEngine:
@@ -127,21 +137,22 @@ class AsyncEngine:
         EngineDeadError when the engine loop died. Leaving the loop early aborts the request.
         """
         stream = self._submit(prompt, params, request_id, asyncio.get_running_loop())
-        done = False
         try:
-            while not done:
-                item, done = _unpack(await stream.queue.get())
-                if isinstance(item, BaseException):
-                    raise item  # done already: the id may belong to another live request
+            while not stream.done:
+                item = stream.take(await stream.queue.get())
                 if item is not None:
                     yield item
         finally:
-            if not done:
-                self.abort(stream.request_id)
+            self._abort_unless_done(stream)
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (at the next step); unknown ids are ignored."""
         self._inbox.put(("abort", request_id))
+
+    def _abort_unless_done(self, stream: _Stream) -> None:
+        """A caller left the stream before its end: free the request (a finished one is gone already)."""
+        if not stream.done:
+            self.abort(stream.request_id)
 
     # ---- sync API (other threads) ---------------------------------------------------------
     def generate_sync(self, prompt, params: SamplingParams, request_id: str | None = None
@@ -151,17 +162,13 @@ class AsyncEngine:
         Closing the iterator early (``break``, ``close()``, garbage collection) aborts the request.
         """
         stream = self._submit(prompt, params, request_id, None)
-        done = False
         try:
-            while not done:
-                item, done = _unpack(stream.queue.get())
-                if isinstance(item, BaseException):
-                    raise item  # done already: the id may belong to another live request
+            while not stream.done:
+                item = stream.take(stream.queue.get())
                 if item is not None:
                     yield item
         finally:
-            if not done:
-                self.abort(stream.request_id)
+            self._abort_unless_done(stream)
 
     def shutdown(self, timeout: float | None = 5.0) -> None:
         self._stopped = True

@@ -112,11 +112,17 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the model's chat template")
-    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    _add_sampling_and_engine_args(p, max_tokens=128, max_tokens_help="most tokens to generate", temperature=0.8)
+    p.set_defaults(func=run_generate)
+
+
+def _add_sampling_and_engine_args(p, *, max_tokens: int, max_tokens_help: str, temperature: float) -> None:
+    """--max-tokens, --temperature, --top-p and the engine's options: ``generate`` and ``chat``
+    take the same sampling knobs (with their own defaults), in the same order in --help."""
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"{max_tokens_help} (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
     add_engine_args(p)
-    p.set_defaults(func=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -155,10 +161,7 @@ def add_chat_parser(subparsers) -> None:
                               description="Chat with a model turn by turn (streams the reply); "
                                           "'/reset' clears the history, 'exit' or Ctrl+D quits.")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
-    add_engine_args(p)
+    _add_sampling_and_engine_args(p, max_tokens=256, max_tokens_help="most tokens per reply", temperature=0.7)
     p.set_defaults(func=run_chat)
 
 

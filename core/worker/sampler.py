@@ -94,7 +94,10 @@ def wants_logprob(p: SamplingParams) -> bool:
 
 
 def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: list, V: int, device) -> None:
-    """Turn the per-request processing options of this step into a few index tensors."""
+    """Turn the per-request processing options of this step into a few index tensors.
+
+    One Python pass gathers (row, token[, value]) lists; each list that is not empty then becomes
+    one tensor, so a stage no row asks for costs nothing on the device."""
     allowed_rows, allowed_ids = [], []
     ban_r, ban_t, bias_r, bias_t, bias_v = [], [], [], [], []
     pen_rows, out_r, out_t, all_r, all_t = [], [], [], [], []
@@ -103,18 +106,9 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
         if p.allowed_token_ids is not None:
             allowed_rows.append(i)
             allowed_ids.append(p.allowed_token_ids)
-        n_out = seq.num_output_tokens
-        if n_out < p.min_tokens:
-            stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(seq.eos_token_ids))
-            ban_r.extend([i] * len(stops))
-            ban_t.extend(stops)
-        if seq.bad_words_token_ids:
-            out = seq.output_token_ids
-            for word in seq.bad_words_token_ids:
-                k = len(word) - 1
-                if k == 0 or (n_out >= k and out[n_out - k:] == word[:-1]):
-                    ban_r.append(i)
-                    ban_t.append(word[-1])
+        banned = _banned_tokens(p, seq)
+        ban_r.extend([i] * len(banned))
+        ban_t.extend(banned)
         if p.logit_bias:
             bias_r.extend([i] * len(p.logit_bias))
             bias_t.extend(p.logit_bias.keys())
@@ -134,28 +128,14 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
             logprob_rows.append(i)
             logprob_ks.append(p.logprobs)
     if allowed_rows:
-        mask = torch.ones(len(allowed_rows), V, dtype=torch.bool)
-        r = torch.repeat_interleave(torch.arange(len(allowed_rows)), torch.tensor([len(a) for a in allowed_ids]))
-        mask[r, torch.tensor([t for a in allowed_ids for t in a])] = False
-        batch.allowed = (torch.tensor(allowed_rows, device=device), mask.to(device))
+        batch.allowed = (torch.tensor(allowed_rows, device=device), _allowed_mask(allowed_ids, V).to(device))
     if ban_r:
         batch.banned = (torch.tensor(ban_r, device=device), torch.tensor(ban_t, device=device))
     if bias_r:
         batch.bias = (torch.tensor(bias_r, device=device), torch.tensor(bias_t, device=device),
                       torch.tensor(bias_v, dtype=torch.float32, device=device))
     if pen_rows:
-        pp = [params[i] for i in pen_rows]
-        f32 = dict(dtype=torch.float32, device=device)
-        batch.penalties = Penalties(
-            rows=torch.tensor(pen_rows, device=device),
-            presence=torch.tensor([p.presence_penalty for p in pp], **f32),
-            frequency=torch.tensor([p.frequency_penalty for p in pp], **f32),
-            repetition=torch.tensor([p.repetition_penalty for p in pp], **f32),
-            output_pairs=(torch.tensor(out_r, dtype=torch.long, device=device),
-                          torch.tensor(out_t, dtype=torch.long, device=device)),
-            all_pairs=(torch.tensor(all_r, dtype=torch.long, device=device),
-                       torch.tensor(all_t, dtype=torch.long, device=device)),
-        )
+        batch.penalties = _penalties([params[i] for i in pen_rows], pen_rows, (out_r, out_t), (all_r, all_t), device)
     if so_rows:
         from pagedllm.worker.structured_output import fill_bitmask
 
@@ -165,6 +145,45 @@ def _build_processing(batch: SamplingBatch, params: list[SamplingParams], seqs: 
         batch.logprob_rows = logprob_rows
         batch.logprob_ks = logprob_ks
         batch.max_logprobs = max(logprob_ks)
+
+
+def _banned_tokens(p: SamplingParams, seq) -> list[int]:
+    """The tokens one row may not sample this step: its stop and EOS ids while it is short of
+    ``min_tokens``, and the last token of every bad word whose other tokens the output ends with."""
+    n_out = seq.num_output_tokens
+    banned = []
+    if n_out < p.min_tokens:
+        banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(seq.eos_token_ids))
+    if seq.bad_words_token_ids:
+        out = seq.output_token_ids
+        for word in seq.bad_words_token_ids:
+            k = len(word) - 1
+            if k == 0 or (n_out >= k and out[n_out - k:] == word[:-1]):
+                banned.append(word[-1])
+    return banned
+
+
+def _allowed_mask(allowed_ids: list, V: int) -> torch.Tensor:
+    """[A, V] bool, True where the row's whitelist leaves the token out (built on the CPU in one scatter)."""
+    mask = torch.ones(len(allowed_ids), V, dtype=torch.bool)
+    r = torch.repeat_interleave(torch.arange(len(allowed_ids)), torch.tensor([len(a) for a in allowed_ids]))
+    mask[r, torch.tensor([t for a in allowed_ids for t in a])] = False
+    return mask
+
+
+def _penalties(pp: list[SamplingParams], pen_rows: list, output_pairs: tuple, all_pairs: tuple,
+               device) -> Penalties:
+    """The penalised rows' three values and their history's (row, token) pairs, as tensors."""
+    f32 = dict(dtype=torch.float32, device=device)
+    i64 = dict(dtype=torch.long, device=device)
+    return Penalties(
+        rows=torch.tensor(pen_rows, device=device),
+        presence=torch.tensor([p.presence_penalty for p in pp], **f32),
+        frequency=torch.tensor([p.frequency_penalty for p in pp], **f32),
+        repetition=torch.tensor([p.repetition_penalty for p in pp], **f32),
+        output_pairs=tuple(torch.tensor(x, **i64) for x in output_pairs),
+        all_pairs=tuple(torch.tensor(x, **i64) for x in all_pairs),
+    )
 
 
 def apply_penalties(logits: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor,

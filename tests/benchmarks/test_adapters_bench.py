@@ -14,12 +14,8 @@ def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-adapters"))
 
 
-def test_help_lists_the_flags(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "adapters", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage: pagedllm bench adapters" in out
+def test_help_lists_the_flags(cli_help):
+    out = cli_help("bench", "adapters")
     for flag in ("--model", "--dtype", "--num-requests", "--output-len", "--seed", "--output-json"):
         assert flag in out
 

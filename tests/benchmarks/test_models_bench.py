@@ -7,12 +7,8 @@ from pagedllm.benchmarks import models as bench
 from pagedllm.entrypoints.cli import main
 
 
-def test_help_lists_the_flags(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "models", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage: pagedllm bench models" in out
+def test_help_lists_the_flags(cli_help):
+    out = cli_help("bench", "models")
     for flag in ("--families", "--num-prompts", "--output-len", "--repeat", "--dtype", "--output-json", "--size", "--cache-dir"):
         assert flag in out
 
