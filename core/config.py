@@ -96,6 +96,8 @@ class EngineConfig:
     device: str = arg("auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     attention_backend: str | None = arg(None, help="force an attention backend: triton, cpu or torch (default: "
                                                    "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
+    disable_custom_all_reduce: bool = arg(False, help="vLLM's switch off its custom all-reduce kernel (no effect: "
+                                                      "one worker, so nothing is all-reduced)")
     tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
     quantization: str | None = arg(None, flags=("-q",), help="None or gguf (GGUF checkpoints are dequantized at "
@@ -141,6 +143,8 @@ class EngineConfig:
             raise ValueError(f"tokenizer_mode={self.tokenizer_mode!r}; choose {_listed(TOKENIZER_MODES)}")
         if self.device not in DEVICES:
             raise ValueError(f"device={self.device!r}; choose {_listed(DEVICES)}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device='cuda' but {_no_cuda_reason()}; use device='cpu' (--device cpu) or 'auto'")
         if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size}, pipeline_parallel_size="
@@ -175,6 +179,8 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
     defaults = {f.name: f.default for f in fields(EngineConfig)}
     reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
                              "effect with issue 19"}
+    reasons["disable_custom_all_reduce"] = ("(one worker: nothing is all-reduced, tensor_parallel_size is 1 in this "
+                                            "release)")
     if device.type != "cuda":
         reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
                                     "takes effect)")
@@ -186,6 +192,13 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
         if value != defaults[name] and name not in _warned:
             _warned.add(name)
             logger.warning("%s=%r is accepted but has no effect %s", name, value, reason)
+
+
+def _no_cuda_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False, in a few words (instead of torch's AssertionError)."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    return f"no CUDA GPU is visible to this torch ({torch.__version__}, CUDA {torch.version.cuda})"
 
 
 def _positive_int(name: str, value) -> None:
