@@ -58,10 +58,12 @@ def test_disable_custom_all_reduce_is_accepted_and_warns_once_without_effect(mon
     assert message.startswith("disable_custom_all_reduce=True ") and "no effect" in message
 
 
-def test_no_torch_dtype_deprecation_at_start(tiny_model_dir):
+@pytest.mark.parametrize("which", ["tiny", pytest.param("bundled", marks=pytest.mark.slow)])
+def test_no_torch_dtype_deprecation_at_start(which, tiny_model_dir):
     """A fresh process (transformers warns once per process) builds an engine; its stderr has no such warning."""
+    model = tiny_model_dir if which == "tiny" else "HuggingFaceTB/SmolLM2-135M-Instruct"
     code = ("from pagedllm import LLM; LLM(model=%r, dtype='float32', kv_cache_memory=8 << 20, max_model_len=64)"
-            % tiny_model_dir)
+            % model)
     proc = subprocess.run([sys.executable, "-P", "-W", "always", "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
