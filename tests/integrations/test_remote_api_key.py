@@ -74,3 +74,23 @@ def test_a_wrong_key_is_still_refused(name, keyed_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "wrong")
     with pytest.raises(openai.AuthenticationError):
         make(getattr(keyed_server, url_attr))()
+
+
+@pytest.mark.parametrize("how", ["--api-key", "OPENAI_API_KEY"])
+def test_bench_serve_sends_the_key(how, keyed_server, monkeypatch):
+    """`pagedllm bench serve` is a remote client too: --api-key, else $OPENAI_API_KEY (it sent "EMPTY")."""
+    import argparse
+    import asyncio
+
+    from pagedllm.benchmarks import serve as bench_serve
+    from pagedllm.benchmarks.workload import SyntheticRequest
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    argv = ["--base-url", keyed_server.url, "--concurrency", "1"]
+    if how == "--api-key":
+        argv += ["--api-key", KEY]
+    else:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    args = bench_serve.add_cli_args(argparse.ArgumentParser()).parse_args(argv)
+    report = asyncio.run(bench_serve.run(args, [SyntheticRequest("hi", [1, 2, 3], 2)]))
+    assert report["completed"] == 1 and report["errors"] == 0, report["first_errors"]
