@@ -50,6 +50,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model_dtype: t
 MODEL_IMPLS = ("auto", "native", "transformers")
 TOKENIZER_MODES = ("auto", "slow", "hf")
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")  # vLLM's names; all run one worker here
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's LoggingStatLogger interval
 
@@ -96,6 +97,16 @@ class EngineConfig:
     device: str = arg("auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     attention_backend: str | None = arg(None, help="force an attention backend: triton, cpu or torch (default: "
                                                    "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
+    disable_custom_all_reduce: bool = arg(False, help="vLLM's switch off its custom all-reduce kernel (no effect: "
+                                                      "one worker, so nothing is all-reduced)")
+    distributed_executor_backend: str | None = arg(None, help="vLLM's worker launcher: uni, mp, ray or "
+                                                              "external_launcher (no effect: one in-process worker "
+                                                              "in this release)")
+    cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
+                                        "there already; not implemented on GPU)")
+    kv_cache_dtype: str = arg("auto", help="KV-cache element type; only auto (the model's dtype) in this release")
+    enable_lora: bool = arg(False, help="LoRA adapters; refused in this release (merge the adapter into the model "
+                                        "and serve that)")
     tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
     quantization: str | None = arg(None, flags=("-q",), help="None or gguf (GGUF checkpoints are dequantized at "
@@ -141,13 +152,28 @@ class EngineConfig:
             raise ValueError(f"tokenizer_mode={self.tokenizer_mode!r}; choose {_listed(TOKENIZER_MODES)}")
         if self.device not in DEVICES:
             raise ValueError(f"device={self.device!r}; choose {_listed(DEVICES)}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device='cuda' but {_no_cuda_reason()}; use device='cpu' (--device cpu) or 'auto'")
         if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size}, pipeline_parallel_size="
-                f"{self.pipeline_parallel_size}: only 1 is supported in this release (one worker)")
+                f"{self.pipeline_parallel_size}: only 1 is supported in this release (one worker); use 1, and "
+                "several servers behind a load balancer to scale out")
+        if self.kv_cache_dtype != "auto":
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported in this release; use 'auto' "
+                             "(the model's dtype) and size the cache with kv_cache_memory")
+        if self.enable_lora:
+            raise ValueError("enable_lora=True: LoRA adapters are not supported in this release; merge the adapter "
+                             "into the model (peft's merge_and_unload) and use the merged folder as the model")
+        if float(self.cpu_offload_gb) < 0:
+            raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb} must be >= 0 (GiB)")
         if self.quantization not in (None, "gguf"):
-            raise ValueError(f"quantization={self.quantization!r} is not supported; GGUF checkpoints are "
-                             "dequantized at load time (quantization=None or 'gguf')")
+            raise ValueError(f"quantization={self.quantization!r} is not supported in this release; use the "
+                             "unquantized checkpoint or a GGUF one (quantization=None or 'gguf'; GGUF is dequantized "
+                             "at load time)")
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r}; use one of "
+                             f"{_listed(EXECUTOR_BACKENDS[1:])} (or leave it unset)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
@@ -175,6 +201,11 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
     defaults = {f.name: f.default for f in fields(EngineConfig)}
     reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
                              "effect with issue 19"}
+    reasons["distributed_executor_backend"] = "(one worker, run in-process, in this release)"
+    reasons["cpu_offload_gb"] = (f"on {device.type} (the weights live in host memory already)" if device.type != "cuda"
+                                 else "yet (weight offloading is not implemented; all weights go to the GPU)")
+    reasons["disable_custom_all_reduce"] = ("(one worker: nothing is all-reduced, tensor_parallel_size is 1 in this "
+                                            "release)")
     if device.type != "cuda":
         reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
                                     "takes effect)")
@@ -186,6 +217,13 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
         if value != defaults[name] and name not in _warned:
             _warned.add(name)
             logger.warning("%s=%r is accepted but has no effect %s", name, value, reason)
+
+
+def _no_cuda_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False, in a few words (instead of torch's AssertionError)."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    return f"no CUDA GPU is visible to this torch ({torch.__version__}, CUDA {torch.version.cuda})"
 
 
 def _positive_int(name: str, value) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -259,7 +260,9 @@ class RemoteProvider(Provider):
                  timeout: float | None = None, max_retries: int = 2):
         import openai
 
-        options = dict(base_url=base_url, api_key=api_key or "EMPTY", max_retries=max_retries)
+        # As the OpenAI clients do: the key given, else $OPENAI_API_KEY; "EMPTY" for an open server.
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        options = dict(base_url=base_url, api_key=api_key, max_retries=max_retries)
         if timeout is not None:
             options["timeout"] = timeout
         self.client = openai.OpenAI(**options)

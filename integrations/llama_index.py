@@ -58,6 +58,8 @@ class Vllm(VllmFields, LLM):
     """Model name (hub id, bundled name, local folder or .gguf file); on a server, the served name."""
     api_url: str = ""
     """An OpenAI-compatible server (``http://host:8000`` or ``.../v1``) instead of the in-process engine."""
+    api_key: str | None = None
+    """The server's API key (with ``api_url``; default: ``$OPENAI_API_KEY``, as the OpenAI clients read it)."""
     use_chat_template: bool | None = None
     """Prompt ``complete()`` through the chat template (None: when the model has one)."""
 
@@ -71,7 +73,8 @@ class Vllm(VllmFields, LLM):
     def provider(self) -> Provider:
         if self._provider is None:
             if self.api_url:
-                self._provider = get_provider(self.model or None, base_url=_server_base(self.api_url))
+                self._provider = get_provider(self.model or None, base_url=_server_base(self.api_url),
+                                              api_key=self.api_key)
             else:
                 self._provider = get_provider(self.model, **self._engine_kwargs())
         return self._provider

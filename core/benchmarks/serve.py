@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 
@@ -22,7 +23,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model name to send (default: the server's first model)")
     parser.add_argument("--tokenizer", default="HuggingFaceTB/SmolLM2-135M-Instruct",
                         help="tokenizer that builds the workload's token ids (default: %(default)s, bundled)")
-    parser.add_argument("--api-key", default="EMPTY", help="API key (default: %(default)s)")
+    parser.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY, else EMPTY)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default: %(default)s)")
     parser.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_REQUESTS, help="requests (default: %(default)s)")
     parser.add_argument("--min-output-len", type=int, default=DEFAULT_MIN_OUTPUT_LEN)
@@ -68,7 +69,8 @@ async def _one(client, model: str, req, results: list) -> None:
 async def run(args: argparse.Namespace, requests) -> dict:
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600)
+    api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # as the OpenAI clients read it
+    client = AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=600)
     model = args.model or (await client.models.list()).data[0].id
     sem = asyncio.Semaphore(args.concurrency)
     results: list = []

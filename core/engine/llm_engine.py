@@ -62,8 +62,7 @@ class LLMEngine:
                                         trust_remote_code=config.trust_remote_code)
         self.device = config.torch_device
         warn_without_effect(config, self.device)
-        self.dtype = resolve_dtype(config.dtype, self.device, getattr(self.hf_config, "torch_dtype", None)
-                                   if not isinstance(getattr(self.hf_config, "torch_dtype", None), str) else None)
+        self.dtype = resolve_dtype(config.dtype, self.device, checkpoint_dtype(self.hf_config))
         self.max_model_len = self._derive_max_model_len()
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
                                   config.block_size, config.attention_backend, config.model_impl)
@@ -360,3 +359,14 @@ class LLMEngine:
     @property
     def num_preemptions(self) -> int:
         return self.scheduler.num_preemptions
+
+
+def checkpoint_dtype(hf_config) -> torch.dtype | None:
+    """The checkpoint's dtype from its config: ``dtype`` (transformers >= 4.56), else ``torch_dtype`` (older).
+
+    Read from the instance's own attributes: the ``torch_dtype`` property of newer transformers logs
+    "`torch_dtype` is deprecated!" on every start.
+    """
+    attrs = vars(hf_config)
+    value = attrs.get("dtype", attrs.get("torch_dtype"))
+    return value if isinstance(value, torch.dtype) else None

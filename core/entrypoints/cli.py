@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from pagedllm.entrypoints.cli_args import add_engine_args, engine_kwargs
+from pagedllm.entrypoints.cli_args import add_engine_args, engine_args_problem, engine_kwargs
 
 DEMO_PROMPTS = (
     "Hello, my name is",
@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "func", None) is None:
         raise SystemExit(f"pagedllm {args.command}: this command did not set a handler (func)")
+    problem = engine_args_problem(args)
+    if problem:
+        print(f"pagedllm {args.command}: cannot start: {problem}", file=sys.stderr)
+        return 2
     return args.func(args) or 0
 
 

@@ -79,6 +79,22 @@ def engine_kwargs(args: argparse.Namespace, **overrides) -> dict:
     return kwargs
 
 
+def engine_args_problem(args: argparse.Namespace) -> str | None:
+    """What ``EngineConfig.validate`` refuses in parsed engine flags (``device='cuda'`` without CUDA,
+    ``-tp 2`` ...), as one line; None when they are fine or the command has no engine flags.
+
+    Checked before a command runs, so a refused flag ends in that line and exit 2, not a traceback.
+    """
+    if not all(hasattr(args, name) for name in ("device", "block_size")):
+        return None
+    model = getattr(args, "model", None) or getattr(args, "model_tag", None) or DEFAULT_MODEL
+    try:
+        EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def engine_args_table() -> str:
     """docs/engine_args.md: every engine argument with its flag, default and help, from the same fields."""
     lines = ["# Engine arguments", "",
