@@ -115,6 +115,10 @@ class EngineConfig:
                                              f"KV-cache usage) every {STATS_LOG_INTERVAL_S:g} s")
     served_model_name: str | list[str] | None = arg(None, nargs="+", help="model name(s) clients send; the first "
                                                                           "is the one answered (default: the model)")
+    generation_config: str = arg("auto", help="auto: sampling defaults (temperature, top_p, top_k, min_p, "
+                                              "repetition_penalty, max_new_tokens as max_tokens) from the model's "
+                                              "generation_config.json when it has one; vllm: SamplingParams' own "
+                                              "defaults; or a folder holding a generation_config.json")
     model_impl: str = arg("auto", choices=MODEL_IMPLS, help="auto: native when pagedllm has the architecture, else "
                                                             "transformers; native: pagedllm's own or an error; "
                                                             "transformers: Hugging Face's model on the paged cache")

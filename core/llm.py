@@ -28,6 +28,10 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What a call without sampling params uses: the model's generation_config defaults (vLLM's)."""
+        return SamplingParams(**self.llm_engine.default_sampling_params)
+
     def generate(self, prompts=None, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, prompt_token_ids: list[list[int]] | None = None,
                  **kwargs) -> list[RequestOutput]:
@@ -43,8 +47,8 @@ class LLM:
             if sampling_params is not None:
                 raise TypeError(f"pass sampling options either as sampling_params or as keyword arguments "
                                 f"({sorted(kwargs)}), not both")
-            sampling_params = SamplingParams.from_optional(**kwargs)
-        params = _params_list(sampling_params, len(prompts))
+            sampling_params = SamplingParams.from_optional(**{**self.llm_engine.default_sampling_params, **kwargs})
+        params = _params_list(sampling_params, len(prompts), self.get_default_sampling_params())
         if any(p.use_beam_search for p in params):
             return self._generate_beam(prompts, params, use_tqdm)
         return self._run(prompts, params, use_tqdm)
@@ -92,7 +96,7 @@ class LLM:
                                **(chat_template_kwargs or {}))
             # The template already holds the special tokens (BOS etc.): don't add them twice.
             prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False), "text": text})
-        params = _params_list(sampling_params, len(prompts))
+        params = _params_list(sampling_params, len(prompts), self.get_default_sampling_params())
         outputs = self._run([{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts], params, use_tqdm)
         for out, p in zip(outputs, prompts):
             out.prompt = p["text"]
@@ -155,9 +159,9 @@ def _as_prompt_list(prompts) -> list:
     raise TypeError(f"prompts must be a str, a list of token ids or a list of prompts, got {type(prompts).__name__}")
 
 
-def _params_list(sampling_params, n: int) -> list[SamplingParams]:
+def _params_list(sampling_params, n: int, default: SamplingParams) -> list[SamplingParams]:
     if sampling_params is None:
-        return [SamplingParams()] * n
+        return [default] * n
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * n
     if isinstance(sampling_params, (list, tuple)):

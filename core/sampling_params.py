@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from dataclasses import dataclass, fields
 
 _GREEDY_EPS = 1e-5
@@ -296,3 +297,27 @@ def _normalized_logit_bias(logit_bias) -> dict[int, float]:
         _number(f"logit_bias[{tid}]", v)
         bias[tid] = max(-_MAX_LOGIT_BIAS, min(_MAX_LOGIT_BIAS, float(v)))
     return bias
+
+
+# generation_config.json keys that become sampling defaults (vLLM's get_diff_sampling_param).
+GENERATION_CONFIG_KEYS = {"repetition_penalty": "repetition_penalty", "temperature": "temperature",
+                          "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "max_new_tokens": "max_tokens"}
+
+
+def generation_config_defaults(source: str, model_path: str) -> dict:
+    """Sampling defaults from a generation_config.json (vLLM's ``--generation-config``).
+
+    ``source`` is ``"auto"`` (the model folder's file), ``"vllm"`` (none: SamplingParams' own
+    defaults) or a folder holding the file. Only the keys the file sets count, as in vLLM: a value
+    transformers would merely default (e.g. its top_k=50) is no default here.
+    """
+    if source == "vllm":
+        return {}
+    path = os.path.join(model_path if source == "auto" else source, "generation_config.json")
+    if not os.path.isfile(path):
+        if source != "auto":
+            raise ValueError(f"generation_config={source!r}: no generation_config.json there")
+        return {}
+    with open(path) as f:
+        config = json.load(f)
+    return {name: config[key] for key, name in GENERATION_CONFIG_KEYS.items() if config.get(key) is not None}

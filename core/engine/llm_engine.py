@@ -25,6 +25,7 @@ from pagedllm.engine.sequence import Sequence
 from pagedllm.engine.sequence_group import SequenceGroup
 from pagedllm.engine.stat_logger import StatLogger
 from pagedllm.loader import resolve_model
+from pagedllm.sampling_params import generation_config_defaults
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
@@ -54,6 +55,8 @@ class LLMEngine:
         resolved = resolve_model(config.model, revision=config.revision, download_dir=config.download_dir)
         self.model_path = resolved.path
         self.hf_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code)
+        # Sampling defaults for requests that leave a field unset (vLLM's default_sampling_params).
+        self.default_sampling_params = generation_config_defaults(config.generation_config, resolved.path)
         tok_path = config.tokenizer or resolved.path
         if config.tokenizer and config.tokenizer != config.model:
             tok_path = resolve_model(config.tokenizer, revision=config.tokenizer_revision,

@@ -213,9 +213,12 @@ _NEUTRAL = {"n": 1, "best_of": 1, "presence_penalty": 0.0, "frequency_penalty": 
 ENGINE_PENDING = {"prompt_logprobs"}
 
 
-def build_sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
+def build_sampling_params(req: SamplingFields, defaults: dict, *, max_tokens: int | None, logprobs: int | None,
                           structured_outputs: dict | None) -> SamplingParams:
-    """Map request fields onto ``SamplingParams``; a field the engine cannot honour yet is a 400."""
+    """Map request fields onto ``SamplingParams``; a field the engine cannot honour yet is a 400.
+
+    ``defaults`` (the model's generation_config, vLLM's default_sampling_params) fill the fields the
+    request leaves unset."""
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
     wanted = {
         "n": req.n, "best_of": req.best_of, "temperature": req.temperature, "top_p": req.top_p,
@@ -232,6 +235,8 @@ def build_sampling_params(req: SamplingFields, *, max_tokens: int | None, logpro
     }
     kwargs = {}
     for name, value in wanted.items():
+        if value is None:
+            value = defaults.get(name)
         if value is None or (name in _NEUTRAL and value == _NEUTRAL[name]):
             continue
         if name not in _SAMPLING_FIELDS or name in ENGINE_PENDING:

@@ -51,7 +51,7 @@ class ServingChat(OpenAIServing):
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise APIError("top_logprobs needs logprobs=true", param="top_logprobs")
-        params = build_sampling_params(req, max_tokens=fit, logprobs=logprobs,
+        params = build_sampling_params(req, self.default_sampling_params, max_tokens=fit, logprobs=logprobs,
                                        structured_outputs=structured_outputs_for(req))
         return model, ids, params
 

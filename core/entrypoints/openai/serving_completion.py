@@ -20,11 +20,14 @@ class ServingCompletion(OpenAIServing):
         if req.suffix:
             raise APIError("`suffix` is not supported", param="suffix", code="unsupported_parameter")
         prompts = self._tokenize(req)
-        max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
+        max_tokens = req.max_tokens
+        if max_tokens is None and "max_tokens" not in self.default_sampling_params:
+            max_tokens = DEFAULT_MAX_TOKENS
         params = []
         for ids in prompts:
             fit = self.check_prompt(ids, max_tokens, "prompt")
-            params.append(build_sampling_params(req, max_tokens=fit, logprobs=req.logprobs,
+            params.append(build_sampling_params(req, self.default_sampling_params, max_tokens=fit,
+                                                logprobs=req.logprobs,
                                                 structured_outputs=structured_outputs_for(req)))
         return model, prompts, params
 

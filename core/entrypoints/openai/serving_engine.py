@@ -24,6 +24,8 @@ class OpenAIServing:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.engine.hf_config.vocab_size
+        # The model's generation_config defaults, for the fields a request leaves unset (vLLM's way).
+        self.default_sampling_params = dict(engine.engine.default_sampling_params)
 
     def model_name(self, requested: str | None) -> str:
         """The name answered in responses; an unknown requested name is a 404 (as OpenAI/vLLM)."""
@@ -43,8 +45,8 @@ class OpenAIServing:
         if n >= self.max_model_len:
             raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, your "
                            f"prompt has {n} tokens; at least one token must be left to generate.", param=param)
-        if max_tokens is None:
-            return self.max_model_len - n
+        if max_tokens is None:  # what fits, or less when the model's generation_config sets max_new_tokens
+            return min(self.max_model_len - n, self.default_sampling_params.get("max_tokens", self.max_model_len))
         if n + max_tokens > self.max_model_len:
             raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, you "
                            f"requested {n + max_tokens} tokens ({n} in the prompt, {max_tokens} in the "

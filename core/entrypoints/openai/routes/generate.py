@@ -36,7 +36,7 @@ def generate_router() -> APIRouter:
         if not isinstance(stream, bool):
             raise APIError("`stream` must be a bool", param="stream")
         try:
-            params = SamplingParams.from_optional(**payload)
+            params = SamplingParams.from_optional(**{**engine.engine.default_sampling_params, **payload})
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
         params.output_kind = RequestOutputKind.CUMULATIVE
