@@ -36,3 +36,22 @@ def reject_unknown(given: Iterable[str], accepted: Iterable[str], what: str, err
     unknown = [name for name in given if name not in accepted]
     if unknown:
         raise error(unknown_names_message(unknown, accepted, what))
+
+
+def model_field_names(cls) -> set[str]:
+    """The names a pydantic model's constructor takes: its fields and their aliases."""
+    names = set()
+    for name, info in cls.model_fields.items():
+        names.add(name)
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias)
+    return names
+
+
+def reject_unknown_fields(cls, data, what: str):
+    """For a ``model_validator(mode="before")``: a dict with a name the model lacks is a TypeError
+    with the accepted names and a "did you mean"; anything else passes through unchanged."""
+    if isinstance(data, dict):
+        reject_unknown([k for k in data if isinstance(k, str)], model_field_names(cls), what)
+    return data
