@@ -31,8 +31,9 @@ def render_chat(tokenizer, messages: list[dict], *, chat_template: str | None = 
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"messages[{i}] must be a dict with a 'role' key, got {m!r}")
-        if m["role"] not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}].role={m['role']!r} is not a chat role{did_you_mean(m['role'], CHAT_ROLES)}; "
+        role = m["role"]
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role={role!r} is not a chat role{did_you_mean(role, CHAT_ROLES)}; "
                              f"accepted: {list(CHAT_ROLES)}")
     return tokenizer.apply_chat_template(
         messages, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
