@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from pagedllm.names import reject_unknown
+
 _DTYPES = {
     "half": torch.float16, "float16": torch.float16, "fp16": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -88,9 +90,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = arg(True, help="split long prompts over steps, sharing them with decodes")
     gpu_memory_utilization: float = arg(0.9, help="fraction of GPU memory for weights, activations and KV cache "
                                                   "(GPU only; unused when kv_cache_memory is given)")
-    kv_cache_memory: int | None = arg(None, type="bytes", help="KV-cache size in bytes, or 2G / 512M on the "
-                                                               "command line (default: 4G on CPU, from "
-                                                               "gpu_memory_utilization on GPU)")
+    kv_cache_memory: int | str | None = arg(None, type="bytes", help="KV-cache size in bytes, or a size string "
+                                                                     "such as 2G / 512MiB (default: 4G on CPU, "
+                                                                     "from gpu_memory_utilization on GPU)")
     swap_space: float = arg(4, help="CPU swap space in GiB for preempted GPU blocks (no effect yet: swap_space "
                                     "takes effect with issue 19)")
     enforce_eager: bool = arg(False, help="never capture CUDA graphs for decode steps (no effect on CPU)")
@@ -125,11 +127,7 @@ class EngineConfig:
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(
-                f"unexpected engine argument(s) {unknown}; accepted: {sorted(known - {'model'})}")
+        reject_unknown(kwargs, {f.name for f in fields(cls)} - {"model"}, "engine argument")
         config = cls(model=model, **kwargs)
         config.validate()
         return config
@@ -149,6 +147,8 @@ class EngineConfig:
         if not (0.0 < float(self.gpu_memory_utilization) <= 1.0):
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
         if self.kv_cache_memory is not None:
+            if isinstance(self.kv_cache_memory, str):  # "4G", "512MiB": the CLI's sizes, in Python too
+                self.kv_cache_memory = parse_bytes(self.kv_cache_memory, "kv_cache_memory")
             _positive_int("kv_cache_memory", self.kv_cache_memory)
         if float(self.swap_space) < 0:
             raise ValueError(f"swap_space={self.swap_space} must be >= 0 (GiB)")
@@ -228,6 +228,17 @@ def _no_cuda_reason() -> str:
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is built without CUDA"
     return f"no CUDA GPU is visible to this torch ({torch.__version__}, CUDA {torch.version.cuda})"
+
+
+def parse_bytes(text: str, name: str = "size") -> int:
+    """``"2147483648"``, ``"2G"``, ``"512MiB"`` -> bytes (binary units: K, M, G, T), a ValueError naming ``name``."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+    unit = s[-1] if s and s[-1] in units else ""
+    try:
+        return int(float(s[:-1] if unit else s) * units[unit])
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a size (e.g. 2147483648, 2G, 512M)") from None
 
 
 def _positive_int(name: str, value) -> None:

@@ -43,12 +43,8 @@ class LLM:
         if prompts is None and prompt_token_ids is not None:
             prompts = [list(p) for p in prompt_token_ids]
         prompts = _as_prompt_list(prompts)
-        if kwargs:
-            if sampling_params is not None:
-                raise TypeError(f"pass sampling options either as sampling_params or as keyword arguments "
-                                f"({sorted(kwargs)}), not both")
-            sampling_params = SamplingParams.from_optional(**{**self.llm_engine.default_sampling_params, **kwargs})
-        params = _params_list(sampling_params, len(prompts), self.get_default_sampling_params())
+        params = _params_list(_short_form(sampling_params, kwargs, self.llm_engine.default_sampling_params),
+                              len(prompts), self.get_default_sampling_params())
         if any(p.use_beam_search for p in params):
             return self._generate_beam(prompts, params, use_tqdm)
         return self._run(prompts, params, use_tqdm)
@@ -82,8 +78,12 @@ class LLM:
     def chat(self, messages, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
              use_tqdm: bool = True, chat_template: str | None = None, add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list | None = None,
-             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
-        """Render one conversation (list of messages) or a list of conversations, then generate."""
+             chat_template_kwargs: dict | None = None, **kwargs) -> list[RequestOutput]:
+        """Render one conversation (list of messages) or a list of conversations, then generate.
+
+        Short form, as ``generate``: ``llm.chat(messages, max_tokens=50, temperature=0.7)``.
+        """
+        sampling_params = _short_form(sampling_params, kwargs, self.llm_engine.default_sampling_params)
         if not isinstance(messages, list) or not messages:
             raise ValueError("messages must be a non-empty list of messages or of conversations")
         conversations = messages if isinstance(messages[0], list) else [messages]
@@ -108,7 +108,7 @@ class LLM:
         try:
             for prompt, p in zip(prompts, params):
                 p = _final_only(p)
-                ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p))
+                ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p, strict_max_tokens=True))
                 self._request_counter += 1
         except Exception:
             engine.abort_request(ids)  # nothing half-added stays in the engine
@@ -133,6 +133,17 @@ class LLM:
         finally:
             bar.close()
         return [results[i] for i in ids]
+
+
+def _short_form(sampling_params, kwargs: dict, defaults: dict):
+    """``generate``/``chat``'s keyword short form: sampling options as keywords build the SamplingParams,
+    over the model's generation_config defaults."""
+    if not kwargs:
+        return sampling_params
+    if sampling_params is not None:
+        raise TypeError(f"pass sampling options either as sampling_params or as keyword arguments "
+                        f"({sorted(kwargs)}), not both")
+    return SamplingParams.from_optional(**{**defaults, **kwargs})
 
 
 def _final_only(p: SamplingParams) -> SamplingParams:

@@ -11,6 +11,8 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+from pagedllm.names import reject_unknown
+
 _GREEDY_EPS = 1e-5
 _MAX_LOGIT_BIAS = 100.0  # OpenAI's and vLLM's clamp
 
@@ -128,9 +130,7 @@ class SamplingParams:
         known = {f.name for f in fields(cls) if not f.name.startswith("_")}
         if "guided_decoding" in kwargs:  # vLLM's older name
             kwargs["structured_outputs"] = kwargs.pop("guided_decoding")
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unexpected sampling parameter(s) {unknown}; accepted: {sorted(known)}")
+        reject_unknown(kwargs, known, "sampling parameter")
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
     def _verify(self) -> None:

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
+from pagedllm.names import did_you_mean
+
+# The chat roles accepted everywhere (LLM.chat, the adapters, the server's ChatMessage): OpenAI's.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
 # Tokens of prompt context re-decoded with the output, so the first output token gets the
 # right leading space (vLLM's INITIAL_INCREMENTAL_DETOKENIZATION_OFFSET).
 _PROMPT_CONTEXT = 5
@@ -26,6 +31,10 @@ def render_chat(tokenizer, messages: list[dict], *, chat_template: str | None = 
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"messages[{i}] must be a dict with a 'role' key, got {m!r}")
+        role = m["role"]
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role={role!r} is not a chat role{did_you_mean(role, CHAT_ROLES)}; "
+                             f"accepted: {list(CHAT_ROLES)}")
     return tokenizer.apply_chat_template(
         messages, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message, tools=tools, **template_kwargs)

@@ -20,9 +20,10 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from pagedllm.integrations.langchain_common import _provider, _usage_dict
+from pagedllm.names import reject_unknown_fields
 from pagedllm.provider import Completion, Provider, Usage, with_system_note
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -108,6 +109,12 @@ class ChatVLLM(BaseChatModel):
     """Engine: further engine arguments under vLLM's names (``max_model_len``, ``kv_cache_memory``, ...)."""
 
     _provider_cache: Provider | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        """``ChatVLLM(max_token=8)`` is a TypeError naming ``max_tokens``, never a silent default."""
+        return reject_unknown_fields(cls, data, "ChatVLLM argument")
 
     @property
     def provider(self) -> Provider:

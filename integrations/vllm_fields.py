@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pagedllm.names import reject_unknown_fields
 
 
 class VllmFields(BaseModel):
@@ -50,6 +52,12 @@ class VllmFields(BaseModel):
     """Sampling: most tokens generated per output (vLLM's ``max_tokens``)."""
     logprobs: int | None = None
     """Sampling: log-probabilities of this many most likely tokens per generated token."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        """``VLLM(max_new_token=8)`` is a TypeError naming ``max_new_tokens``, never a silent 512."""
+        return reject_unknown_fields(cls, data, f"{cls.__name__} argument")
 
     def _sampling_fields(self) -> dict[str, Any]:
         """The sampling fields as ``SamplingParams`` keywords."""

@@ -81,7 +81,7 @@ def run(batch: int, context: int, num_heads: int, num_kv_heads: int, head_dim: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

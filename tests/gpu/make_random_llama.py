@@ -38,7 +38,7 @@ def make(out_dir: str, tokenizer_dir: str, device: str = "cpu", **overrides) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("out_dir")
     parser.add_argument("tokenizer_dir")
     parser.add_argument("--device", default="cpu")

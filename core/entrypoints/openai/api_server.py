@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 import pagedllm
 from pagedllm.engine.async_engine import AsyncEngine
-from pagedllm.entrypoints.cli_args import DEFAULT_MODEL, add_engine_args, engine_kwargs, parse_bytes
+from pagedllm.entrypoints.cli_args import DEFAULT_MODEL, ArgumentParser, add_engine_args, engine_kwargs, parse_bytes
 from pagedllm.entrypoints.openai.errors import add_error_handlers
 from pagedllm.entrypoints.openai.guard import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
 from pagedllm.entrypoints.openai.routes.admin import admin_router
@@ -120,7 +120,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pagedllm.entrypoints.openai.api_server",
+    parser = ArgumentParser(prog="python -m pagedllm.entrypoints.openai.api_server",
                                      description="OpenAI-compatible server (same as `pagedllm serve`).")
     add_serve_args(parser, positional_model=False)
     return run_server(parser.parse_args(argv))

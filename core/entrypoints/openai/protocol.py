@@ -2,7 +2,9 @@
 
 Requests are validated from the raw body (``model_validate_json``) so bad JSON, bad UTF-8
 and wrong types all become one OpenAI-shaped 400 naming the field. Unknown fields are
-ignored (as OpenAI and vLLM do); known fields of the wrong type are errors.
+ignored (as OpenAI and vLLM do) but logged as a warning naming them and listed in the
+``x-pagedllm-ignored-fields`` response header (``routes/http_io.py``); known fields of the
+wrong type are errors.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ class CompletionRequest(SamplingFields):
 
 
 class ChatMessage(OpenAIModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]  # tokenizer.CHAT_ROLES, tested equal
     content: StrictStr | list[dict[str, Any]] | None = None
     name: StrictStr | None = None
     tool_calls: list[dict[str, Any]] | None = None

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError
+from pagedllm.engine.llm_engine import ContextWindowError, fit_context
 from pagedllm.entrypoints.openai.protocol import APIError, SamplingFields, UsageInfo
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -42,16 +43,13 @@ class OpenAIServing:
         bad = next((t for t in token_ids if t >= self.vocab_size), None)
         if bad is not None:
             raise APIError(f"token id {bad} is out of vocabulary (0..{self.vocab_size - 1})", param=param)
-        if n >= self.max_model_len:
-            raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, your "
-                           f"prompt has {n} tokens; at least one token must be left to generate.", param=param)
-        if max_tokens is None:  # what fits, or less when the model's generation_config sets max_new_tokens
-            return min(self.max_model_len - n, self.default_sampling_params.get("max_tokens", self.max_model_len))
-        if n + max_tokens > self.max_model_len:
-            raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-                           f"requested {n + max_tokens} tokens ({n} in the prompt, {max_tokens} in the "
-                           f"completion). Please reduce the prompt or max_tokens.", param="max_tokens")
-        return max_tokens
+        strict = max_tokens is not None  # unset: the room left, or less if generation_config sets max_new_tokens
+        if not strict:
+            max_tokens = self.default_sampling_params.get("max_tokens")
+        try:  # the same rule, and words, as LLM.generate offline
+            return fit_context(n, max_tokens, self.max_model_len, strict=strict)
+        except ContextWindowError as exc:
+            raise APIError(str(exc), param=param if exc.param == "prompt" else exc.param) from None
 
     async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams], request_id: str
                            ) -> AsyncIterator[tuple[int, RequestOutput]]:

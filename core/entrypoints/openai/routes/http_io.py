@@ -2,21 +2,39 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from pagedllm.entrypoints.openai.errors import validation_error
+from pagedllm.names import did_you_mean, model_field_names
+
+logger = logging.getLogger(__name__)
+# Names of the request's top-level fields that the server ignored (comma-separated), on every answer.
+IGNORED_FIELDS_HEADER = "x-pagedllm-ignored-fields"
 
 
 async def parse(request: Request, model: type[BaseModel]):
-    """Validate the raw body (bytes): bad JSON/UTF-8/types all become a 400, never FastAPI's 422."""
+    """Validate the raw body (bytes): bad JSON/UTF-8/types all become a 400, never FastAPI's 422.
+
+    Unknown top-level fields are ignored, as OpenAI and vLLM do, but never in silence: a warning
+    names them (vLLM's), with a "did you mean", and ``answer`` lists them in ``IGNORED_FIELDS_HEADER``.
+    """
     body = await request.body()
     try:
-        return model.model_validate_json(body)
+        req = model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    accepted = model_field_names(model)
+    ignored = [k for k in json.loads(body) if k not in accepted]
+    request.state.ignored_fields = ignored
+    if ignored:
+        logger.warning("The following fields were present in the request but ignored: %s",
+                       ", ".join(f"{k!r}{did_you_mean(k, accepted)}" for k in ignored))
+    return req
 
 
 async def cancel_on_disconnect(request: Request, work):
@@ -43,11 +61,15 @@ async def cancel_on_disconnect(request: Request, work):
     return task.result()
 
 
-def answer(result):
-    """A Response as is, a pydantic model as JSON, anything else (an async iterator) as SSE."""
+def answer(result, request: Request | None = None):
+    """A Response as is, a pydantic model as JSON, anything else (an async iterator) as SSE;
+    the fields ``parse`` ignored in ``request`` are listed in the ``IGNORED_FIELDS_HEADER`` header."""
+    ignored = getattr(request.state, "ignored_fields", None) if request is not None else None
+    headers = {IGNORED_FIELDS_HEADER: ", ".join(ignored)} if ignored else {}
     if isinstance(result, Response):
+        result.headers.update(headers)
         return result
     if isinstance(result, BaseModel):
-        return JSONResponse(result.model_dump(mode="json"))
+        return JSONResponse(result.model_dump(mode="json"), headers=headers)
     return StreamingResponse(result, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})

@@ -17,12 +17,12 @@ def openai_router(engine: AsyncEngine, names: list[str], chat: ServingChat) -> A
     @router.post("/v1/completions")
     async def create_completion(request: Request):
         req = await parse(request, CompletionRequest)
-        return answer(await cancel_on_disconnect(request, completions.create(req)))
+        return answer(await cancel_on_disconnect(request, completions.create(req)), request)
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
         req = await parse(request, ChatCompletionRequest)
-        return answer(await cancel_on_disconnect(request, chat.create(req)))
+        return answer(await cancel_on_disconnect(request, chat.create(req)), request)
 
     @router.get("/v1/models")
     async def list_models():
