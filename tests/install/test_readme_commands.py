@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from process_group import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -111,9 +112,4 @@ def test_make_serve_serves_the_bundled_model_and_answers_a_chat_completion():
         assert choice.message.role == "assistant" and choice.message.content.strip()
         assert choice.finish_reason in ("stop", "length") and reply.usage.completion_tokens > 0
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
