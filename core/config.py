@@ -86,6 +86,10 @@ class EngineConfig:
     max_num_seqs: int = arg(256, help="most sequences in one engine step")
     max_num_batched_tokens: int | None = arg(None, help="token budget of one engine step (default: 2048, or "
                                                         "max_model_len when chunked prefill is off)")
+    max_waiting_requests: int | None = arg(None, help="most requests waiting to be scheduled (admitted but not "
+                                                       "yet running); past it the server answers 503 with "
+                                                       "Retry-After (default: no bound; LLM(...) offline ignores "
+                                                       "it)")
     enable_prefix_caching: bool = arg(True, help="reuse KV blocks of shared prompt prefixes")
     enable_chunked_prefill: bool = arg(True, help="split long prompts over steps, sharing them with decodes")
     gpu_memory_utilization: float = arg(0.9, help="fraction of GPU memory for weights, activations and KV cache "
@@ -144,6 +148,8 @@ class EngineConfig:
             _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.max_model_len is not None:
             _positive_int("max_model_len", self.max_model_len)
+        if self.max_waiting_requests is not None:
+            _positive_int("max_waiting_requests", self.max_waiting_requests)
         if not (0.0 < float(self.gpu_memory_utilization) <= 1.0):
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
         if self.kv_cache_memory is not None:

@@ -38,6 +38,22 @@ class EngineDeadError(RuntimeError):
     """The engine loop raised; no request can be served until the process restarts."""
 
 
+class EngineOverloadedError(RuntimeError):
+    """``max_waiting_requests`` requests already wait to be scheduled; try again later.
+
+    ``retry_after`` (whole seconds) is 1: a waiting request is scheduled as soon as a running one
+    finishes, which at serving speeds is well under a second, so a client that retries after one
+    second finds room again unless the server stays saturated (then it is refused again, cheaply).
+    """
+
+    retry_after = 1
+
+    def __init__(self, waiting: int, bound: int):
+        super().__init__(f"the server is overloaded: {waiting} requests are waiting to be scheduled and "
+                         f"max_waiting_requests is {bound}; retry later")
+        self.waiting, self.bound = waiting, bound
+
+
 @dataclass(slots=True)
 class StepRecord:
     """What one engine step did, for metrics listeners (called in the engine thread)."""
@@ -94,6 +110,11 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._listeners: list[Callable[[StepRecord], None]] = []
         self._ids = itertools.count()
+        # Requests not yet running: adds still in the inbox (counted by callers' threads) plus the
+        # scheduler's waiting requests (a snapshot the engine thread takes after each drain and step).
+        self._count_lock = threading.Lock()
+        self._queued = 0
+        self._sched_waiting = 0
         self.dead_error: BaseException | None = None
         self._stopped = False
         self._ready = threading.Event()
@@ -120,6 +141,28 @@ class AsyncEngine:
     @property
     def healthy(self) -> bool:
         return self.dead_error is None and self._thread.is_alive()
+
+    @property
+    def max_waiting_requests(self) -> int | None:
+        return self.engine.config.max_waiting_requests
+
+    @property
+    def num_waiting_requests(self) -> int:
+        """Requests submitted but not yet running: queued for the engine thread or in the scheduler's
+        waiting queue (preempted ones included). Never below the true count, at most briefly above."""
+        return self._queued + self._sched_waiting
+
+    def check_capacity(self) -> None:
+        """Raise EngineOverloadedError when ``max_waiting_requests`` requests already wait.
+
+        The server calls it before it adds a request; ``generate`` itself never refuses (offline
+        callers and in-process adapters are not bounded).
+        """
+        bound = self.max_waiting_requests
+        if bound is not None:
+            waiting = self.num_waiting_requests
+            if waiting >= bound:
+                raise EngineOverloadedError(waiting, bound)
 
     def add_step_listener(self, listener: Callable[[StepRecord], None]) -> None:
         """``listener(StepRecord)`` runs in the engine thread after every step; keep it cheap."""
@@ -182,6 +225,8 @@ class AsyncEngine:
         if self._stopped:
             raise EngineDeadError("the engine was shut down")
         stream = _Stream(request_id or self.new_request_id(), loop)
+        with self._count_lock:
+            self._queued += 1
         self._inbox.put(("add", (stream, prompt, params)))
         if self.dead_error is not None:  # died while we queued: nobody will drain the inbox
             self._put_now(stream, EngineDeadError(f"the engine loop died: {self.dead_error!r}"))
@@ -214,7 +259,7 @@ class AsyncEngine:
 
     def _drain(self, block: bool) -> bool:
         """Apply queued adds/aborts (waiting for one when idle); False once asked to stop."""
-        aborted = 0
+        aborted = taken = 0
         while True:
             try:
                 kind, payload = self._inbox.get() if block else self._inbox.get_nowait()
@@ -224,6 +269,7 @@ class AsyncEngine:
             if kind == "stop":
                 return False
             if kind == "add":
+                taken += 1
                 stream, prompt, params = payload
                 try:
                     if stream.request_id in self._streams:
@@ -243,6 +289,11 @@ class AsyncEngine:
                     self._put_now(stream, _END)
                     if self.log_requests:
                         logger.info("aborted request %s", payload)
+        # The scheduler's count first, then the inbox's: the sum is never below the true count.
+        self._sched_waiting = self.engine.scheduler.num_waiting_requests
+        if taken:
+            with self._count_lock:
+                self._queued -= taken
         if aborted:
             self._notify(StepRecord(num_generated=0, num_aborted=aborted))
         return True
@@ -250,6 +301,7 @@ class AsyncEngine:
     def _step(self) -> None:
         before = self.engine.stats.generation_tokens
         outputs = self.engine.step()
+        self._sched_waiting = self.engine.scheduler.num_waiting_requests
         now = time.time()
         record = StepRecord(num_generated=self.engine.stats.generation_tokens - before)
         by_loop: dict = defaultdict(list)
@@ -305,6 +357,8 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if kind == "add":
+                with self._count_lock:
+                    self._queued -= 1
                 self._put_now(payload[0], err)
 
 

@@ -53,6 +53,11 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    @property
+    def num_waiting_requests(self) -> int:
+        """Requests (not sequences: ``n`` > 1 makes several of one request) not yet running."""
+        return len({seq.request_id for seq in self.waiting})
+
     def schedule(self) -> list[ScheduledSeq]:
         bm = self.block_manager
         budget = self.max_num_batched_tokens
