@@ -16,7 +16,7 @@ _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status_code)
+    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
 
 
 def validation_error(exc: ValidationError | RequestValidationError) -> APIError:

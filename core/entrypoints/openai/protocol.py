@@ -25,9 +25,10 @@ class APIError(Exception):
     """An error answered to the client as ``{"error": {...}}`` with ``status_code``."""
 
     def __init__(self, message: str, *, status_code: int = 400, type: str = "BadRequestError",
-                 param: str | None = None, code: str | int | None = None):
+                 param: str | None = None, code: str | int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message, self.status_code, self.type, self.param = message, status_code, type, param
+        self.headers = headers  # extra response headers (503's Retry-After)
         self.code = code if code is not None else status_code  # vLLM's ErrorResponse: the status as a number
 
     def body(self) -> dict:

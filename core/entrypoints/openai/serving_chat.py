@@ -8,8 +8,8 @@ from pagedllm.entrypoints.openai.protocol import (APIError, ChatChoice, ChatComp
                                                   ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
                                                   ChatMessage, ChatResponseMessage, ChatStreamChoice,
                                                   build_sampling_params, random_id, structured_outputs_for)
-from pagedllm.entrypoints.openai.serving_engine import (DONE, OpenAIServing, engine_error, sse, sse_error,
-                                                        stream_options, usage)
+from pagedllm.entrypoints.openai.serving_engine import (DONE, OpenAIServing, check_capacity, engine_error, sse,
+                                                        sse_error, stream_options, usage)
 from pagedllm.tokenizer import render_chat
 
 
@@ -59,6 +59,7 @@ class ServingChat(OpenAIServing):
         model, ids, params = self.prepare(req)
         request_id = random_id("chatcmpl")
         include_usage, continuous = stream_options(req)
+        check_capacity(self.engine)
         if req.stream:
             return self._stream(model, request_id, ids, params, include_usage, continuous)
         texts, finish, stop, completion_tokens = [""] * params.n, {}, {}, 0

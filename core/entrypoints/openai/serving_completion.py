@@ -7,8 +7,8 @@ from pagedllm.entrypoints.openai.logprobs import completion_logprobs
 from pagedllm.entrypoints.openai.protocol import (APIError, CompletionChoice, CompletionRequest,
                                                   CompletionResponse, build_sampling_params, random_id,
                                                   structured_outputs_for)
-from pagedllm.entrypoints.openai.serving_engine import (DONE, OpenAIServing, engine_error, sse, sse_error,
-                                                        stream_options, usage)
+from pagedllm.entrypoints.openai.serving_engine import (DONE, OpenAIServing, check_capacity, engine_error, sse,
+                                                        sse_error, stream_options, usage)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
@@ -50,6 +50,7 @@ class ServingCompletion(OpenAIServing):
         n = params[0].n
         echo = [self.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
         include_usage, continuous = stream_options(req)
+        check_capacity(self.engine)
         if req.stream:
             return self._stream(model, request_id, prompts, params, echo, n, include_usage, continuous, req.logprobs)
         texts = {i * n + k: echo[i] for i in range(len(prompts)) for k in range(n)}

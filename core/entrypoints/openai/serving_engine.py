@@ -5,7 +5,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError
+from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
 from pagedllm.engine.llm_engine import ContextWindowError, fit_context
 from pagedllm.entrypoints.openai.protocol import APIError, SamplingFields, UsageInfo
 from pagedllm.outputs import RequestOutput
@@ -96,6 +96,18 @@ class OpenAIServing:
                 await g.aclose()
 
 
+def check_capacity(engine: AsyncEngine) -> None:
+    """A 503 with ``Retry-After`` when ``max_waiting_requests`` requests already wait (before any engine work).
+
+    Called after the request is validated (a bad request is a 400 under load too) and before the
+    engine sees it, streaming or not, so a refused request costs nothing and harms none accepted.
+    """
+    try:
+        engine.check_capacity()
+    except EngineOverloadedError as exc:
+        raise engine_error(exc) from None
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
     return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens)
@@ -107,6 +119,9 @@ def engine_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, (ValueError, TypeError)):
         return APIError(str(exc))
+    if isinstance(exc, EngineOverloadedError):
+        return APIError(str(exc), status_code=503, type="ServiceUnavailableError", code="overloaded",
+                        headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, EngineDeadError):
         return APIError(str(exc), status_code=503, type="ServiceUnavailableError")
     return APIError(f"internal error: {type(exc).__name__}: {exc}", status_code=500, type="InternalServerError")

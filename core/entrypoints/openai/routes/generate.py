@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pagedllm.entrypoints.openai.protocol import APIError, random_id
-from pagedllm.entrypoints.openai.serving_engine import engine_error
+from pagedllm.entrypoints.openai.serving_engine import check_capacity, engine_error
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -44,6 +44,7 @@ def generate_router() -> APIRouter:
         if len(ids) >= engine.max_model_len:
             raise APIError(f"prompt has {len(ids)} tokens; the maximum context length is {engine.max_model_len}",
                            param="prompt")
+        check_capacity(engine)  # 503 + Retry-After past max_waiting_requests, before the engine sees it
         results = engine.generate({"prompt_token_ids": ids}, params, random_id("generate"))  # tokenized once
 
         if stream:
