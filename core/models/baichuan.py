@@ -18,6 +18,7 @@ from pagedllm.distributed import get_tp_world_size
 from pagedllm.models.layers.attention import local_alibi_slopes
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import get_rope, rope_parameters
+from pagedllm.models.causal_lm import stacked_shards
 from pagedllm.models.llama import LlamaForCausalLM
 from pagedllm.models.weight_utils import Target
 
@@ -68,7 +69,7 @@ class _BaichuanBase(LlamaForCausalLM):
 
     def split_fused(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
         if ".qkv_proj." in name:  # W_pack rows are [q | k | v], one hidden size each
-            yield from ((name, part, s) for part, s in zip(tensor.chunk(3, dim=0), "qkv"))
+            yield from stacked_shards(name, tensor, [tensor.shape[0] // 3] * 3, "qkv")
         elif name == "lm_head.weight" and self.norm_head:
             yield name, F.normalize(tensor.float(), dim=-1).to(tensor.dtype), None
         else:

@@ -18,6 +18,22 @@ from torch import nn
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead
 from pagedllm.models.weight_utils import Target, load_mapped
 
+# Separate checkpoint projections -> their shard of our fused parameter.
+QKV_SHARDS = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+GATE_UP_SHARDS = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
+
+def stacked_shards(name: str, tensor: torch.Tensor, sizes: list[int], shards) -> Iterator[Target]:
+    """A checkpoint-fused tensor whose rows are its shards one after another (q|k|v, gate|up)."""
+    yield from ((name, part, s) for s, part in zip(shards, tensor.split(sizes)))
+
+
+def per_head_qkv(tensor: torch.Tensor, heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
+    """The q, k, v row blocks of a fused tensor laid out [head, (q|k|v), head_dim] (GPT-NeoX, Falcon MHA)."""
+    rest = tensor.shape[1:]
+    t = tensor.view(heads, 3, head_dim, *rest)
+    return tuple(t[:, i].reshape(heads * head_dim, *rest) for i in range(3))
+
 
 class CausalLM(nn.Module):
     body_name: ClassVar[str] = "model"  # the attribute holding the decoder: (input_ids, positions) -> hidden

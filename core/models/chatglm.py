@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.causal_lm import CausalLM, stacked_shards
 from pagedllm.models.layers.layernorm import LayerNorm, RMSNorm
 from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
@@ -145,8 +145,8 @@ class ChatGLMForCausalLM(CausalLM):
         if ".qkv_proj." in name:  # rows: all q heads, then the k groups, then the v groups
             heads, kv_heads, dim = glm_heads(self.config)
             q_size, kv_size = heads * dim, kv_heads * dim
-            yield from ((name, part, s) for s, part in zip("qkv", tensor.split([q_size, kv_size, kv_size])))
+            yield from stacked_shards(name, tensor, [q_size, kv_size, kv_size], "qkv")
         elif ".gate_up_proj." in name:  # rows: the silu half, then the linear half
-            yield from ((name, part, s) for s, part in enumerate(tensor.chunk(2, dim=0)))
+            yield from stacked_shards(name, tensor, [tensor.shape[0] // 2] * 2, (0, 1))
         else:
             yield name, tensor, None

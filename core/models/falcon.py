@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from pagedllm.distributed import get_tp_world_size
+from pagedllm.models.causal_lm import per_head_qkv
 from pagedllm.models.layers.attention import local_alibi_slopes
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
@@ -35,8 +36,7 @@ def _split_qkv(config, tensor: torch.Tensor):
         return (t[:, :-2].reshape(heads * d, *rest), t[:, -2].reshape(kv * d, *rest),
                 t[:, -1].reshape(kv * d, *rest))
     if not config.multi_query:  # [head, (q|k|v), d]
-        t = tensor.view(heads, 3, d, *rest)
-        return tuple(t[:, i].reshape(heads * d, *rest) for i in range(3))
+        return per_head_qkv(tensor, heads, d)
     return tensor.split([heads * d, d, d], dim=0)
 
 

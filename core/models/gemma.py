@@ -8,14 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.causal_lm import GATE_UP_SHARDS, QKV_SHARDS, CausalLM
 from pagedllm.models.layers.attention import layer_sliding_window
 from pagedllm.models.layers.layernorm import GemmaRMSNorm
 from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, rope_parameters
 from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
-from pagedllm.models.llama import LlamaForCausalLM
 
 
 def gemma_attention(config, layer_idx: int, max_position: int, gemma2: bool) -> QKVAttention:
@@ -75,7 +74,7 @@ class GemmaModel(nn.Module):
 
 class GemmaForCausalLM(CausalLM):
     gemma2 = False
-    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
+    packed_modules_mapping = {**QKV_SHARDS, **GATE_UP_SHARDS}
 
     def build_body(self, config, max_position: int) -> nn.Module:
         self.final_soft_cap = getattr(config, "final_logit_softcapping", None) if self.gemma2 else None

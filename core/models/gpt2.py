@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.causal_lm import CausalLM, stacked_shards
 from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.mlp import MLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
@@ -72,6 +72,6 @@ class GPT2LMHeadModel(CausalLM):
         if name.endswith(_CONV1D):
             tensor = tensor.t()
         if ".qkv_proj." in name:
-            yield from ((name, part, s) for part, s in zip(tensor.chunk(3, dim=0), "qkv"))
+            yield from stacked_shards(name, tensor, [tensor.shape[0] // 3] * 3, "qkv")
         else:
             yield name, tensor, None

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import torch
 
+from pagedllm.models.causal_lm import per_head_qkv
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, partial_rotary_factor, rope_parameters
 from pagedllm.models.parallel_residual import BlockShape, ParallelResidualLM
@@ -37,7 +38,5 @@ class GPTNeoXForCausalLM(ParallelResidualLM):
         if ".qkv_proj." not in name:
             yield name, tensor, None
             return
-        heads = self.config.num_attention_heads  # rows are [head, (q|k|v), head_dim]
-        parts = tensor.view(heads, 3, self.config.hidden_size // heads, *tensor.shape[1:])
-        for i, s in enumerate("qkv"):
-            yield name, parts[:, i].reshape(-1, *tensor.shape[1:]), s
+        heads = self.config.num_attention_heads
+        yield from zip([name] * 3, per_head_qkv(tensor, heads, self.config.hidden_size // heads), "qkv")

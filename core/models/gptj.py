@@ -1,6 +1,7 @@
 """GPT-J: interleaved (GPT-J style) partial rotary, attention and MLP in parallel on one LayerNorm."""
 from __future__ import annotations
 
+from pagedllm.models.causal_lm import QKV_SHARDS
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.models.parallel_residual import BlockShape, ParallelResidualLM
@@ -12,7 +13,7 @@ class GPTJForCausalLM(ParallelResidualLM):
     renames = (("transformer.wte.", "model.embed_tokens."), ("transformer.h.", "model.layers."),
                ("transformer.ln_f.", "model.norm."), (".ln_1.", ".input_layernorm."),
                (".attn.out_proj.", ".self_attn.o_proj."), (".attn.", ".self_attn."))
-    packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+    packed_modules_mapping = QKV_SHARDS
 
     def block_shape(self, config) -> BlockShape:
         return BlockShape("shared", config.layer_norm_epsilon, config.n_inner or 4 * config.hidden_size,

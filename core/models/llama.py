@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.causal_lm import GATE_UP_SHARDS, QKV_SHARDS, CausalLM
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.layernorm import RMSNorm
 from pagedllm.models.layers.mlp import GatedMLP
@@ -65,10 +65,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLM):
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-    }
+    packed_modules_mapping = {**QKV_SHARDS, **GATE_UP_SHARDS}
 
     def build_body(self, config, max_position: int) -> nn.Module:
         return LlamaModel(config, max_position, self)

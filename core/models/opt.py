@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from pagedllm.models.causal_lm import CausalLM
+from pagedllm.models.causal_lm import QKV_SHARDS, CausalLM
 from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.linear import ReplicatedLinear
 from pagedllm.models.layers.mlp import MLP
@@ -77,7 +77,7 @@ class OPTForCausalLM(CausalLM):
     embedding_name = "model.decoder.embed_tokens"
     tie_by_default = True
     renames = ((".self_attn.out_proj.", ".self_attn.o_proj."), (".fc1.", ".mlp.fc_in."), (".fc2.", ".mlp.fc_out."))
-    packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+    packed_modules_mapping = QKV_SHARDS
 
     def build_body(self, config, max_position: int) -> nn.Module:
         return OPTModel(config)

@@ -6,7 +6,8 @@ from functools import partial
 from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding, partial_rotary_factor, rope_parameters
-from pagedllm.models.llama import LlamaForCausalLM, head_dim, num_kv_heads
+from pagedllm.models.causal_lm import QKV_SHARDS
+from pagedllm.models.llama import head_dim, num_kv_heads
 from pagedllm.models.parallel_residual import BlockShape, ParallelResidualLM
 
 
@@ -15,7 +16,7 @@ class PhiForCausalLM(ParallelResidualLM):
     renames = (("model.final_layernorm.", "model.norm."), (".self_attn.dense.", ".self_attn.o_proj."),
                (".q_layernorm.", ".q_norm."), (".k_layernorm.", ".k_norm."),
                (".mlp.fc1.", ".mlp.fc_in."), (".mlp.fc2.", ".mlp.fc_out."))
-    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
+    packed_modules_mapping = QKV_SHARDS
 
     def block_shape(self, config) -> BlockShape:
         return BlockShape("shared", config.layer_norm_eps, config.intermediate_size, config.hidden_act)

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import torch
 
+from pagedllm.models.causal_lm import stacked_shards
 from pagedllm.models.llama import LlamaForCausalLM, head_dim, num_kv_heads
 from pagedllm.models.weight_utils import Target
 
@@ -17,8 +18,8 @@ class Phi3ForCausalLM(LlamaForCausalLM):
         if ".qkv_proj." in name:
             q_size = self.config.num_attention_heads * head_dim(self.config)
             kv_size = num_kv_heads(self.config) * head_dim(self.config)
-            yield from ((name, part, s) for s, part in zip("qkv", tensor.split([q_size, kv_size, kv_size])))
+            yield from stacked_shards(name, tensor, [q_size, kv_size, kv_size], "qkv")
         elif ".gate_up_proj." in name:
-            yield from ((name, part, s) for s, part in enumerate(tensor.chunk(2, dim=0)))
+            yield from stacked_shards(name, tensor, [tensor.shape[0] // 2] * 2, (0, 1))
         else:
             yield name, tensor, None

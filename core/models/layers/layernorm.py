@@ -79,7 +79,7 @@ class GemmaRMSNorm(CustomOp):
         return self.weight.shape[0] <= cpu_ops.MAX_COLS and dtype in (None, *CPU_KERNEL_DTYPES)
 
     def _prepare(self, choice: str) -> None:
-        self._scale_f32 = (1.0 + self.weight.detach().float()).contiguous() if choice == "cpu" else None
+        self._scale_f32 = 1.0 + float32_copy(self.weight) if choice == "cpu" else None
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
