@@ -6,6 +6,7 @@ constructors, chat roles, server request fields) so that a typo is never silent 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 
 
@@ -38,15 +39,17 @@ def reject_unknown(given: Iterable[str], accepted: Iterable[str], what: str, err
         raise error(unknown_names_message(unknown, accepted, what))
 
 
-def model_field_names(cls) -> set[str]:
-    """The names a pydantic model's constructor takes: its fields and their aliases."""
+@functools.cache
+def model_field_names(cls) -> frozenset[str]:
+    """The names a pydantic model's constructor takes: its fields and their aliases (asked per request
+    by the server, so computed once per class)."""
     names = set()
     for name, info in cls.model_fields.items():
         names.add(name)
         for alias in (info.alias, info.validation_alias):
             if isinstance(alias, str):
                 names.add(alias)
-    return names
+    return frozenset(names)
 
 
 def reject_unknown_fields(cls, data, what: str):

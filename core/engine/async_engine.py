@@ -290,7 +290,7 @@ class AsyncEngine:
                     if self.log_requests:
                         logger.info("aborted request %s", payload)
         # The scheduler's count first, then the inbox's: the sum is never below the true count.
-        self._sched_waiting = self.engine.scheduler.num_waiting_requests
+        self._refresh_waiting()
         if taken:
             with self._count_lock:
                 self._queued -= taken
@@ -298,10 +298,16 @@ class AsyncEngine:
             self._notify(StepRecord(num_generated=0, num_aborted=aborted))
         return True
 
+    def _refresh_waiting(self) -> None:
+        """The scheduler's share of ``num_waiting_requests`` (a set over its queue), kept only when
+        ``max_waiting_requests`` reads it: unbounded engines skip it on every loop turn."""
+        if self.max_waiting_requests is not None:
+            self._sched_waiting = self.engine.scheduler.num_waiting_requests
+
     def _step(self) -> None:
         before = self.engine.stats.generation_tokens
         outputs = self.engine.step()
-        self._sched_waiting = self.engine.scheduler.num_waiting_requests
+        self._refresh_waiting()
         now = time.time()
         record = StepRecord(num_generated=self.engine.stats.generation_tokens - before)
         by_loop: dict = defaultdict(list)
