@@ -106,6 +106,18 @@ def test_max_tokens_over_the_context_window_is_the_same_error_offline_and_served
     assert client.completions.create(model="tiny", prompt=prompt, max_tokens=fits).choices
 
 
+def test_generate_route_follows_the_same_rule(llm, server):
+    """vLLM's demo ``/generate`` too: the offline error's words, as a 400 naming max_tokens."""
+    import httpx
+
+    with pytest.raises(ValueError) as offline:
+        llm.generate(["hi"], max_tokens=10**6, use_tqdm=False)
+    served = httpx.post(server.url.removesuffix("/v1") + "/generate", json={"prompt": "hi", "max_tokens": 10**6})
+    assert served.status_code == 400
+    assert served.json()["error"]["param"] == "max_tokens"
+    assert served.json()["error"]["message"] == str(offline.value)
+
+
 def test_max_tokens_over_the_window_in_llm_chat_is_refused(llm):
     with pytest.raises(ValueError, match="max_model_len"):
         llm.chat(MSG, max_tokens=10**6, use_tqdm=False)

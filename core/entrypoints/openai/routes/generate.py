@@ -11,6 +11,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from pagedllm.engine.llm_engine import ContextWindowError, fit_context
 from pagedllm.entrypoints.openai.protocol import APIError, random_id
 from pagedllm.entrypoints.openai.serving_engine import check_capacity, engine_error
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -41,9 +42,11 @@ def generate_router() -> APIRouter:
             raise APIError(str(exc)) from exc
         params.output_kind = RequestOutputKind.CUMULATIVE
         ids = engine.tokenizer.encode(prompt)
-        if len(ids) >= engine.max_model_len:
-            raise APIError(f"prompt has {len(ids)} tokens; the maximum context length is {engine.max_model_len}",
-                           param="prompt")
+        try:  # the one context-window rule (LLM.generate's and /v1/*'s); a default max_tokens is capped
+            params.max_tokens = fit_context(len(ids), params.max_tokens, engine.max_model_len,
+                                            strict="max_tokens" in payload)
+        except ContextWindowError as exc:
+            raise APIError(str(exc), param=exc.param) from None
         check_capacity(engine)  # 503 + Retry-After past max_waiting_requests, before the engine sees it
         results = engine.generate({"prompt_token_ids": ids}, params, random_id("generate"))  # tokenized once
 
