@@ -17,6 +17,7 @@ import torch
 
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sampler import _TOPK_FAST_MAX, Sampler, SamplingBatch
+from test_sampler_reference import fake_seq, reference as processed_reference
 
 V_SMALL_K = 4096  # wide enough for fast_topk's chunked path (V / 64 >= 4 k)
 V_FULL = 1536  # the full-vocabulary path costs N x V: no wider than the k-past-the-fast-path case needs
@@ -32,9 +33,10 @@ def peaked_logits(seed: int, V: int) -> torch.Tensor:
     return x
 
 
-def reference(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """float64 probabilities as vLLM defines them: temperature, min-p, top-k, then top-p."""
-    x = logits.double() / p.temperature
+def reference(logits: torch.Tensor, p: SamplingParams, seq) -> torch.Tensor:
+    """float64 probabilities as vLLM defines them: the processing (logit bias, penalties: the float64
+    reference of test_sampler_reference), then temperature, min-p, top-k, top-p."""
+    x = processed_reference(logits, p, seq)[0] / p.temperature
     if p.min_p > 0:
         probs = x.softmax(-1)
         x[probs < probs.max() * p.min_p] = float("-inf")
@@ -50,7 +52,7 @@ def reference(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return x.softmax(-1)
 
 
-def draw(logits: torch.Tensor, p: SamplingParams, seeded: bool) -> torch.Tensor:
+def draw(logits: torch.Tensor, p: SamplingParams, seq, seeded: bool) -> torch.Tensor:
     """N draws through the production sampler, 5,000 rows per call; counts per token."""
     V = logits.shape[0]
     counts = torch.zeros(V, dtype=torch.float64)
@@ -58,7 +60,7 @@ def draw(logits: torch.Tensor, p: SamplingParams, seeded: bool) -> torch.Tensor:
     for chunk in range(N // 5000):
         gens = ([torch.Generator().manual_seed(chunk * 5000 + i) for i in range(5000)] if seeded
                 else [None] * 5000)
-        batch = SamplingBatch.build([p] * 5000, gens, V, "cpu")
+        batch = SamplingBatch.build([p] * 5000, gens, V, "cpu", seqs=[seq] * 5000)
         batch.needs_logprob = False
         tokens, _, _ = Sampler()(logits.expand(5000, V).clone(), batch)
         counts += torch.bincount(torch.tensor(tokens), minlength=V).double()
@@ -69,6 +71,10 @@ CASES = {
     "small-k": dict(temperature=0.7, top_k=10),
     "small-k + top-p": dict(temperature=1.3, top_k=12, top_p=0.8),
     "small-k + min-p": dict(temperature=1.0, top_k=8, min_p=0.1),
+    # processed rows: a tail token (~-12) lifted into the head; penalties on the row's own history
+    "small-k + logit_bias": dict(temperature=0.9, top_k=10, logit_bias={7: 13.0}),
+    "small-k + penalties": dict(temperature=1.0, top_k=10, repetition_penalty=1.3, presence_penalty=0.5,
+                                frequency_penalty=0.4, logit_bias={7: 13.0}),
     "full + top-p": dict(temperature=1.0, top_p=0.9),
     "full + min-p": dict(temperature=0.9, min_p=0.05),
     "full, no truncation": dict(temperature=1.0),
@@ -85,8 +91,10 @@ def test_production_draws_follow_the_float64_distribution(case, seeded):
     p = SamplingParams(**CASES[case])
     V = V_SMALL_K if case.startswith("small-k") else V_FULL
     logits = peaked_logits(zlib.crc32(case.encode()), V)
-    want = reference(logits, p)
-    counts = draw(logits, p, seeded)
+    top = logits.topk(3).indices.tolist()  # a history of head tokens, so the penalties move mass
+    seq = fake_seq([top[0]], [top[1], top[1], top[2]]) if p.uses_penalties else fake_seq([1], [])
+    want = reference(logits, p, seq)
+    counts = draw(logits, p, seq, seeded)
     outside = counts[want == 0].sum()
     assert outside == 0, f"{int(outside)} draws of tokens the distribution excludes"
     freq = counts / counts.sum()
