@@ -1,7 +1,9 @@
 """pagedllm: a vLLM-style paged-attention inference engine. The names are vLLM's."""
 from pagedllm.config import EngineConfig
 from pagedllm.llm import LLM
-from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagedllm.outputs import (CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, Logprob, PoolingOutput,
+                              PoolingRequestOutput, RequestMetrics, RequestOutput)
+from pagedllm.pooling import PoolerConfig, PoolingParams
 from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
                                       StructuredOutputsParams)
 
@@ -9,4 +11,5 @@ __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "RequestMetrics",
            "RequestOutputKind", "EngineConfig", "Logprob", "BeamSearchParams", "StructuredOutputsParams",
-           "GuidedDecodingParams", "__version__"]
+           "GuidedDecodingParams", "PoolingParams", "PoolerConfig", "PoolingOutput", "PoolingRequestOutput",
+           "EmbeddingOutput", "EmbeddingRequestOutput", "__version__"]

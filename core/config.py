@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from pagedllm.names import reject_unknown
+from pagedllm.pooling.config import RUNNERS, PoolerConfig
 
 _DTYPES = {
     "half": torch.float16, "float16": torch.float16, "fp16": torch.float16,
@@ -125,6 +126,13 @@ class EngineConfig:
                                               "repetition_penalty, max_new_tokens as max_tokens) from the model's "
                                               "generation_config.json when it has one; vllm: SamplingParams' own "
                                               "defaults; or a folder holding a generation_config.json")
+    runner: str = arg("auto", choices=RUNNERS, help="generate: a language model; pooling: an embedding model "
+                                                    "(LLM.embed, /v1/embeddings); auto: pooling for encoders (BERT, "
+                                                    "RoBERTa, XLM-R) and sentence-transformers folders, else generate")
+    pooler_config: PoolerConfig | dict | str | None = arg(
+        None, type="json", help="how a pooling model pools, as JSON: pooling_type MEAN, CLS or LAST and normalize "
+                                "true/false (default: the sentence-transformers files, else CLS for encoders and LAST "
+                                "for decoders, normalized)")
     model_impl: str = arg("auto", choices=MODEL_IMPLS, help="auto: native when pagedllm has the architecture, else "
                                                             "transformers; native: pagedllm's own or an error; "
                                                             "transformers: Hugging Face's model on the paged cache")
@@ -187,6 +195,9 @@ class EngineConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner={self.runner!r}; choose {_listed(RUNNERS)}")
+        self.pooler_config = PoolerConfig.coerce(self.pooler_config)
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl={self.model_impl!r}; choose {_listed(MODEL_IMPLS)}")
 

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.engine.beam_search import BeamSearchOutput, beam_search
-from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.outputs import CompletionOutput, EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import render_chat
 
@@ -102,12 +103,30 @@ class LLM:
             out.prompt = p["text"]
         return outputs
 
-    def _run(self, prompts: list, params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+    def encode(self, prompts=None, pooling_params: PoolingParams | Seq[PoolingParams] | None = None, *,
+               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True) -> list[PoolingRequestOutput]:
+        """Pool each input to one vector (a pooling model: ``runner="pooling"``); ``.outputs.data`` is a tensor.
+
+        ``prompts``: a string, token ids, or a list of them; ``truncate_prompt_tokens`` applies to all
+        (a longer input without it is a ValueError).
+        """
+        prompts = _as_prompt_list(prompts)
+        params = _pooling_params_list(pooling_params, len(prompts), truncate_prompt_tokens)
+        return self._run(prompts, params, use_tqdm)
+
+    def embed(self, prompts=None, pooling_params: PoolingParams | Seq[PoolingParams] | None = None, *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
+        """Embeddings, one per input: ``.outputs.embedding`` is a list of floats (vLLM's ``LLM.embed``)."""
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm)
+        return [EmbeddingRequestOutput.from_base(out) for out in outputs]
+
+    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
         engine = self.llm_engine
         ids = []
         try:
             for prompt, p in zip(prompts, params):
-                p = _final_only(p)
+                p = _final_only(p) if isinstance(p, SamplingParams) else p
                 ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p, strict_max_tokens=True))
                 self._request_counter += 1
         except Exception:
@@ -122,7 +141,7 @@ class LLM:
                     if out.finished:
                         results[out.request_id] = out
                         in_toks += len(out.prompt_token_ids)
-                        out_toks += sum(len(c.token_ids) for c in out.outputs)
+                        out_toks += sum(len(c.token_ids) for c in out.outputs) if isinstance(out, RequestOutput) else 0
                         elapsed = max(time.perf_counter() - start, 1e-9)
                         bar.set_postfix_str(f"est. speed input: {in_toks / elapsed:.2f} toks/s, "
                                             f"output: {out_toks / elapsed:.2f} toks/s", refresh=False)
@@ -184,3 +203,19 @@ def _params_list(sampling_params, n: int, default: SamplingParams) -> list[Sampl
                 raise TypeError(f"sampling_params entries must be SamplingParams, got {type(p).__name__}")
         return list(sampling_params)
     raise TypeError(f"sampling_params must be SamplingParams or a list of them, got {type(sampling_params).__name__}")
+
+
+def _pooling_params_list(pooling_params, n: int, truncate_prompt_tokens: int | None) -> list[PoolingParams]:
+    if pooling_params is None:
+        pooling_params = PoolingParams()
+    items = [pooling_params] * n if isinstance(pooling_params, PoolingParams) else pooling_params
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, PoolingParams) for p in items):
+        raise TypeError(f"pooling_params must be PoolingParams or a list of them, got {type(pooling_params).__name__}")
+    if len(items) != n:
+        raise ValueError(f"pooling_params has {len(items)} entries for {n} prompts; pass one PoolingParams or one "
+                         "per prompt")
+    if truncate_prompt_tokens is None:
+        return list(items)
+    import dataclasses
+
+    return [dataclasses.replace(p, truncate_prompt_tokens=truncate_prompt_tokens) for p in items]

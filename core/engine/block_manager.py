@@ -152,3 +152,40 @@ class BlockManager:
         for block_id in self.free_blocks:
             self.blocks[block_id].block_hash = None
         self.hash_to_block = {h: b for h, b in self.hash_to_block.items() if self.blocks[b].ref_count > 0}
+
+
+class NoKVCache:
+    """The block manager of a model that keeps no KV cache (an encoder): every step is whole inputs
+    that are computed and dropped, so the scheduler's block questions all answer "room enough"."""
+
+    num_blocks = 0
+    num_free_blocks = 1 << 62
+    usage = 0.0
+    prefix_queries = prefix_hits = 0
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return 0
+
+    def find_cached_prefix(self, seq: Sequence) -> list[int]:
+        return []
+
+    def can_allocate(self, num_new_blocks: int, cached_block_ids: list[int] = (), watermark: int = 0) -> bool:
+        return True
+
+    def allocate_prefix(self, seq: Sequence, cached_block_ids: list[int]) -> int:
+        return 0
+
+    def slots_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        return 0
+
+    def append_slots(self, seq: Sequence, num_new_tokens: int) -> None:
+        pass
+
+    def free(self, seq: Sequence) -> None:
+        pass
+
+    def reset_prefix_cache(self) -> None:
+        pass

@@ -11,6 +11,7 @@ import copy
 import gc
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoConfig, GenerationConfig
 
 from pagedllm.config import STATS_LOG_INTERVAL_S, EngineConfig, GiB, resolve_dtype, warn_without_effect
-from pagedllm.engine.block_manager import BlockManager
+from pagedllm.engine.block_manager import BlockManager, NoKVCache
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.engine.sequence import Sequence
@@ -26,13 +27,17 @@ from pagedllm.engine.sequence_group import SequenceGroup
 from pagedllm.engine.stat_logger import StatLogger
 from pagedllm.loader import resolve_model
 from pagedllm.sampling_params import generation_config_defaults
-from pagedllm.outputs import RequestOutput
+from pagedllm.models.registry import resolve_model_class
+from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, RequestOutput
+from pagedllm.pooling.config import resolve_pooler, resolve_runner, sentence_transformers_max_length
+from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
 from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_block
 from pagedllm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+POOLING_TOKEN_BUDGET = 8192  # default tokens per step of a pooling model (whole inputs, no decode steps)
 
 
 @dataclass
@@ -96,25 +101,29 @@ class LLMEngine:
         self.device = config.torch_device
         warn_without_effect(config, self.device)
         self.dtype = resolve_dtype(config.dtype, self.device, checkpoint_dtype(self.hf_config))
-        self.max_model_len = self._derive_max_model_len()
+        model_cls = resolve_model_class(self.hf_config, config.model_impl)
+        self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
+        self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
                                   config.block_size, config.attention_backend, config.model_impl)
-        num_blocks = self._num_kv_blocks()
-        self._check_fits(num_blocks)
-        self.runner.allocate_kv_cache(num_blocks)
-        if self.device.type == "cuda" and not config.enforce_eager:
-            self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
-        if config.max_num_batched_tokens is None:
-            budget = 2048 if config.enable_chunked_prefill else max(2048, self.max_model_len)
+        pooling = self.runner_type == "pooling"
+        self.pooler = (resolve_pooler(config.pooler_config, resolved.path,
+                                      getattr(model_cls, "default_pooling_type", "LAST")) if pooling else None)
+        if self.runner.needs_kv_cache:
+            num_blocks = self._num_kv_blocks()
+            self._check_fits(num_blocks)
+            self.runner.allocate_kv_cache(num_blocks)
+            if self.device.type == "cuda" and not config.enforce_eager and not pooling:
+                self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
+            # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
+            self.block_manager = BlockManager(num_blocks, config.block_size,
+                                              config.enable_prefix_caching and not pooling)
         else:
-            budget = config.max_num_batched_tokens
-            if not config.enable_chunked_prefill and budget < self.max_model_len:
-                raise ValueError(
-                    f"max_num_batched_tokens={budget} is smaller than max_model_len={self.max_model_len}; "
-                    "with enable_chunked_prefill=False a whole prompt must fit in one step")
-        self.max_num_batched_tokens = budget
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, config.enable_chunked_prefill)
+            num_blocks = 0
+            self.block_manager = NoKVCache(config.block_size)
+        chunked = config.enable_chunked_prefill and not pooling
+        self.max_num_batched_tokens = budget = self._token_budget(chunked)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, chunked)
         self.eos_token_ids = self._eos_token_ids()
         self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
         self.sequences: dict[str, Sequence] = {}
@@ -127,18 +136,35 @@ class LLMEngine:
                     num_blocks * config.block_size, self.max_model_len)
 
     # ---- set-up --------------------------------------------------------------------
-    def _derive_max_model_len(self) -> int:
+    def _derive_max_model_len(self, model_cls, model_path: str) -> int:
         # ChatGLM configs call the context length `seq_length`, Baichuan-13B `model_max_length` (vLLM reads all)
         key = next((k for k in ("max_position_embeddings", "seq_length", "model_max_length")
                     if getattr(self.hf_config, k, None)),
                    "max_position_embeddings")
         limit = getattr(self.hf_config, key, None) or 2048
+        if hasattr(model_cls, "position_limit"):  # RoBERTa: the first positions of the table are taken
+            limit = model_cls.position_limit(self.hf_config)
         if self.config.max_model_len is None:
-            return limit
+            st_length = sentence_transformers_max_length(model_path) if os.path.isdir(model_path) else None
+            return min(limit, st_length) if st_length else limit  # as sentence-transformers embeds
         if self.config.max_model_len > limit:
             raise ValueError(f"max_model_len={self.config.max_model_len} is larger than the model's "
                              f"{key}={limit}")
         return self.config.max_model_len
+
+    def _token_budget(self, chunked: bool) -> int:
+        """Tokens per step: 2048 with chunked prefill, else room for a whole prompt (pooling models
+        run whole inputs: a larger default, where encoder matmuls run at full speed)."""
+        given = self.config.max_num_batched_tokens
+        if given is None:
+            floor = POOLING_TOKEN_BUDGET if self.runner_type == "pooling" else 2048
+            return 2048 if chunked else max(floor, self.max_model_len)
+        if not chunked and given < self.max_model_len:
+            why = ("a pooling model embeds a whole input in one step" if self.runner_type == "pooling"
+                   else "with enable_chunked_prefill=False a whole prompt must fit in one step")
+            raise ValueError(f"max_num_batched_tokens={given} is smaller than max_model_len={self.max_model_len}; "
+                             f"{why}")
+        return given
 
     def _num_kv_blocks(self) -> int:
         layers, kv_heads, head_dim = self.runner.kv_shape
@@ -228,6 +254,12 @@ class LLMEngine:
                     arrival_time: float | None = None, *, strict_max_tokens: bool = False) -> str:
         """Queue one request. ``strict_max_tokens`` (``LLM``, the server): prompt + ``max_tokens`` over
         ``max_model_len`` is an error (``fit_context``); otherwise ``max_tokens`` is capped to the room left."""
+        if isinstance(params, PoolingParams):
+            return self._add_pooling_request(request_id, prompt, params, arrival_time)
+        if self.runner_type == "pooling":
+            raise ValueError(f"model {self.config.model!r} runs as runner='pooling' (an embedding model): it makes "
+                             "embeddings (LLM.embed / LLM.encode, /v1/embeddings), not text; generate with a model "
+                             "that has a language-model head")
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
@@ -256,6 +288,62 @@ class LLMEngine:
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         return request_id
+
+    def _add_pooling_request(self, request_id: str | None, prompt, params: PoolingParams,
+                             arrival_time: float | None) -> str:
+        """Queue one input to embed: checked whole (length, vocabulary, dimensions) before it is queued."""
+        if self.runner_type != "pooling":
+            raise ValueError(f"model {self.config.model!r} runs as runner='generate': embeddings need an engine "
+                             "started with runner='pooling' (LLM(model, runner='pooling'), serve --runner pooling)")
+        text, token_ids = self._pooling_tokens(prompt, params.truncate_prompt_tokens)
+        vocab = self.hf_config.vocab_size
+        bad = [t for t in token_ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
+        if len(token_ids) > self.max_model_len:
+            raise ContextWindowError(
+                f"This model's maximum context length is {self.max_model_len} tokens (max_model_len). However, your "
+                f"input has {len(token_ids)} tokens. Shorten it, or pass truncate_prompt_tokens to cut it.",
+                param="prompt")
+        self._check_dimensions(params.dimensions)
+        request_id = str(next(self._counter)) if request_id is None else str(request_id)
+        if request_id in self.sequences:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        seq = Sequence(request_id, text, token_ids, copy.copy(params), 0, arrival_time)
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def _pooling_tokens(self, prompt, truncate: int | None) -> tuple[str | None, list[int]]:
+        """An input's token ids, cut to ``truncate`` tokens on the tokenizer's truncation side (a text is
+        cut by the tokenizer, keeping its special tokens, as sentence-transformers does; -1: max_model_len)."""
+        limit = self.max_model_len if truncate == -1 else truncate
+        if isinstance(prompt, str) and not prompt:
+            raise ValueError("prompt must not be an empty string")
+        if isinstance(prompt, str) and limit is not None:
+            return prompt, self.tokenizer(prompt, truncation=True, max_length=limit)["input_ids"]
+        text, token_ids = self.tokenize_prompt(prompt)
+        if not token_ids:
+            raise ValueError("prompt must not be empty (it has no tokens)")
+        if limit is not None and len(token_ids) > limit:
+            left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+            token_ids = token_ids[-limit:] if left else token_ids[:limit]
+        return text, token_ids
+
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        """Matryoshka truncation only where the model was trained for it (vLLM's rule)."""
+        if dimensions is None:
+            return
+        cfg = self.hf_config
+        allowed = getattr(cfg, "matryoshka_dimensions", None)
+        if not (getattr(cfg, "is_matryoshka", False) or allowed):
+            raise ValueError(f"dimensions={dimensions}: model {self.config.model!r} does not support Matryoshka "
+                             "representation; changing its output dimensions would give poor embeddings (leave "
+                             "dimensions unset)")
+        if allowed and dimensions not in allowed:
+            raise ValueError(f"dimensions={dimensions}: model {self.config.model!r} supports dimensions {allowed}")
+        if dimensions > cfg.hidden_size:
+            raise ValueError(f"dimensions={dimensions} exceeds the model's embedding size {cfg.hidden_size}")
 
     def abort_request(self, request_id: str | list[str]) -> None:
         """Stop requests now and free their blocks; unknown or finished ids are ignored."""
@@ -286,6 +374,8 @@ class LLMEngine:
         for s in scheduled:
             if s.seq.metrics.first_scheduled_time is None:
                 s.seq.metrics.first_scheduled_time = now
+        if self.runner_type == "pooling":
+            return self._pooling_step(scheduled)
         out = self.runner.execute(scheduled)
         stats = self.stats
         stats.num_steps += 1
@@ -326,6 +416,28 @@ class LLMEngine:
                     stats.finished_requests += 1
             advanced[id(seq)] = seq
         outputs = proc.make_outputs(advanced)
+        if self.stat_logger is not None:
+            self.stat_logger.maybe_log(self)
+        return outputs
+
+    def _pooling_step(self, scheduled) -> list[PoolingRequestOutput]:
+        """Every scheduled input is whole: pool it, free it, report it."""
+        vectors = self.runner.execute_pooling(scheduled, self.pooler)
+        stats, now = self.stats, time.time()
+        stats.num_steps += 1
+        stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
+        outputs = []
+        for s, vector in zip(scheduled, vectors):
+            seq = s.seq
+            seq.num_computed_tokens += s.num_new_tokens
+            stats.prompt_tokens += s.num_new_tokens
+            seq.finish_reason = "stop"
+            seq.metrics.first_token_time = seq.metrics.last_token_time = seq.metrics.finished_time = now
+            self._finish(seq)
+            self.sequences.pop(seq.request_id, None)
+            stats.finished_requests += 1
+            outputs.append(PoolingRequestOutput(seq.request_id, PoolingOutput(vector), seq.token_ids, True,
+                                                seq.prompt))
         if self.stat_logger is not None:
             self.stat_logger.maybe_log(self)
         return outputs

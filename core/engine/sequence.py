@@ -5,6 +5,7 @@ import enum
 import time
 
 from pagedllm.outputs import RequestMetrics
+from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -33,7 +34,7 @@ class Sequence:
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, max_tokens: int, arrival_time: float | None = None):
+                 params: SamplingParams | PoolingParams, max_tokens: int, arrival_time: float | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.token_ids = list(prompt_token_ids)
@@ -53,7 +54,7 @@ class Sequence:
         self.text = ""
         self.eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids (the engine's)
         self.bad_words_token_ids: list[list[int]] = []  # params.bad_words as token ids
-        self.logprobs: list | None = [] if params.logprobs is not None else None  # TokenLogprobs per token
+        self.logprobs: list | None = [] if getattr(params, "logprobs", None) is not None else None  # TokenLogprobs per token
         self.prompt_logprobs: list | None = None  # TokenLogprobs per prompt position, filled during prefill
         self.matcher = None  # structured-output grammar state (llguidance)
         self.group = None  # the SequenceGroup of an n>1 / best_of request

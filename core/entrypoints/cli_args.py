@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 from pagedllm import config
 from pagedllm.config import MODEL_IMPLS, EngineConfig  # noqa: F401 - MODEL_IMPLS re-exported for the CLI
@@ -35,6 +36,17 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2147483648, 2G, 512M)") from None
 
 
+def parse_json(text: str) -> dict:
+    """A JSON object flag (``--pooler-config '{"pooling_type": "MEAN"}'``), as vLLM's."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
 def flag(field: dataclasses.Field) -> str:
     """``max_num_seqs`` -> ``--max-num-seqs``: vLLM's spelling."""
     return "--" + field.name.replace("_", "-")
@@ -44,6 +56,8 @@ def _value_type(field: dataclasses.Field):
     """The parser of one value, from ``metadata["type"]`` or the annotation (``int | None`` -> int)."""
     if field.metadata.get("type") == "bytes":
         return parse_bytes
+    if field.metadata.get("type") == "json":
+        return parse_json
     first = str(field.type).split("|")[0].strip()
     return _BASE_TYPES.get(first, str)
 

@@ -22,6 +22,9 @@ from pagedllm.loader import iterate_weights
 from pagedllm.models.registry import resolve_model_class
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.custom_op import CustomOp
+from pagedllm.models.layers.encoder_attention import EncoderMetadata
+from pagedllm.pooling.config import PoolerConfig
+from pagedllm.pooling.pooler import finish, pool
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
 from pagedllm.worker.cuda_graphs import DecodeGraphs
@@ -66,6 +69,11 @@ class ModelRunner:
         self.sampler = Sampler()
         self.graphs: DecodeGraphs | None = None
         self.generators: dict[tuple[str, int], torch.Generator] = {}
+
+    @property
+    def needs_kv_cache(self) -> bool:
+        """False for encoders: they attend within one step and keep nothing."""
+        return bool(self.attention_layers)
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:
@@ -151,9 +159,9 @@ class ModelRunner:
         last_token_index = first_tok + q_lens_t - 1
         return torch.tensor(input_ids, device=dev), positions.to(dev), md, last_token_index
 
-    @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledSeq]) -> SamplerOutput:
-        """Run one step and sample; reads the sequences, writes none of them."""
+    def _forward_paged(self, scheduled: list[ScheduledSeq]):
+        """The model over the paged cache: ``(order, ordered, hidden, last_idx)``, where ``ordered`` are
+        the scheduled sequences in the backends' layout (decodes first) and ``order`` their indices."""
         order = [i for i, s in enumerate(scheduled) if s.num_new_tokens == 1]  # decodes first
         nd = len(order)
         if nd < len(scheduled):
@@ -165,6 +173,12 @@ class ModelRunner:
         else:
             with set_forward_context(md):
                 hidden = self.model(input_ids, positions)
+        return order, ordered, hidden, last_idx
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSeq]) -> SamplerOutput:
+        """Run one step and sample; reads the sequences, writes none of them."""
+        order, ordered, hidden, last_idx = self._forward_paged(scheduled)
         prompt_logprobs = None
         if any(s.seq.params.prompt_logprobs is not None for s in ordered):
             prompt_logprobs = compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, order, last_idx)
@@ -177,6 +191,34 @@ class ModelRunner:
         batch = SamplingBatch.build([s.params for s in seqs], generators, self.vocab_size, self.device, seqs=seqs)
         token_ids, logprobs, top_logprobs = self.sampler(logits, batch)
         return SamplerOutput([order[i] for i in rows], token_ids, logprobs, top_logprobs, prompt_logprobs)
+
+
+    @torch.inference_mode()
+    def execute_pooling(self, scheduled: list[ScheduledSeq], pooler: PoolerConfig) -> list[torch.Tensor]:
+        """One step of whole inputs -> each sequence's finished vector, in ``scheduled`` order.
+
+        An encoder packs the inputs back to back with no cache (``EncoderAttention``); a decoder used as
+        an embedder runs the paged path like a prefill (its blocks are freed when the request ends).
+        """
+        if self.needs_kv_cache:
+            order, ordered, hidden, _ = self._forward_paged(scheduled)
+        else:
+            order, ordered = range(len(scheduled)), scheduled
+            hidden = self._forward_encoder(scheduled)
+        vectors = pool(hidden, [s.num_new_tokens for s in ordered], pooler.pooling_type)
+        finished = finish(vectors, [s.seq.params for s in ordered], pooler.normalize)
+        out: list[torch.Tensor] = [None] * len(scheduled)
+        for i, vector in zip(order, finished):
+            out[i] = vector
+        return out
+
+    def _forward_encoder(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
+        lens = torch.tensor([s.num_new_tokens for s in scheduled])
+        ids = [t for s in scheduled for t in s.seq.token_ids[:s.num_new_tokens]]
+        starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        positions = torch.arange(len(ids)) - starts
+        with set_forward_context(EncoderMetadata([s.num_new_tokens for s in scheduled])):
+            return self.model(torch.tensor(ids, device=self.device), positions.to(self.device))
 
 
 def _cumsum(values):
