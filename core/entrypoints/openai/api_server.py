@@ -22,28 +22,45 @@ from pagedllm.entrypoints.openai.routes.admin import admin_router
 from pagedllm.entrypoints.openai.routes.generate import generate_router
 from pagedllm.entrypoints.openai.routes.openai_api import openai_router
 from pagedllm.entrypoints.openai.routes.tokenize import tokenize_router
+from pagedllm.entrypoints.openai.served_models import ServedModel, ServedModels
 from pagedllm.entrypoints.openai.serving_chat import ServingChat
+from pagedllm.entrypoints.openai.serving_completion import ServingCompletion
+from pagedllm.entrypoints.openai.serving_embedding import ServingEmbedding
 from pagedllm.metrics import Metrics
 
 
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
-              *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app over one AsyncEngine; ``served_model_names[0]`` is the name answered."""
+              *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              also: list[tuple[AsyncEngine, list[str]]] = ()) -> FastAPI:
+    """The FastAPI app over one AsyncEngine (``served_model_names[0]`` is the name answered), plus the
+    engines of ``also`` (``serve --also``), each routed by the request's ``model``."""
     if isinstance(served_model_names, str):
         served_model_names = [served_model_names]
     names = list(served_model_names or [engine.engine.config.model])
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
                   docs_url="/docs", redoc_url=None)
     app.state.engine = engine
+    models = ServedModels([served_model(engine, names, chat_template)] +
+                          [served_model(e, list(n)) for e, n in also])
+    app.state.models = models
     app.state.metrics = metrics = Metrics(engine, names[0])
-    chat = ServingChat(engine, names, chat_template=chat_template)  # chat and tokenize share its template
+    for extra in models.models[1:]:
+        metrics.add_model(extra.engine, extra.names[0])
     add_error_handlers(app)
-    app.include_router(openai_router(engine, names, chat))
-    app.include_router(admin_router(engine, metrics))
-    app.include_router(tokenize_router(engine, chat))
+    app.include_router(openai_router(models))
+    app.include_router(admin_router(models, metrics))
+    app.include_router(tokenize_router(models))
     app.include_router(generate_router())
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     return app
+
+
+def served_model(engine: AsyncEngine, names: list[str], chat_template: str | None = None) -> ServedModel:
+    """An engine with the handlers its runner serves: chat and completions, or embeddings."""
+    if engine.engine.runner_type == "pooling":
+        return ServedModel(engine, names, embeddings=ServingEmbedding(engine, names))
+    chat = ServingChat(engine, names, chat_template=chat_template)  # chat and tokenize share its template
+    return ServedModel(engine, names, chat=chat, completions=ServingCompletion(engine, names))
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -63,22 +80,39 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     srv.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     srv.add_argument("--max-request-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
                      help="larger request bodies get 413 (default: %(default)s)")
+    srv.add_argument("--also", action="append", default=[], metavar="MODEL[=NAME]",
+                     help="serve another model from the same server, in its own engine, routed by the request's "
+                          "`model` (e.g. an embedding model beside the chat model); repeatable. It takes the "
+                          "engine flags --device, --dtype, --seed, --download-dir and --trust-remote-code, its "
+                          "other engine arguments are defaults. NAME (default: MODEL) is what clients send")
     add_engine_args(parser, model_default=None,
                     model_help="model name, local folder or .gguf file (default: the bundled model)")
     return parser
 
 
-def ready_message(host: str, port: int, model: str, api_key: str | None) -> str:
+def ready_message(host: str, port: int, api_key: str | None, served: list[tuple[str, str]]) -> str:
+    """What to paste to try the server: one example per served model, ``served`` = (name, runner) pairs."""
     shown = "localhost" if host in ("0.0.0.0", "::", "") else host
     base = f"http://{shown}:{port}"
     auth = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
     key = repr(api_key) if api_key else '"EMPTY"'
-    return (f"\npagedllm is serving {model!r} at {base}/v1  (Ctrl+C stops it)\n\n"
-            f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
-            f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n\n"
-            f"  python -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key={key}); "
-            f"print(c.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", "
-            f"\"content\": \"Hello!\"}}]).choices[0].message.content)'\n")
+    names = ", ".join(repr(name) for name, _ in served)
+    lines = [f"\npagedllm is serving {names} at {base}/v1  (Ctrl+C stops it)\n"]
+    for name, runner in served:
+        if runner == "pooling":
+            lines.append(f"  curl {base}/v1/embeddings -H 'Content-Type: application/json'{auth} \\\n"
+                         f"    -d '{{\"model\": \"{name}\", \"input\": \"Hello!\"}}'\n")
+        else:
+            lines.append(f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+                         f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                         f"\"Hello!\"}}]}}'\n")
+    name, runner = served[0]
+    call = (f"c.embeddings.create(model=\"{name}\", input=\"Hello!\").data[0].embedding[:4]" if runner == "pooling"
+            else f"c.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", "
+                 f"\"content\": \"Hello!\"}}]).choices[0].message.content")
+    lines.append(f"  python -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key={key}); "
+                 f"print({call})'\n")
+    return "\n".join(lines)
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -93,16 +127,30 @@ def run_server(args: argparse.Namespace) -> int:
     if chat_template and os.path.isfile(chat_template):
         with open(chat_template, encoding="utf-8") as f:
             chat_template = f.read()
+    engines: list[AsyncEngine] = []
     try:
         config = EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
-        engine = AsyncEngine.from_config(config, log_requests=not args.disable_log_requests)
+        extra_configs = [(EngineConfig.from_kwargs(model=m, **_shared_engine_args(args)), n) for m, n in also_models(args)]
+        for c in [config] + [c for c, _ in extra_configs]:
+            engines.append(AsyncEngine.from_config(c, log_requests=not args.disable_log_requests))
     except (ValueError, TypeError, OSError) as exc:
+        for e in engines:
+            e.shutdown()
         print(f"pagedllm serve: cannot start: {exc}", file=sys.stderr)
         return 2
+    engine = engines[0]
     names = args.served_model_name or [model]
-    app = build_app(engine, names, args.api_key, chat_template=chat_template,
-                    max_body_bytes=args.max_request_body_bytes)
-    message = ready_message(args.host, args.port, names[0], args.api_key)
+    also = [(e, [name]) for e, (_, name) in zip(engines[1:], extra_configs)]
+    try:
+        app = build_app(engine, names, args.api_key, chat_template=chat_template,
+                        max_body_bytes=args.max_request_body_bytes, also=also)
+    except ValueError as exc:  # two models under one name
+        for e in engines:
+            e.shutdown()
+        print(f"pagedllm serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    message = ready_message(args.host, args.port, args.api_key,
+                            [(m.names[0], m.runner) for m in app.state.models.models])
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -115,8 +163,26 @@ def run_server(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
-        engine.shutdown()
+        for e in engines:
+            e.shutdown()
     return 0 if server.started else 1
+
+
+def also_models(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``--also MODEL[=NAME]`` flags -> (model, served name) pairs."""
+    pairs = []
+    for value in getattr(args, "also", None) or []:
+        model, _, name = value.partition("=")
+        if not model:
+            raise ValueError(f"--also {value!r}: give a model (MODEL or MODEL=NAME)")
+        pairs.append((model, name or model))
+    return pairs
+
+
+def _shared_engine_args(args: argparse.Namespace) -> dict:
+    """The engine flags an --also model shares with the main one (where and how it runs, not its sizes)."""
+    return {k: getattr(args, k) for k in ("device", "dtype", "seed", "download_dir", "trust_remote_code")
+            if hasattr(args, k)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,6 +135,23 @@ class DetokenizeRequest(OpenAIModel):
     tokens: list[Annotated[int, Field(strict=True, ge=0)]]
 
 
+class EmbeddingRequest(OpenAIModel):
+    """OpenAI's embeddings request (plus vLLM's ``truncate_prompt_tokens`` and ``normalize``)."""
+
+    model: StrictStr | None = None
+    input: Union[StrictStr, list[StrictStr], list[Annotated[int, Field(strict=True)]],
+                 list[list[Annotated[int, Field(strict=True)]]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Int | None = None
+    user: StrictStr | None = None
+    truncate_prompt_tokens: Int | None = None
+    normalize: StrictBool | None = None
+
+
+class PoolingRequest(EmbeddingRequest):
+    """vLLM's ``/pooling``: the same input, the pooled vectors as nested lists."""
+
+
 # ---- responses ---------------------------------------------------------------------------
 class UsageInfo(OpenAIModel):
     prompt_tokens: int = 0

@@ -51,14 +51,16 @@ class OpenAIServing:
         except ContextWindowError as exc:
             raise APIError(str(exc), param=param if exc.param == "prompt" else exc.param) from None
 
-    async def generate_all(self, prompts: list[list[int]], params: list[SamplingParams], request_id: str
+    async def generate_all(self, prompts: list, params: list, request_id: str
                            ) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """Run every prompt as its own engine request; yield ``(prompt_index, output)`` as they come.
+        """Run every prompt (token ids, or a text for the engine to tokenize) as its own engine request;
+        yield ``(prompt_index, output)`` as they come.
 
         Leaving early aborts every request still running (their generators' finalizers do it).
         """
-        gens = [self.engine.generate({"prompt_token_ids": ids}, p, f"{request_id}-{i}")
-                for i, (ids, p) in enumerate(zip(prompts, params))]
+        gens = [self.engine.generate({"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt, p,
+                                     f"{request_id}-{i}")
+                for i, (prompt, p) in enumerate(zip(prompts, params))]
         if len(gens) == 1:
             try:
                 async for out in gens[0]:

@@ -1,25 +1,26 @@
-"""Operations routes: ``/health`` (503 once the engine loop died), ``/version``, Prometheus ``/metrics``."""
+"""Operations routes: ``/health`` (503 once an engine loop died), ``/version``, Prometheus ``/metrics``."""
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 import pagedllm
-from pagedllm.engine.async_engine import AsyncEngine
 from pagedllm.entrypoints.openai.errors import error_response
 from pagedllm.entrypoints.openai.protocol import APIError
+from pagedllm.entrypoints.openai.served_models import ServedModels
 from pagedllm.metrics import CONTENT_TYPE, Metrics
 
 
-def admin_router(engine: AsyncEngine, metrics: Metrics) -> APIRouter:
+def admin_router(models: ServedModels, metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
     async def health():
-        if engine.healthy:
+        dead = [m for m in models.models if not m.engine.healthy]
+        if not dead:
             return Response(status_code=200)
-        return error_response(APIError(f"the engine loop died: {engine.dead_error!r}", status_code=503,
-                                       type="ServiceUnavailableError"))
+        return error_response(APIError(f"the engine loop of {dead[0].names[0]!r} died: {dead[0].engine.dead_error!r}",
+                                       status_code=503, type="ServiceUnavailableError"))
 
     @router.get("/version")
     async def version():

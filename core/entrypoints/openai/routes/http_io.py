@@ -62,7 +62,7 @@ async def cancel_on_disconnect(request: Request, work):
 
 
 def answer(result, request: Request | None = None):
-    """A Response as is, a pydantic model as JSON, anything else (an async iterator) as SSE;
+    """A Response as is, a pydantic model or a dict as JSON, anything else (an async iterator) as SSE;
     the fields ``parse`` ignored in ``request`` are listed in the ``IGNORED_FIELDS_HEADER`` header."""
     ignored = getattr(request.state, "ignored_fields", None) if request is not None else None
     headers = {IGNORED_FIELDS_HEADER: ", ".join(ignored)} if ignored else {}
@@ -71,5 +71,7 @@ def answer(result, request: Request | None = None):
         return result
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
+    if isinstance(result, dict):
+        return JSONResponse(result, headers=headers)
     return StreamingResponse(result, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})

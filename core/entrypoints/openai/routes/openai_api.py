@@ -1,44 +1,54 @@
-"""OpenAI's ``/v1`` routes: completions, chat completions, models, and the embeddings placeholder."""
+"""OpenAI's ``/v1`` routes: completions, chat completions, embeddings and models; vLLM's ``/pooling``.
+
+Each request goes to the served model its ``model`` names (``served_models``).
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from pagedllm.engine.async_engine import AsyncEngine
-from pagedllm.entrypoints.openai.protocol import APIError, ChatCompletionRequest, CompletionRequest
+from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, PoolingRequest
 from pagedllm.entrypoints.openai.routes.http_io import answer, cancel_on_disconnect, parse
-from pagedllm.entrypoints.openai.serving_chat import ServingChat
-from pagedllm.entrypoints.openai.serving_completion import ServingCompletion
+from pagedllm.entrypoints.openai.served_models import ServedModel, ServedModels
 
 
-def openai_router(engine: AsyncEngine, names: list[str], chat: ServingChat) -> APIRouter:
+def _card(model: ServedModel, name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "pagedllm", "root": model.engine.engine.config.model,
+            "parent": None, "max_model_len": model.engine.max_model_len}
+
+
+def openai_router(models: ServedModels) -> APIRouter:
     router = APIRouter()
-    completions = ServingCompletion(engine, names)
 
     @router.post("/v1/completions")
     async def create_completion(request: Request):
         req = await parse(request, CompletionRequest)
-        return answer(await cancel_on_disconnect(request, completions.create(req)), request)
+        served = models.get(req.model, "generate", "/v1/completions")
+        return answer(await cancel_on_disconnect(request, served.completions.create(req)), request)
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
         req = await parse(request, ChatCompletionRequest)
-        return answer(await cancel_on_disconnect(request, chat.create(req)), request)
+        served = models.get(req.model, "generate", "/v1/chat/completions")
+        return answer(await cancel_on_disconnect(request, served.chat.create(req)), request)
+
+    @router.post("/v1/embeddings")
+    async def create_embedding(request: Request):
+        req = await parse(request, EmbeddingRequest)
+        served = models.get(req.model, "pooling", "/v1/embeddings")
+        return answer(await cancel_on_disconnect(request, served.embeddings.create(req)), request)
+
+    @router.post("/pooling")
+    async def create_pooling(request: Request):
+        req = await parse(request, PoolingRequest)
+        served = models.get(req.model, "pooling", "/pooling")
+        return answer(await cancel_on_disconnect(request, served.embeddings.create(req, pooling=True)), request)
 
     @router.get("/v1/models")
     async def list_models():
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "pagedllm", "root": engine.engine.config.model,
-                 "parent": None, "max_model_len": engine.max_model_len} for name in names]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [_card(m, name) for m in models.models for name in m.names]}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        chat.model_name(model_id)
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "pagedllm",
-                "max_model_len": engine.max_model_len}
-
-    @router.api_route("/v1/embeddings", methods=["POST"])
-    async def embeddings():
-        raise APIError("embeddings are not served yet by pagedllm (they come with their own issue)",
-                       status_code=404, type="NotFoundError", code="not_implemented")
+        return _card(models.get(model_id), model_id)
 
     return router
