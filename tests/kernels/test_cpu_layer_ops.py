@@ -186,7 +186,9 @@ def test_inputs_the_c_code_cannot_take_return_none():
 
 def test_layers_agree_with_their_torch_path_and_fall_back_when_disabled(monkeypatch):
     """RMSNorm (with residual), Gemma's norm, LayerNorm and the activations: the C path against the same
-    modules bound again with the C library disabled (their torch code), in bf16."""
+    modules bound again with the C library disabled (their torch code), in bf16. Every C twin binds here,
+    also those a CPU without AVX-512 leaves to torch (``cpu_ops.vectorized``): their scalar loops are checked too."""
+    monkeypatch.setattr(cpu_ops, "vectorized", lambda: True)
     from pagedllm.models.layers.activation import ActAndMul, SiluAndMul, get_act_fn
     from pagedllm.models.layers.layernorm import GemmaRMSNorm, LayerNorm, RMSNorm
 

@@ -27,6 +27,23 @@ def _inputs():
     return x, res, qk
 
 
+@pytest.fixture(autouse=True)
+def every_c_twin_binds(monkeypatch):
+    """These tests are about binding itself: every layer with a C twin takes it, as on an AVX-512 CPU
+    (elsewhere exact GELU and LayerNorm stay with torch: ``test_scalar_only_cpus_keep_gelu_and_layernorm_in_torch``)."""
+    monkeypatch.setattr(cpu_ops, "vectorized", lambda: True)
+
+
+def test_scalar_only_cpus_keep_gelu_and_layernorm_in_torch(monkeypatch):
+    """Without AVX-512 the C exact GELU and LayerNorm are scalar loops slower than torch: they bind to torch,
+    while RMSNorm and SiLU-and-mul, which still win there, keep their C twins."""
+    monkeypatch.setattr(cpu_ops, "vectorized", lambda: False)
+    assert get_act_fn("gelu").bind_forward("cpu", DTYPE) == "native"
+    assert LayerNorm(128).to(DTYPE).bind_forward("cpu", DTYPE) == "native"
+    assert RMSNorm(128).to(DTYPE).bind_forward("cpu", DTYPE) == "cpu"
+    assert SiluAndMul().bind_forward("cpu", DTYPE) == "cpu"
+
+
 def _layers():
     """(layer, bound method name, its inputs, the C function it reaches): every layer class with a C twin."""
     gen = torch.Generator().manual_seed(1)

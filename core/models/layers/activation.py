@@ -52,9 +52,12 @@ class FusedTanhGelu(_WithCpuTwin):
 
 
 class ExactGelu(_WithCpuTwin):
-    """HF's ``gelu`` (erf form, GPT-NeoX, Falcon): torch's ``gelu``."""
+    """HF's ``gelu`` (erf form, GPT-NeoX, Falcon, BERT): torch's ``gelu``; C only where it is vectorized."""
 
     c_act = "gelu"
+
+    def _kernel_applies(self, kind: str, dtype: torch.dtype | None) -> bool:
+        return cpu_ops.vectorized() and super()._kernel_applies(kind, dtype)
 
     def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)

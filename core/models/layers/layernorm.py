@@ -107,7 +107,9 @@ class LayerNorm(CustomOp, nn.LayerNorm):
     _params_f32: tuple | None = None  # (weight, bias) in float32 once bound to C
 
     def _kernel_applies(self, kind: str, dtype: torch.dtype | None) -> bool:
-        return len(self.normalized_shape) == 1 and _cpu_takes(self.weight, self.normalized_shape[0], dtype)
+        # without AVX-512 the C loop is scalar and torch's layer_norm is faster (cpu_ops.vectorized)
+        return (cpu_ops.vectorized() and len(self.normalized_shape) == 1
+                and _cpu_takes(self.weight, self.normalized_shape[0], dtype))
 
     def _prepare(self, choice: str) -> None:
         self._dtype = None if self.weight is None else self.weight.dtype
