@@ -57,6 +57,13 @@ def add_bench_parser(subparsers) -> None:
                                      "output tok/s and the ratio to Llama's (issue 7: >= 0.8).")
     models.add_cli_args(p)
     p.set_defaults(func=models.main)
+    from pagedllm.benchmarks import embed
+
+    p = kinds.add_parser("embed", help="embeddings: pagedllm vs sentence-transformers encode (issue 23)",
+                         description="Texts/s of LLM.embed, sentence-transformers encode (batch 32, fp32) and a "
+                                     "served pagedllm at --concurrency, same texts, same run.")
+    embed.add_cli_args(p)
+    p.set_defaults(func=embed.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)

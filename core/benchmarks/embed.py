@@ -1,0 +1,212 @@
+"""``pagedllm bench embed``: embeddings per second, pagedllm against sentence-transformers, same run.
+
+The workload is seeded English text of mixed lengths (16..256 tokens by default), cut to exact
+token counts with the model's own tokenizer, so every backend embeds the same inputs. Peers:
+``SentenceTransformer.encode`` (batch 32, fp32: what a RAG user runs instead), ``LLM.embed``
+offline, and optionally a ``pagedllm serve`` subprocess loaded by ``concurrency`` clients of one
+text each through the ``openai`` SDK. The vectors of pagedllm and sentence-transformers are
+compared too (lowest cosine), so a fast wrong answer cannot pass for a result.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+
+from pagedllm.benchmarks.report import load_avg, machine_info, write_json
+from pagedllm.benchmarks.workload import DETAILS, TEMPLATES, TOPICS
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # bundled
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: %(default)s, bundled)")
+    parser.add_argument("--num-texts", type=int, default=2000, help="texts to embed (default: %(default)s)")
+    parser.add_argument("--min-len", type=int, default=16, help="shortest text in tokens (default: %(default)s)")
+    parser.add_argument("--max-len", type=int, default=256, help="longest text in tokens (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentence-transformers batch (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16, help="served: clients in flight (default: %(default)s)")
+    parser.add_argument("--skip", action="append", default=[], choices=("st", "served"),
+                        help="leave a backend out (repeatable)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="pagedllm's tokens per step (default: the engine's)")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
+    parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
+    return parser
+
+
+def build_texts(tokenizer, n: int, min_len: int, max_len: int, seed: int) -> list[str]:
+    """``n`` texts whose encodings (special tokens included) have lengths drawn uniformly in [min_len, max_len]."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        target = rng.randint(min_len, max_len)
+        words = []
+        while len(words) < target * 2:
+            topic, other = rng.sample(TOPICS, 2)
+            words += rng.choice(TEMPLATES).format(topic=topic, other=other, audience="a student").split()
+            words += rng.choice(DETAILS).split()
+        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        texts.append(tokenizer.decode(ids[:max(target - special, 1)]))
+    return texts
+
+
+def _timed(fn) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def bench_st(path: str, texts: list[str], batch_size: int):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(path, device="cpu")
+    st.max_seq_length = max(st.max_seq_length or 0, 512)
+    st.encode(texts[:64], batch_size=batch_size)  # warm-up
+    return _timed(lambda: st.encode(texts, batch_size=batch_size, convert_to_numpy=True))
+
+
+def bench_pagedllm(model: str, texts: list[str], budget: int | None):
+    import numpy as np
+
+    from pagedllm import LLM
+
+    kwargs = {"max_num_batched_tokens": budget} if budget else {}
+    llm = LLM(model, dtype="float32", max_model_len=512, **kwargs)
+    llm.embed(texts[:64], use_tqdm=False)  # warm-up
+    outs, elapsed = _timed(lambda: llm.embed(texts, use_tqdm=False))
+    return np.array([o.outputs.embedding for o in outs], dtype=np.float32), elapsed, sum(len(o.prompt_token_ids) for o in outs)
+
+
+async def _serve_clients(base_url: str, model: str, texts: list[str], concurrency: int) -> tuple[int, float]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+    errors = 0
+
+    async def one(text):
+        nonlocal errors
+        async with sem:
+            try:
+                await client.embeddings.create(model=model, input=text)
+            except Exception:  # counted and reported
+                errors += 1
+
+    await asyncio.gather(*(one(t) for t in texts[:concurrency * 2]))  # warm-up
+    start = time.perf_counter()
+    await asyncio.gather(*(one(t) for t in texts))
+    return errors, time.perf_counter() - start
+
+
+def bench_served(model: str, texts: list[str], concurrency: int, budget: int | None) -> tuple[int, float]:
+    """A ``pagedllm serve`` subprocess (its engine alone in its process, as deployed)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [os.path.join(os.path.dirname(sys.executable), "pagedllm"), "serve", model, "--port", str(port),
+           "--dtype", "float32", "--max-model-len", "512", "--disable-log-requests"]
+    if budget:
+        cmd += ["--max-num-batched-tokens", str(budget)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the pagedllm server did not start") from None
+                time.sleep(1)
+        return asyncio.run(_serve_clients(f"http://127.0.0.1:{port}/v1", model, texts, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from pagedllm.loader import resolve_model
+
+    path = resolve_model(args.model).path
+    texts = build_texts(AutoTokenizer.from_pretrained(path), args.num_texts, args.min_len, args.max_len, args.seed)
+    load_before = load_avg()
+    results: dict = {}
+    ours, elapsed, tokens = bench_pagedllm(args.model, texts, args.max_num_batched_tokens)
+    results["pagedllm"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed}
+    print(f"pagedllm LLM.embed: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+    if "st" not in args.skip:
+        theirs, elapsed = bench_st(path, texts, args.batch_size)
+        cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+        results["sentence-transformers"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
+                                            "elapsed_s": elapsed, "batch_size": args.batch_size,
+                                            "min_cosine_to_pagedllm": float(cos.min())}
+        print(f"sentence-transformers encode: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+    if "served" not in args.skip:
+        errors, elapsed = bench_served(args.model, texts, args.concurrency, args.max_num_batched_tokens)
+        results["pagedllm served"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
+                                      "elapsed_s": elapsed, "concurrency": args.concurrency, "errors": errors}
+        print(f"pagedllm served: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+    return {"benchmark": "embed", "model": args.model, "num_texts": len(texts), "tokens": tokens,
+            "lengths": [args.min_len, args.max_len], "seed": args.seed, "results": results,
+            "machine": machine_info(torch.device("cpu"), load_before),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def format_table(report: dict) -> str:
+    results = report["results"]
+    base = results.get("sentence-transformers", {}).get("texts_per_s")
+    lines = ["| backend | texts/s | tokens/s | vs sentence-transformers |", "|---|---:|---:|---:|"]
+    for name, r in results.items():
+        ratio = f"{r['texts_per_s'] / base:.2f}x" if base else "-"
+        lines.append(f"| {name} | {r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} | {ratio} |")
+    lines.append("")
+    lines.append(f"{report['num_texts']} texts of {report['lengths'][0]}-{report['lengths'][1]} tokens "
+                 f"({report['tokens']} tokens), {report['model']}, fp32 on CPU")
+    if "pagedllm served" in results:
+        r = results["pagedllm served"]
+        lines.append(f"served/offline: {r['texts_per_s'] / results['pagedllm']['texts_per_s']:.2f}x at concurrency "
+                     f"{r['concurrency']} ({r['errors']} errors)")
+    if "sentence-transformers" in results:
+        lines.append(f"lowest cosine pagedllm vs sentence-transformers: "
+                     f"{results['sentence-transformers']['min_cosine_to_pagedllm']:.6f}")
+    return "\n".join(lines)
+
+
+def plot(report: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    values = [report["results"][n]["texts_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(names, values, color=["#4c72b0" if n.startswith("pagedllm") else "#999999" for n in names])
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.0f}", va="center")
+    ax.set_xlabel("texts/s (higher is better)")
+    ax.set_title(f"Embeddings, {report['model'].split('/')[-1]}, {report['num_texts']} texts")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_benchmark(args)
+    print(format_table(report))
+    write_json(report, args.output_json)
+    if args.output_json:
+        plot(report, os.path.splitext(args.output_json)[0] + ".png")
+    return 0
