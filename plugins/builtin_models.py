@@ -28,3 +28,5 @@ def register_models(register):
     register("BertModel", bert.BertModel)
     register("RobertaModel", bert.RobertaModel)
     register("XLMRobertaModel", bert.RobertaModel)
+    register("JinaBertModel", bert.JinaBertModel)  # jina-embeddings-v2 (its remote code's class names)
+    register("JinaBertForMaskedLM", bert.JinaBertModel)

@@ -1,9 +1,11 @@
-"""BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) as pooling models: embeddings in, hidden states out.
+"""BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, jina-bert-v2) as pooling models: embeddings in,
+hidden states out.
 
 No LM head and no KV cache: the pooling runner packs whole inputs into one step and pools the
 hidden states (``pagedllm.pooling``). Post-norm blocks: ``norm(x + attention(x))`` then
-``norm(x + mlp(x))``, each residual add fused into its LayerNorm's C call on CPU. RoBERTa and
-XLM-R differ only in their positions, which start after the padding index.
+``norm(x + mlp(x))``. RoBERTa and XLM-R differ only in their positions, which start after the
+padding index; jina-bert-v2 has no position table (symmetric ALiBi in the attention) and a gated
+MLP (``act(gate) * up``, then ``wo``).
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from pagedllm.models.layers.activation import ActAndMul
+from pagedllm.models.layers.attention import local_alibi_slopes
 from pagedllm.models.layers.encoder_attention import EncoderAttention
 from pagedllm.models.layers.layernorm import LayerNorm
-from pagedllm.models.layers.linear import QKVParallelLinear, RowParallelLinear
+from pagedllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.models.layers.mlp import MLP
 from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.causal_lm import stacked_shards
 from pagedllm.models.weight_utils import Target, load_mapped
 
 # checkpoint fragment -> ours, in order (attention.output.* before the block's output.*)
@@ -26,7 +31,8 @@ _RENAMES = ((".attention.output.dense.", ".attention.o_proj."),
             (".output.dense.", ".mlp.fc_out."),
             (".output.LayerNorm.", ".output_norm."),
             ("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"),
-            ("_norm.gamma", "_norm.weight"), ("_norm.beta", "_norm.bias"))
+            ("_norm.gamma", "_norm.weight"), ("_norm.beta", "_norm.bias"),
+            (".mlp.layernorm.", ".output_norm."))  # jina-bert-v2's MLP keeps its norm
 _QKV = {".attention.self.query.": "q", ".attention.self.key.": "k", ".attention.self.value.": "v"}
 _HEADS = ("pooler.", "cls.", "lm_head.", "classifier.")  # task heads and BERT's tanh pooler: not used
 
@@ -36,13 +42,17 @@ class BertEmbeddings(nn.Module):
         super().__init__()
         self.position_offset = position_offset
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.absolute = getattr(config, "position_embedding_type", "absolute") != "alibi"
+        if self.absolute:
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(max(config.type_vocab_size, 1), config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         words = self.word_embeddings(input_ids)
         token_type = self.token_type_embeddings.weight[0]  # one segment: type 0 everywhere
+        if not self.absolute:
+            return self.LayerNorm.add_and_norm(words, token_type)[0]
         return self.LayerNorm.add_and_norm(words, token_type, self.position_embeddings(positions + self.position_offset))[0]
 
 
@@ -54,16 +64,36 @@ class BertLayer(nn.Module):
         self.attention = nn.Module()
         self.attention.qkv_proj = QKVParallelLinear(hidden, head_dim, heads, heads, bias=True)
         self.attention.o_proj = RowParallelLinear(hidden, hidden, bias=True)
-        self.attn = EncoderAttention(self.attention.qkv_proj.num_heads, head_dim, head_dim ** -0.5)
-        self.size = self.attention.qkv_proj.num_heads * head_dim
+        local_heads = self.attention.qkv_proj.num_heads
+        alibi = getattr(config, "position_embedding_type", "absolute") == "alibi"
+        self.attn = EncoderAttention(local_heads, head_dim, head_dim ** -0.5,
+                                     local_alibi_slopes(heads, local_heads) if alibi else None)
+        self.size = local_heads * head_dim
         self.attention_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.mlp = MLP(hidden, config.intermediate_size, config.hidden_act, bias=True)
+        if getattr(config, "feed_forward_type", None) in ("glu", "geglu", "reglu"):
+            self.mlp = GluMLP(hidden, config.intermediate_size, config.feed_forward_type, config.hidden_act)
+        else:
+            self.mlp = MLP(hidden, config.intermediate_size, config.hidden_act, bias=True)
         self.output_norm = LayerNorm(hidden, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.attention.qkv_proj(x).split(self.size, dim=-1)
         x = self.attention_norm.add_and_norm(self.attention.o_proj(self.attn(q, k, v)), x)[0]
         return self.output_norm.add_and_norm(self.mlp(x), x)[0]
+
+
+class GluMLP(nn.Module):
+    """jina-bert-v2's MLP: ``wo(act(gate) * up)`` on one bias-free ``gated_layers`` [gate | up]
+    projection; ``geglu`` gates with GELU, ``reglu`` with ReLU, ``glu`` with the config's activation."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, kind: str, hidden_act: str):
+        super().__init__()
+        self.gated_layers = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias=False)
+        self.act = ActAndMul({"geglu": "gelu", "reglu": "relu"}.get(kind, hidden_act))
+        self.wo = RowParallelLinear(intermediate_size, hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.act(self.gated_layers(x)))
 
 
 class BertModel(nn.Module):
@@ -105,6 +135,9 @@ class BertModel(nn.Module):
             if fragment in name:
                 yield name.replace(fragment, ".attention.qkv_proj.")[1:], tensor, shard
                 return
+        if ".mlp.gated_layers." in name:  # checkpoint-fused [gate | up]: our two shards
+            yield from stacked_shards(name[1:], tensor, [tensor.shape[0] // 2] * 2, (0, 1))
+            return
         yield name[1:], tensor, None
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -118,3 +151,15 @@ class RobertaModel(BertModel):
     @staticmethod
     def position_offset(config) -> int:
         return config.pad_token_id + 1
+
+
+class JinaBertModel(BertModel):
+    """jina-bert-v2 (jina-embeddings-v2): ALiBi and a gated MLP, read from its config
+    (``position_embedding_type="alibi"``, ``feed_forward_type``); mean-pooled, as its model card embeds."""
+
+    default_pooling_type = "MEAN"
+
+    @classmethod
+    def position_limit(cls, config) -> int:
+        """ALiBi has no position table: the trained length (``max_position_embeddings``) is the limit."""
+        return config.max_position_embeddings

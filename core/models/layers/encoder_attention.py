@@ -24,11 +24,22 @@ class EncoderMetadata:
 
 
 class EncoderAttention(nn.Module):
-    def __init__(self, num_heads: int, head_dim: int, scale: float):
+    """``alibi_slopes`` (one per head: jina-bert-v2) add ``-slope[h] * |i - j|`` to the scores, the
+    symmetric ALiBi of an encoder (it replaces position embeddings)."""
+
+    def __init__(self, num_heads: int, head_dim: int, scale: float, alibi_slopes: list[float] | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.alibi_slopes = None if alibi_slopes is None else torch.tensor(alibi_slopes, dtype=torch.float32)
+
+    def _bias(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.alibi_slopes is None:
+            return None
+        pos = torch.arange(n, device=like.device)
+        distance = (pos[None, :] - pos[:, None]).abs().to(torch.float32)
+        return (-self.alibi_slopes.to(like.device)[:, None, None] * distance).to(like.dtype).unsqueeze(0)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: [T, H*D] -> [T, H*D]."""
@@ -40,7 +51,7 @@ class EncoderAttention(nn.Module):
         for n in md.seq_lens:
             end = start + n
             parts.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
-                                                        scale=self.scale))
+                                                        attn_mask=self._bias(n, q), scale=self.scale))
             start = end
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return out.transpose(1, 2).reshape(T, H * D)
