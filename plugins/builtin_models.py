@@ -4,7 +4,7 @@ from pagedllm.plugins.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
-    from pagedllm.models import baichuan, bert, chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
+    from pagedllm.models import baichuan, bert, causal_lm, chatglm, falcon, gemma, gpt2, gpt_neox, gptj, llama, mixtral, opt, phi, phi3, qwen3
 
     register("LlamaForCausalLM", llama.LlamaForCausalLM)
     register("MistralForCausalLM", llama.MistralForCausalLM)
@@ -28,5 +28,8 @@ def register_models(register):
     register("BertModel", bert.BertModel)
     register("RobertaModel", bert.RobertaModel)
     register("XLMRobertaModel", bert.RobertaModel)
+    # decoders saved without their LM head: embedding models (LAST-token pooling)
+    for family in (llama.LlamaForCausalLM, llama.MistralForCausalLM, llama.Qwen2ForCausalLM, qwen3.Qwen3ForCausalLM):
+        register(family.__name__.replace("ForCausalLM", "Model"), causal_lm.headless(family))
     register("JinaBertModel", bert.JinaBertModel)  # jina-embeddings-v2 (its remote code's class names)
     register("JinaBertForMaskedLM", bert.JinaBertModel)

@@ -97,3 +97,25 @@ class CausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded."""
         return load_mapped(self, weights, self.checkpoint_targets)
+
+
+def headless(cls: type[CausalLM]) -> type[CausalLM]:
+    """The decoder of ``cls`` saved without its LM head (``Qwen2Model``, ``Qwen3Model``: embedding models
+    such as gte-Qwen2 and Qwen3-Embedding): a pooling model, LAST-token pooled by default. Its tensors
+    lack the body prefix (``layers.0...``, not ``model.layers.0...``) and the head; the head is tied to
+    the embeddings so nothing is left unloaded (the pooling runner never computes logits)."""
+
+    class Headless(cls):
+        is_pooling_model = True
+        default_pooling_type = "LAST"
+
+        def ties_embeddings(self, config) -> bool:
+            return True
+
+        def checkpoint_targets(self, name: str, tensor: torch.Tensor) -> Iterator[Target]:
+            if not name.startswith(self.body_name + "."):
+                name = f"{self.body_name}.{name}"
+            yield from super().checkpoint_targets(name, tensor)
+
+    Headless.__name__ = Headless.__qualname__ = cls.__name__.replace("ForCausalLM", "Model")
+    return Headless

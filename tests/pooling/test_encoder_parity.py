@@ -88,3 +88,23 @@ def test_decoder_as_embedder_equals_its_hidden_states(tmp_path, pooling_type):
     ids, got = ours(llm, TEXTS)
     torch.testing.assert_close(got, hf_vectors(path, ids, pooling_type, True), atol=2e-6, rtol=1e-5)
     assert llm.llm_engine.kv_cache_usage == 0.0  # every request's blocks were freed
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_a_headless_decoder_checkpoint_is_an_embedder(tmp_path, arch):
+    """A ``Qwen2Model`` / ``LlamaModel`` folder (a decoder saved without its LM head, as gte-Qwen2 and
+    Qwen3-Embedding ship) runs as a pooling model by itself: LAST pooling, normalized."""
+    from transformers import AutoModel
+
+    from pagedllm import LLM
+
+    source = make_tiny_model(tmp_path / "lm", arch)
+    AutoModel.from_pretrained(source).save_pretrained(tmp_path / "body")  # drops the head and the "model." prefix
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "body")
+    llm = LLM(str(tmp_path / "body"), dtype="float32")
+    engine = llm.llm_engine
+    assert (engine.runner_type, engine.pooler.pooling_type, engine.pooler.normalize) == ("pooling", "LAST", True)
+    ids, got = ours(llm, TEXTS)
+    torch.testing.assert_close(got, hf_vectors(str(tmp_path / "body"), ids, "LAST", True), atol=2e-6, rtol=1e-5)
