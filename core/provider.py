@@ -1,8 +1,8 @@
 """Provider: the one small interface every framework adapter talks to.
 
 Adapters (LangChain, LlamaIndex, ...) never touch the engine; they ask a Provider for model
-info and for a stream of text deltas. ``LocalProvider`` runs the in-process engine (one per
-engine config per process, so every adapter on one model shares one continuous batch);
+info, for a stream of text deltas, or for embeddings. ``LocalProvider`` runs the in-process engine
+(one per engine config per process, so every adapter on one model shares one continuous batch);
 ``RemoteProvider`` talks to any OpenAI-compatible server, so the same adapters scale out to a
 remote ``pagedllm serve`` or vLLM by passing ``base_url``.
 
@@ -11,13 +11,16 @@ A request is either a prompt string (completion) or a list of ``{"role", "conten
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 Request = str | list[dict]
@@ -100,8 +103,27 @@ class Provider(ABC):
         """The prompt text the model sees for ``messages`` (its chat template)."""
         raise NotImplementedError(f"{type(self).__name__} does not render chat templates")
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        raise NotImplementedError("embeddings are not served by pagedllm yet (they come with their own issue)")
+    def embed(self, texts: list[str], *, dimensions: int | None = None,
+              truncate_prompt_tokens: int | None = None) -> list[list[float]]:
+        """One vector per text, in order, from an embedding (pooling) model. ``dimensions``: keep the first N
+        values (Matryoshka models); ``truncate_prompt_tokens``: cut longer texts to N tokens (-1: the model's
+        maximum) instead of refusing them."""
+        raise NotImplementedError(f"{type(self).__name__} does not make embeddings")
+
+    async def aembed(self, texts: list[str], *, dimensions: int | None = None,
+                     truncate_prompt_tokens: int | None = None) -> list[list[float]]:
+        """``embed`` for asyncio callers; never blocks the event loop."""
+        raise NotImplementedError(f"{type(self).__name__} does not make embeddings")
+
+
+def check_texts(texts) -> list[str]:
+    """``texts`` as a list of strings: a bare string would otherwise be embedded character by character."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
+    return list(texts)
 
 
 def with_tools_in_system(messages: list[dict], tools: list) -> list[dict]:
@@ -203,6 +225,43 @@ class LocalProvider(Provider):
                 for delta in counter.deltas(out):
                     yield delta
         yield counter.last()
+
+    def embed(self, texts, *, dimensions=None, truncate_prompt_tokens=None):
+        # A private loop, not asyncio.run: the caller's thread keeps whatever event loop it had set.
+        coro = self.aembed(texts, dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _run_in_new_loop(coro)
+        # Sync code called from inside a running loop (a notebook cell): that loop cannot be re-entered.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(_run_in_new_loop, coro).result()
+
+    async def aembed(self, texts, *, dimensions=None, truncate_prompt_tokens=None):
+        """Each text is its own engine request, all queued at once, so they share steps (and batch with
+        other callers' requests); the first failure aborts the rest."""
+        texts = check_texts(texts)
+        params = PoolingParams(dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens)
+        tasks = [asyncio.ensure_future(self._embed_one(text, params)) for text in texts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # no-op for finished ones; a cancelled one aborts its engine request
+                task.cancel()
+
+    async def _embed_one(self, text: str, params: PoolingParams) -> list[float]:
+        output = None
+        async for output in self.engine.generate(text, params):
+            pass
+        return output.outputs.data.float().tolist()
+
+
+def _run_in_new_loop(coro):
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 class _Counter:
@@ -316,6 +375,32 @@ class RemoteProvider(Provider):
                     yield delta
         finally:
             await chunks.close()
+
+    def _embedding_kwargs(self, texts: list[str], dimensions, truncate_prompt_tokens) -> dict:
+        kwargs = {"model": self._info.name, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            kwargs["dimensions"] = dimensions
+        if truncate_prompt_tokens is not None:  # vLLM's extension field
+            kwargs["extra_body"] = {"truncate_prompt_tokens": truncate_prompt_tokens}
+        return kwargs
+
+    @staticmethod
+    def _vectors(response) -> list[list[float]]:
+        return [d.embedding for d in sorted(response.data, key=lambda d: d.index)]
+
+    def embed(self, texts, *, dimensions=None, truncate_prompt_tokens=None):
+        texts = check_texts(texts)
+        if not texts:
+            return []  # OpenAI refuses an empty input list
+        return self._vectors(self.client.embeddings.create(
+            **self._embedding_kwargs(texts, dimensions, truncate_prompt_tokens)))
+
+    async def aembed(self, texts, *, dimensions=None, truncate_prompt_tokens=None):
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        return self._vectors(await self.aclient.embeddings.create(
+            **self._embedding_kwargs(texts, dimensions, truncate_prompt_tokens)))
 
 
 def get_provider(model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,

@@ -1,4 +1,5 @@
-"""What the LangChain ``VLLM`` and ``ChatVLLM`` share: their provider, built on first use, and usage dicts."""
+"""What the LangChain adapters (``VLLM``, ``ChatVLLM``, ``VLLMEmbeddings``) share: their provider, built on first
+use, and usage dicts."""
 from __future__ import annotations
 
 from pagedllm.provider import Provider, Usage, get_provider

@@ -16,15 +16,10 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM
 
+from pagedllm.integrations.llama_index_common import llama_index_provider
 from pagedllm.integrations.vllm_fields import VllmFields
-from pagedllm.provider import Completion, Provider, get_provider
+from pagedllm.provider import Completion, Provider
 from pagedllm.sampling_params import SamplingParams
-
-
-def _server_base(api_url: str) -> str:
-    """llama-index's ``api_url`` (often ``.../generate``) as an OpenAI base URL (``.../v1``)."""
-    base = api_url.rstrip("/").removesuffix("/generate").removesuffix("/v1")
-    return base + "/v1"
 
 
 def _completion(text: str, delta: str) -> CompletionResponse:
@@ -72,11 +67,7 @@ class Vllm(VllmFields, LLM):
     @property
     def provider(self) -> Provider:
         if self._provider is None:
-            if self.api_url:
-                self._provider = get_provider(self.model or None, base_url=_server_base(self.api_url),
-                                              api_key=self.api_key)
-            else:
-                self._provider = get_provider(self.model, **self._engine_kwargs())
+            self._provider = llama_index_provider(self.model, self.api_url, self.api_key, self._engine_kwargs())
         return self._provider
 
     @property

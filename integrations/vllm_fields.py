@@ -2,7 +2,8 @@
 
 Both wrappers copy vLLM's ``LLM`` arguments under the same names and defaults
 (``langchain_community.llms.VLLM``, ``llama_index.llms.vllm.Vllm``), so one mixin holds them and
-turns them into ``SamplingParams`` keywords and engine arguments the same way.
+turns them into ``SamplingParams`` keywords and engine arguments the same way. The embedding
+adapters (``VLLMEmbeddings``, ``VllmEmbedding``) sample nothing: they take the engine half only.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pagedllm.names import reject_unknown_fields
 
 
-class VllmFields(BaseModel):
-    """Mixin (pydantic): the fields, and how they become sampling parameters and engine arguments."""
+class VllmEngineFields(BaseModel):
+    """Mixin (pydantic): the engine fields, how they become engine arguments, and no unknown arguments."""
 
     # the docstrings below become the fields' descriptions (JSON schema, LlamaIndex's component docs)
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -30,6 +31,24 @@ class VllmFields(BaseModel):
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Engine: further engine arguments under vLLM's names (``max_model_len``, ``kv_cache_memory``, ...);
     they win over the fields above."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        """``VLLM(max_new_token=8)`` is a TypeError naming ``max_new_tokens``, never a silent 512."""
+        return reject_unknown_fields(cls, data, f"{cls.__name__} argument")
+
+    def _engine_kwargs(self) -> dict[str, Any]:
+        """Engine arguments for the in-process provider: the engine fields, ``vllm_kwargs`` over them."""
+        fields = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
+                      trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
+                      download_dir=self.download_dir)
+        return fields | self.vllm_kwargs
+
+
+class VllmFields(VllmEngineFields):
+    """Mixin (pydantic): the engine fields and the sampling ones, and how they become sampling parameters."""
+
     n: int = 1
     """Sampling: generations returned per prompt."""
     best_of: int | None = None
@@ -53,22 +72,9 @@ class VllmFields(BaseModel):
     logprobs: int | None = None
     """Sampling: log-probabilities of this many most likely tokens per generated token."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        """``VLLM(max_new_token=8)`` is a TypeError naming ``max_new_tokens``, never a silent 512."""
-        return reject_unknown_fields(cls, data, f"{cls.__name__} argument")
-
     def _sampling_fields(self) -> dict[str, Any]:
         """The sampling fields as ``SamplingParams`` keywords."""
         return {"n": self.n, "best_of": self.best_of, "temperature": self.temperature,
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
                 "top_p": self.top_p, "top_k": self.top_k, "stop": self.stop, "ignore_eos": self.ignore_eos,
                 "max_tokens": self.max_new_tokens, "logprobs": self.logprobs}
-
-    def _engine_kwargs(self) -> dict[str, Any]:
-        """Engine arguments for the in-process provider: the engine fields, ``vllm_kwargs`` over them."""
-        fields = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
-                      trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
-                      download_dir=self.download_dir)
-        return fields | self.vllm_kwargs

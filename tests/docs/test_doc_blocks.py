@@ -36,6 +36,7 @@ LANGS = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shel
 MARKER = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 BUNDLED = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"  # make serve hosts it beside the chat model
 BIN = Path(sys.executable).parent
 
 
@@ -116,11 +117,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_port(tmp_path_factory):
-    """`make serve`'s command (pagedllm serve on the bundled model) on a free port."""
+    """`make serve`'s command (pagedllm serve on the bundled chat model, --also the bundled embedder) on a free port."""
     port, cwd = free_port(), tmp_path_factory.mktemp("server")
     log = open(cwd / "server.log", "w+")
-    proc = subprocess.Popen([str(BIN / "pagedllm"), "serve", BUNDLED, "--port", str(port)], cwd=cwd,
-                            env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [str(BIN / "pagedllm"), "serve", BUNDLED, "--also", BUNDLED_EMBEDDER, "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while True:

