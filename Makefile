@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make serve   install what is missing, then serve the bundled model
+#   make serve   install what is missing, then serve the bundled chat and embedding models
 #   make test    install what is missing, then run the test suite
 #
 # Dev/CI installs come from requirements-dev.lock (every transitive dependency, pinned by
