@@ -12,7 +12,7 @@ import pytest
 from model_fixtures import BUNDLED
 from rag_documents import ANSWER, ANSWERING_DOC, DOCS, QUESTION
 
-pytestmark = pytest.mark.slow  # loads the bundled model
+# the bundled chat model loads in seconds once converted (the session converts it once): in the fast suite
 
 
 @pytest.fixture(scope="module")
