@@ -1,6 +1,7 @@
 """pagedllm: a vLLM-style paged-attention inference engine. The names are vLLM's."""
 from pagedllm.config import EngineConfig
 from pagedllm.llm import LLM
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
                                       StructuredOutputsParams)
@@ -9,4 +10,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "RequestMetrics",
            "RequestOutputKind", "EngineConfig", "Logprob", "BeamSearchParams", "StructuredOutputsParams",
-           "GuidedDecodingParams", "__version__"]
+           "GuidedDecodingParams", "LoRARequest", "__version__"]
