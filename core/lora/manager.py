@@ -49,6 +49,16 @@ class LoRAManager:
         self.free_slots = list(range(max_loras))
         self.num_loads = 0  # folders read (a reload after eviction counts again)
         self.num_activations = 0  # adapters copied into a slot
+        self._issued_ids: set[int] = set()
+
+    def new_lora_id(self) -> int:
+        """An id no adapter of this engine uses yet (for names registered by the server)."""
+        with self._lock:
+            lora_id = 1
+            while lora_id in self._issued_ids or lora_id in self.loaded:
+                lora_id += 1
+            self._issued_ids.add(lora_id)
+            return lora_id
 
     # --- host cache -----------------------------------------------------------------------------
     def load(self, request: LoRARequest) -> LoadedAdapter:

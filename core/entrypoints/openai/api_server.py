@@ -20,15 +20,22 @@ from pagedllm.entrypoints.openai.errors import add_error_handlers
 from pagedllm.entrypoints.openai.guard import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
 from pagedllm.entrypoints.openai.routes.admin import admin_router
 from pagedllm.entrypoints.openai.routes.generate import generate_router
+from pagedllm.entrypoints.openai.routes.lora import lora_router
 from pagedllm.entrypoints.openai.routes.openai_api import openai_router
 from pagedllm.entrypoints.openai.routes.tokenize import tokenize_router
 from pagedllm.entrypoints.openai.serving_chat import ServingChat
+from pagedllm.entrypoints.openai.serving_models import (LoRAModulePath, parse_lora_module,
+                                                        runtime_lora_updating_allowed)
 from pagedllm.metrics import Metrics
 
 
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
-              *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app over one AsyncEngine; ``served_model_names[0]`` is the name answered."""
+              *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              lora_modules: list[LoRAModulePath] | None = None) -> FastAPI:
+    """The FastAPI app over one AsyncEngine; ``served_model_names[0]`` is the name answered.
+
+    ``lora_modules``: adapters clients select by name (``model=<name>``), read and checked here, so a
+    bad one stops the start with a ValueError naming it."""
     if isinstance(served_model_names, str):
         served_model_names = [served_model_names]
     names = list(served_model_names or [engine.engine.config.model])
@@ -37,11 +44,15 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
     app.state.engine = engine
     app.state.metrics = metrics = Metrics(engine, names[0])
     chat = ServingChat(engine, names, chat_template=chat_template)  # chat and tokenize share its template
+    for module in lora_modules or ():
+        chat.models.add_lora(module.name, module.path, module.base_model_name)
     add_error_handlers(app)
     app.include_router(openai_router(engine, names, chat))
     app.include_router(admin_router(engine, metrics))
     app.include_router(tokenize_router(engine, chat))
     app.include_router(generate_router())
+    if runtime_lora_updating_allowed():
+        app.include_router(lora_router(chat.models))
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     return app
 
@@ -63,6 +74,9 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     srv.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     srv.add_argument("--max-request-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
                      help="larger request bodies get 413 (default: %(default)s)")
+    srv.add_argument("--lora-modules", nargs="+", type=parse_lora_module, default=None, metavar="NAME=PATH",
+                     help="LoRA adapters clients select with model=NAME (with --enable-lora): name=path, or "
+                          'JSON {"name": ..., "path": ..., "base_model_name": ...}')
     add_engine_args(parser, model_default=None,
                     model_help="model name, local folder or .gguf file (default: the bundled model)")
     return parser
@@ -93,15 +107,20 @@ def run_server(args: argparse.Namespace) -> int:
     if chat_template and os.path.isfile(chat_template):
         with open(chat_template, encoding="utf-8") as f:
             chat_template = f.read()
+    names = args.served_model_name or [model]
+    engine = None
     try:
         config = EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
+        if args.lora_modules and not config.enable_lora:
+            raise ValueError("--lora-modules needs --enable-lora")
         engine = AsyncEngine.from_config(config, log_requests=not args.disable_log_requests)
+        app = build_app(engine, names, args.api_key, chat_template=chat_template,
+                        max_body_bytes=args.max_request_body_bytes, lora_modules=args.lora_modules)
     except (ValueError, TypeError, OSError) as exc:
+        if engine is not None:
+            engine.shutdown()
         print(f"pagedllm serve: cannot start: {exc}", file=sys.stderr)
         return 2
-    names = args.served_model_name or [model]
-    app = build_app(engine, names, args.api_key, chat_template=chat_template,
-                    max_body_bytes=args.max_request_body_bytes)
     message = ready_message(args.host, args.port, names[0], args.api_key)
 
     class _Server(uvicorn.Server):

@@ -13,6 +13,7 @@ from pagedllm.entrypoints.openai.serving_completion import ServingCompletion
 def openai_router(engine: AsyncEngine, names: list[str], chat: ServingChat) -> APIRouter:
     router = APIRouter()
     completions = ServingCompletion(engine, names)
+    completions.models = models = chat.models  # one set of names (base + LoRA adapters) for every handler
 
     @router.post("/v1/completions")
     async def create_completion(request: Request):
@@ -26,15 +27,12 @@ def openai_router(engine: AsyncEngine, names: list[str], chat: ServingChat) -> A
 
     @router.get("/v1/models")
     async def list_models():
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "pagedllm", "root": engine.engine.config.model,
-                 "parent": None, "max_model_len": engine.max_model_len} for name in names]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": models.cards(engine.engine.config.model, engine.max_model_len)}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
         chat.model_name(model_id)
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "pagedllm",
-                "max_model_len": engine.max_model_len}
+        return next(c for c in models.cards(engine.engine.config.model, engine.max_model_len) if c["id"] == model_id)
 
     @router.api_route("/v1/embeddings", methods=["POST"])
     async def embeddings():
