@@ -52,6 +52,9 @@ class VllmFields(BaseModel):
     """Sampling: most tokens generated per output (vLLM's ``max_tokens``)."""
     logprobs: int | None = None
     """Sampling: log-probabilities of this many most likely tokens per generated token."""
+    lora_request: Any = None
+    """LoRA adapter for every call (a ``LoRARequest``, or an adapter name the engine or server has loaded;
+    the engine needs ``vllm_kwargs={"enable_lora": True}``); a call's ``lora_request=`` keyword wins."""
 
     @model_validator(mode="before")
     @classmethod
@@ -66,9 +69,24 @@ class VllmFields(BaseModel):
                 "top_p": self.top_p, "top_k": self.top_k, "stop": self.stop, "ignore_eos": self.ignore_eos,
                 "max_tokens": self.max_new_tokens, "logprobs": self.logprobs}
 
+    def _pop_lora(self, kwargs: dict):
+        """The call's ``lora_request`` keyword (taken out of ``kwargs``), else the field's."""
+        return pop_lora_request(kwargs, self.lora_request)
+
     def _engine_kwargs(self) -> dict[str, Any]:
         """Engine arguments for the in-process provider: the engine fields, ``vllm_kwargs`` over them."""
         fields = dict(tensor_parallel_size=self.tensor_parallel_size or 1,
                       trust_remote_code=bool(self.trust_remote_code), dtype=self.dtype,
                       download_dir=self.download_dir)
         return fields | self.vllm_kwargs
+
+
+def pop_lora_request(kwargs: dict, default=None):
+    """Take ``lora_request`` out of a call's keywords (the rest become sampling parameters); LangChain's vLLM
+    integration passes it the same way. A ``LoRARequest``, an adapter name, or None (the base model)."""
+    from pagedllm.lora.request import LoRARequest
+
+    lora = kwargs.pop("lora_request", default)
+    if lora is not None and not isinstance(lora, (LoRARequest, str)):
+        raise TypeError(f"lora_request must be a LoRARequest or an adapter name, got {type(lora).__name__}")
+    return lora

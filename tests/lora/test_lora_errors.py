@@ -73,7 +73,8 @@ def _rename_modules(src, dst, old: str, new: str) -> None:
 
     dst.mkdir()
     tensors = load_file(f"{src}/adapter_model.safetensors")
-    save_file({k.replace(f".{old}.", f".{new}."): v for k, v in tensors.items()}, str(dst / "adapter_model.safetensors"))
+    renamed = {k.replace(f".{old}.", f".{new}."): v for k, v in tensors.items()}
+    save_file(renamed, str(dst / "adapter_model.safetensors"))
     config = json.loads(open(f"{src}/adapter_config.json").read())
     config["target_modules"] = [new if t == old else t for t in config["target_modules"]]
     (dst / "adapter_config.json").write_text(json.dumps(config))

@@ -79,7 +79,8 @@ def test_sdk_selects_adapters_by_name(served):
 def test_runtime_load_and_unload(served):
     live, engine, adapters = served
     client = openai.OpenAI(base_url=live.url, api_key="x", max_retries=0)
-    r = requests.post(live.base + "/v1/load_lora_adapter", json={"lora_name": "all", "lora_path": adapters["all-r16"][0]})
+    r = requests.post(live.base + "/v1/load_lora_adapter",
+                      json={"lora_name": "all", "lora_path": adapters["all-r16"][0]})
     assert r.status_code == 200 and "all" in r.text
     again = requests.post(live.base + "/v1/load_lora_adapter", json={"lora_name": "all", "lora_path": "/x"})
     assert again.status_code == 400 and "already" in again.json()["error"]["message"]
@@ -96,6 +97,15 @@ def test_runtime_load_and_unload(served):
     assert gone.status_code == 404 and gone.json()["error"]["type"] == "NotFoundError"
     # the other adapters and the base model still answer
     assert client.completions.create(model="attn", prompt=PROMPT, max_tokens=2).choices[0].text is not None
+
+
+def test_remote_adapters_select_a_served_adapter_by_name(served):
+    from pagedllm.integrations.langchain import VLLM
+
+    live, engine, adapters = served
+    llm = VLLM(model="tiny", base_url=live.url, temperature=0, max_new_tokens=8, ignore_eos=True)
+    text = llm.invoke(PROMPT, lora_request="attn")
+    assert text == _oracle_text(engine, adapters["attn-r8"][1], engine.tokenizer.encode(PROMPT), 8)
 
 
 def test_runtime_routes_need_the_flag(served, monkeypatch):
