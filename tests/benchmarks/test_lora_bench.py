@@ -14,7 +14,7 @@ def test_random_adapters_are_peft_folders_the_engine_reads(tmp_path):
     from pagedllm import LLM, LoRARequest, SamplingParams
 
     base = make_tiny_model(tmp_path / "base", "llama")
-    paths = write_random_adapters(base, 2, 4, str(tmp_path / "adapters"))
+    paths = write_random_adapters(base, 2, 4, str(tmp_path / "adapters"), std=0.2)
     config = json.loads((tmp_path / "adapters" / "lora-0" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["peft_type"] == "LORA"
     llm = LLM(base, dtype="float32", kv_cache_memory=16 << 20, enable_lora=True, max_loras=2, max_lora_rank=4)
