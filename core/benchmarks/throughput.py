@@ -109,7 +109,7 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
 
     t0 = time.perf_counter()
     lora_args = {}
-    if args.lora:
+    if getattr(args, "lora", 0):  # bench models reuses this runner without the LoRA flags
         lora_args = dict(enable_lora=True, max_loras=max(args.lora, args.max_loras),
                          max_lora_rank=max(args.lora_rank, args.max_lora_rank))
     llm = LLM(**(engine_kwargs(args, dtype=dtype_name) | lora_args))
@@ -127,7 +127,7 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result["penalties_run"] = runs["penalties"]
         result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
                                            / runs["greedy"]["output_tokens_per_s"])
-    if args.lora:
+    if getattr(args, "lora", 0):
         result.update(bench_lora(llm, args, requests, result))
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
