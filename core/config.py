@@ -112,8 +112,14 @@ class EngineConfig:
     cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
                                         "there already; not implemented on GPU)")
     kv_cache_dtype: str = arg("auto", help="KV-cache element type; only auto (the model's dtype) in this release")
-    enable_lora: bool = arg(False, help="LoRA adapters; refused in this release (merge the adapter into the model "
-                                        "and serve that)")
+    enable_lora: bool = arg(False, help="serve PEFT LoRA adapters per request (LoRARequest; the server's "
+                                        "--lora-modules) next to the base model, in one batch")
+    max_loras: int = arg(1, help="most adapters in one engine step (GPU/CPU slots; requests for another adapter "
+                                 "wait for a free slot); only with enable_lora")
+    max_lora_rank: int = arg(16, help="largest adapter rank accepted (slot buffers are sized for it); only with "
+                                      "enable_lora")
+    max_cpu_loras: int | None = arg(None, help="adapters kept loaded in host memory, least recently used dropped "
+                                               "first (default: max_loras); only with enable_lora")
     tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
     quantization: str | None = arg(None, flags=("-q",), help="None or gguf (GGUF checkpoints are dequantized at "
@@ -180,9 +186,13 @@ class EngineConfig:
         if self.kv_cache_dtype != "auto":
             raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported in this release; use 'auto' "
                              "(the model's dtype) and size the cache with kv_cache_memory")
-        if self.enable_lora:
-            raise ValueError("enable_lora=True: LoRA adapters are not supported in this release; merge the adapter "
-                             "into the model (peft's merge_and_unload) and use the merged folder as the model")
+        _positive_int("max_loras", self.max_loras)
+        _positive_int("max_lora_rank", self.max_lora_rank)
+        if self.max_cpu_loras is not None:
+            _positive_int("max_cpu_loras", self.max_cpu_loras)
+            if self.max_cpu_loras < self.max_loras:
+                raise ValueError(f"max_cpu_loras={self.max_cpu_loras} must be >= max_loras={self.max_loras} "
+                                 "(every adapter in a step is also kept in host memory)")
         if float(self.cpu_offload_gb) < 0:
             raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb} must be >= 0 (GiB)")
         if self.quantization not in (None, "gguf"):
@@ -227,6 +237,9 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
                                  else "yet (weight offloading is not implemented; all weights go to the GPU)")
     reasons["disable_custom_all_reduce"] = ("(one worker: nothing is all-reduced, tensor_parallel_size is 1 in this "
                                             "release)")
+    if not config.enable_lora:
+        for name in ("max_loras", "max_lora_rank", "max_cpu_loras"):
+            reasons[name] = "without enable_lora=True (--enable-lora)"
     if device.type != "cuda":
         reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
                                     "takes effect)")

@@ -35,20 +35,24 @@ class LLM:
 
     def generate(self, prompts=None, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, prompt_token_ids: list[list[int]] | None = None,
-                 **kwargs) -> list[RequestOutput]:
+                 lora_request=None, **kwargs) -> list[RequestOutput]:
         """Generate for one prompt or a list (strings, token-id lists, prompt dicts, or a mix).
 
         Short form: ``llm.generate("prompt", max_tokens=50, temperature=0.7)`` builds the
-        SamplingParams from keyword arguments.
+        SamplingParams from keyword arguments. ``lora_request``: a ``LoRARequest`` for every prompt, or
+        one per prompt (None entries: the base model); needs ``LLM(..., enable_lora=True)``.
         """
         if prompts is None and prompt_token_ids is not None:
             prompts = [list(p) for p in prompt_token_ids]
         prompts = _as_prompt_list(prompts)
         params = _params_list(_short_form(sampling_params, kwargs, self.llm_engine.default_sampling_params),
                               len(prompts), self.get_default_sampling_params())
+        loras = _lora_list(lora_request, len(prompts))
         if any(p.use_beam_search for p in params):
+            if any(loras):
+                raise ValueError("lora_request with use_beam_search=True is not supported; use greedy or sampling")
             return self._generate_beam(prompts, params, use_tqdm)
-        return self._run(prompts, params, use_tqdm)
+        return self._run(prompts, params, use_tqdm, loras)
 
     def beam_search(self, prompts, params: BeamSearchParams) -> list[BeamSearchOutput]:
         """Beam search (vLLM's ``LLM.beam_search``): one BeamSearchOutput per prompt, best first."""
@@ -79,10 +83,11 @@ class LLM:
     def chat(self, messages, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
              use_tqdm: bool = True, chat_template: str | None = None, add_generation_prompt: bool = True,
              continue_final_message: bool = False, tools: list | None = None,
-             chat_template_kwargs: dict | None = None, **kwargs) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None, lora_request=None, **kwargs) -> list[RequestOutput]:
         """Render one conversation (list of messages) or a list of conversations, then generate.
 
-        Short form, as ``generate``: ``llm.chat(messages, max_tokens=50, temperature=0.7)``.
+        Short form, as ``generate``: ``llm.chat(messages, max_tokens=50, temperature=0.7)``;
+        ``lora_request`` as in ``generate`` (one, or one per conversation).
         """
         sampling_params = _short_form(sampling_params, kwargs, self.llm_engine.default_sampling_params)
         if not isinstance(messages, list) or not messages:
@@ -98,7 +103,8 @@ class LLM:
             # The template already holds the special tokens (BOS etc.): don't add them twice.
             prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False), "text": text})
         params = _params_list(sampling_params, len(prompts), self.get_default_sampling_params())
-        outputs = self._run([{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts], params, use_tqdm)
+        outputs = self._run([{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts], params, use_tqdm,
+                            _lora_list(lora_request, len(prompts)))
         for out, p in zip(outputs, prompts):
             out.prompt = p["text"]
         return outputs
@@ -121,13 +127,14 @@ class LLM:
                               use_tqdm=use_tqdm)
         return [EmbeddingRequestOutput.from_base(out) for out in outputs]
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
+    def _run(self, prompts: list, params: list, use_tqdm: bool, loras: list | None = None) -> list:
         engine = self.llm_engine
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, lora in zip(prompts, params, loras or [None] * len(prompts)):
                 p = _final_only(p) if isinstance(p, SamplingParams) else p
-                ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p, strict_max_tokens=True))
+                ids.append(engine.add_request(f"llm-{self._request_counter}", prompt, p, strict_max_tokens=True,
+                                              lora_request=lora))
                 self._request_counter += 1
         except Exception:
             engine.abort_request(ids)  # nothing half-added stays in the engine
@@ -187,6 +194,23 @@ def _as_prompt_list(prompts) -> list:
             return [list(prompts)]  # one tokenized prompt
         return list(prompts)
     raise TypeError(f"prompts must be a str, a list of token ids or a list of prompts, got {type(prompts).__name__}")
+
+
+def _lora_list(lora_request, n: int) -> list:
+    """``lora_request`` as one entry per prompt (vLLM: one LoRARequest for all, or a list)."""
+    from pagedllm.lora.request import LoRARequest
+
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * n
+    if isinstance(lora_request, (list, tuple)):
+        if len(lora_request) != n:
+            raise ValueError(f"lora_request has {len(lora_request)} entries for {n} prompts; pass one LoRARequest "
+                             "or one per prompt")
+        for r in lora_request:
+            if r is not None and not isinstance(r, LoRARequest):
+                raise TypeError(f"lora_request entries must be LoRARequest or None, got {type(r).__name__}")
+        return list(lora_request)
+    raise TypeError(f"lora_request must be a LoRARequest or a list of them, got {type(lora_request).__name__}")
 
 
 def _params_list(sampling_params, n: int, default: SamplingParams) -> list[SamplingParams]:

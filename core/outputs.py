@@ -56,7 +56,7 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
-    lora_request: None = field(default=None, repr=False)
+    lora_request: object = field(default=None, repr=False)  # the LoRARequest it ran under (None: the base model)
 
 
 @dataclass

@@ -85,19 +85,25 @@ class Provider(ABC):
     def info(self) -> ModelInfo: ...
 
     @abstractmethod
-    def stream(self, request: Request, params: SamplingParams, *, tools: list | None = None) -> Iterator[Delta]:
-        """Deltas as they are generated; leaving early cancels the request."""
+    def stream(self, request: Request, params: SamplingParams, *, tools: list | None = None,
+               lora_request=None) -> Iterator[Delta]:
+        """Deltas as they are generated; leaving early cancels the request. ``lora_request``: a
+        ``LoRARequest`` or an adapter name (local: one the engine has loaded; remote: a served name)."""
 
     @abstractmethod
-    def astream(self, request: Request, params: SamplingParams, *, tools: list | None = None
-                ) -> AsyncIterator[Delta]:
+    def astream(self, request: Request, params: SamplingParams, *, tools: list | None = None,
+                lora_request=None) -> AsyncIterator[Delta]:
         """``stream`` for asyncio callers; never blocks the event loop."""
 
-    def generate(self, request: Request, params: SamplingParams, *, tools: list | None = None) -> Completion:
-        return collect(self.stream(request, params, tools=tools), params.n)
+    def generate(self, request: Request, params: SamplingParams, *, tools: list | None = None,
+                 lora_request=None) -> Completion:
+        extra = {} if lora_request is None else {"lora_request": lora_request}  # providers without LoRA
+        return collect(self.stream(request, params, tools=tools, **extra), params.n)
 
-    async def agenerate(self, request: Request, params: SamplingParams, *, tools: list | None = None) -> Completion:
-        return collect([d async for d in self.astream(request, params, tools=tools)], params.n)
+    async def agenerate(self, request: Request, params: SamplingParams, *, tools: list | None = None,
+                        lora_request=None) -> Completion:
+        extra = {} if lora_request is None else {"lora_request": lora_request}
+        return collect([d async for d in self.astream(request, params, tools=tools, **extra)], params.n)
 
     def render_chat(self, messages: list[dict], *, tools: list | None = None) -> str:
         """The prompt text the model sees for ``messages`` (its chat template)."""
@@ -208,18 +214,31 @@ class LocalProvider(Provider):
         params.output_kind = RequestOutputKind.FINAL_ONLY if best_of_wins else RequestOutputKind.DELTA
         return prompt, params
 
-    def stream(self, request, params, *, tools=None):
+    def _lora(self, lora_request):
+        """A LoRARequest, or an adapter name this engine has loaded (e.g. by the server's --lora-modules)."""
+        if lora_request is None or not isinstance(lora_request, str):
+            return lora_request
+        manager = self.engine.engine.lora_manager
+        known = [r for r in (manager.list_loras() if manager is not None else []) if r.lora_name == lora_request]
+        if not known:
+            raise ValueError(f"lora_request={lora_request!r}: no adapter of that name is loaded in this engine; pass "
+                             "LoRARequest(name, int_id, path) (with enable_lora=True in the engine arguments)")
+        return known[-1]
+
+    def stream(self, request, params, *, tools=None, lora_request=None):
         prompt, params = self._prepare(request, params, tools)
+        lora_request = self._lora(lora_request)
         counter = _Counter()
-        with contextlib.closing(self.engine.generate_sync(prompt, params)) as outputs:
+        with contextlib.closing(self.engine.generate_sync(prompt, params, lora_request=lora_request)) as outputs:
             for out in outputs:
                 yield from counter.deltas(out)
         yield counter.last()
 
-    async def astream(self, request, params, *, tools=None):
+    async def astream(self, request, params, *, tools=None, lora_request=None):
         prompt, params = self._prepare(request, params, tools)
+        lora_request = self._lora(lora_request)
         counter = _Counter()
-        outputs = self.engine.generate(prompt, params)
+        outputs = self.engine.generate(prompt, params, lora_request=lora_request)
         async with contextlib.aclosing(outputs):
             async for out in outputs:
                 for delta in counter.deltas(out):
@@ -338,10 +357,11 @@ class RemoteProvider(Provider):
     def info(self) -> ModelInfo:
         return self._info
 
-    def _create_kwargs(self, request: Request, params: SamplingParams, tools):
+    def _create_kwargs(self, request: Request, params: SamplingParams, tools, lora_request=None):
         if tools:
             raise NotImplementedError("tool definitions are not sent to remote servers yet")
-        kwargs = openai_fields(params) | {"model": self._info.name, "stream": True,
+        model = self._info.name if lora_request is None else getattr(lora_request, "lora_name", lora_request)
+        kwargs = openai_fields(params) | {"model": model, "stream": True,
                                           "stream_options": {"include_usage": True}}
         if isinstance(request, str):
             return "completions", kwargs | {"prompt": request}
@@ -358,15 +378,15 @@ class RemoteProvider(Provider):
                 found.append(Delta(text, choice.index, choice.finish_reason))
         return found
 
-    def stream(self, request, params, *, tools=None):
-        kind, kwargs = self._create_kwargs(request, params, tools)
+    def stream(self, request, params, *, tools=None, lora_request=None):
+        kind, kwargs = self._create_kwargs(request, params, tools, lora_request)
         api = self.client.completions if kind == "completions" else self.client.chat.completions
         with contextlib.closing(api.create(**kwargs)) as chunks:
             for chunk in chunks:
                 yield from self._deltas(kind, chunk)
 
-    async def astream(self, request, params, *, tools=None):
-        kind, kwargs = self._create_kwargs(request, params, tools)
+    async def astream(self, request, params, *, tools=None, lora_request=None):
+        kind, kwargs = self._create_kwargs(request, params, tools, lora_request)
         api = self.aclient.completions if kind == "completions" else self.aclient.chat.completions
         chunks = await api.create(**kwargs)
         try:

@@ -23,6 +23,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from pagedllm.integrations.langchain_common import _provider, _usage_dict
+from pagedllm.integrations.vllm_fields import pop_lora_request
 from pagedllm.names import reject_unknown_fields
 from pagedllm.provider import Completion, Provider, Usage, with_system_note
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
@@ -107,6 +108,9 @@ class ChatVLLM(BaseChatModel):
     """Engine: weight and activation dtype ("auto", "float32", "bfloat16", "float16")."""
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Engine: further engine arguments under vLLM's names (``max_model_len``, ``kv_cache_memory``, ...)."""
+    lora_request: Any = None
+    """LoRA adapter for every call (a ``LoRARequest``, or an adapter name the engine or server has loaded;
+    the engine needs ``vllm_kwargs={"enable_lora": True}``); a call's ``lora_request=`` keyword wins."""
 
     _provider_cache: Provider | None = PrivateAttr(default=None)
 
@@ -191,16 +195,20 @@ class ChatVLLM(BaseChatModel):
         if self.streaming:
             chunks = list(self._stream(messages, stop, run_manager, **kwargs))
             return ChatResult(generations=[_merge(chunks)])
+        kwargs = dict(kwargs)
+        lora = pop_lora_request(kwargs, self.lora_request)
         dicts, params, tools, call_tool = self._request(messages, stop, kwargs)
-        return self._result(self.provider.generate(dicts, params, tools=tools), call_tool)
+        return self._result(self.provider.generate(dicts, params, tools=tools, lora_request=lora), call_tool)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         if self.streaming:
             chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
             return ChatResult(generations=[_merge(chunks)])
+        kwargs = dict(kwargs)
+        lora = pop_lora_request(kwargs, self.lora_request)
         dicts, params, tools, call_tool = self._request(messages, stop, kwargs)
-        return self._result(await self.provider.agenerate(dicts, params, tools=tools), call_tool)
+        return self._result(await self.provider.agenerate(dicts, params, tools=tools, lora_request=lora), call_tool)
 
     def _chunks(self, call_tool: bool, state: dict, delta) -> list[ChatGenerationChunk]:
         """Deltas -> chunks: text as it comes, a tool call whole at the end, usage on the last."""
@@ -228,9 +236,11 @@ class ChatVLLM(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        kwargs = dict(kwargs)
+        lora = pop_lora_request(kwargs, self.lora_request)
         dicts, params, tools, call_tool = self._stream_request(messages, stop, kwargs)
         state: dict = {}
-        for delta in self.provider.stream(dicts, params, tools=tools):
+        for delta in self.provider.stream(dicts, params, tools=tools, lora_request=lora):
             for chunk in self._chunks(call_tool, state, delta):
                 if run_manager:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -239,9 +249,11 @@ class ChatVLLM(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        kwargs = dict(kwargs)
+        lora = pop_lora_request(kwargs, self.lora_request)
         dicts, params, tools, call_tool = self._stream_request(messages, stop, kwargs)
         state: dict = {}
-        async for delta in self.provider.astream(dicts, params, tools=tools):
+        async for delta in self.provider.astream(dicts, params, tools=tools, lora_request=lora):
             for chunk in self._chunks(call_tool, state, delta):
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

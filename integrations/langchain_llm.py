@@ -79,17 +79,20 @@ class VLLM(VllmFields, BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        lora = self._pop_lora(kwargs)
         params, provider = self._params(stop, kwargs), self.provider
         if len(prompts) == 1:
-            return self._result([provider.generate(prompts[0], params)])
+            return self._result([provider.generate(prompts[0], params, lora_request=lora)])
         # One thread per prompt so every request is in the engine at once (one batch).
         with ThreadPoolExecutor(len(prompts)) as pool:
-            return self._result(list(pool.map(lambda p: provider.generate(p, params), prompts)))
+            return self._result(list(pool.map(lambda p: provider.generate(p, params, lora_request=lora), prompts)))
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        lora = self._pop_lora(kwargs)
         params, provider = self._params(stop, kwargs), self.provider
-        return self._result(await asyncio.gather(*(provider.agenerate(p, params) for p in prompts)))
+        return self._result(await asyncio.gather(*(provider.agenerate(p, params, lora_request=lora)
+                                                   for p in prompts)))
 
     def _chunk(self, delta) -> GenerationChunk:
         info = {}
@@ -107,7 +110,8 @@ class VLLM(VllmFields, BaseLLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        for delta in self.provider.stream(prompt, self._stream_params(stop, kwargs)):
+        lora = self._pop_lora(kwargs)
+        for delta in self.provider.stream(prompt, self._stream_params(stop, kwargs), lora_request=lora):
             chunk = self._chunk(delta)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -116,7 +120,8 @@ class VLLM(VllmFields, BaseLLM):
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        async for delta in self.provider.astream(prompt, self._stream_params(stop, kwargs)):
+        lora = self._pop_lora(kwargs)
+        async for delta in self.provider.astream(prompt, self._stream_params(stop, kwargs), lora_request=lora):
             chunk = self._chunk(delta)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

@@ -100,40 +100,53 @@ class Vllm(VllmFields, LLM):
     # ---- completion -------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        result = self.provider.generate(self._prompt(prompt, formatted), self._params(kwargs))
+        lora = self._pop_lora(kwargs)
+        result = self.provider.generate(self._prompt(prompt, formatted), self._params(kwargs), lora_request=lora)
         return CompletionResponse(text=result.texts[0], raw=self._raw(result))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return _responses(self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
+        lora = self._pop_lora(kwargs)
+        return _responses(self.provider.stream(self._prompt(prompt, formatted), self._params(kwargs),
+                                              lora_request=lora), _completion)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        result = await self.provider.agenerate(self._prompt(prompt, formatted), self._params(kwargs))
+        lora = self._pop_lora(kwargs)
+        result = await self.provider.agenerate(self._prompt(prompt, formatted), self._params(kwargs),
+                                               lora_request=lora)
         return CompletionResponse(text=result.texts[0], raw=self._raw(result))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any
                                ) -> CompletionResponseAsyncGen:
-        return _responses(self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs)), _completion)
+        lora = self._pop_lora(kwargs)
+        return _responses(self.provider.astream(self._prompt(prompt, formatted), self._params(kwargs),
+                                               lora_request=lora), _completion)
 
     # ---- chat -------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        result = self.provider.generate(self._messages(messages), self._params(kwargs))
+        lora = self._pop_lora(kwargs)
+        result = self.provider.generate(self._messages(messages), self._params(kwargs), lora_request=lora)
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.texts[0]),
                             raw=self._raw(result))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return _responses(self.provider.stream(self._messages(messages), self._params(kwargs)), _chat)
+        lora = self._pop_lora(kwargs)
+        return _responses(self.provider.stream(self._messages(messages), self._params(kwargs), lora_request=lora),
+                          _chat)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        result = await self.provider.agenerate(self._messages(messages), self._params(kwargs))
+        lora = self._pop_lora(kwargs)
+        result = await self.provider.agenerate(self._messages(messages), self._params(kwargs), lora_request=lora)
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.texts[0]),
                             raw=self._raw(result))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return _responses(self.provider.astream(self._messages(messages), self._params(kwargs)), _chat)
+        lora = self._pop_lora(kwargs)
+        return _responses(self.provider.astream(self._messages(messages), self._params(kwargs), lora_request=lora),
+                          _chat)

@@ -71,6 +71,9 @@ class VllmFields(VllmEngineFields):
     """Sampling: most tokens generated per output (vLLM's ``max_tokens``)."""
     logprobs: int | None = None
     """Sampling: log-probabilities of this many most likely tokens per generated token."""
+    lora_request: Any = None
+    """LoRA adapter for every call (a ``LoRARequest``, or an adapter name the engine or server has loaded;
+    the engine needs ``vllm_kwargs={"enable_lora": True}``); a call's ``lora_request=`` keyword wins."""
 
     def _sampling_fields(self) -> dict[str, Any]:
         """The sampling fields as ``SamplingParams`` keywords."""
@@ -78,3 +81,18 @@ class VllmFields(VllmEngineFields):
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
                 "top_p": self.top_p, "top_k": self.top_k, "stop": self.stop, "ignore_eos": self.ignore_eos,
                 "max_tokens": self.max_new_tokens, "logprobs": self.logprobs}
+
+    def _pop_lora(self, kwargs: dict):
+        """The call's ``lora_request`` keyword (taken out of ``kwargs``), else the field's."""
+        return pop_lora_request(kwargs, self.lora_request)
+
+
+def pop_lora_request(kwargs: dict, default=None):
+    """Take ``lora_request`` out of a call's keywords (the rest become sampling parameters); LangChain's vLLM
+    integration passes it the same way. A ``LoRARequest``, an adapter name, or None (the base model)."""
+    from pagedllm.lora.request import LoRARequest
+
+    lora = kwargs.pop("lora_request", default)
+    if lora is not None and not isinstance(lora, (LoRARequest, str)):
+        raise TypeError(f"lora_request must be a LoRARequest or an adapter name, got {type(lora).__name__}")
+    return lora

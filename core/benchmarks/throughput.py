@@ -49,6 +49,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="pagedllm's sampling: greedy, penalties (temperature, top-p/k, presence/frequency/"
                              "repetition penalties, logprobs=5), or compare (both on one engine, with their ratio); "
                              "the hf peer is always greedy (default: %(default)s)")
+    parser.add_argument("--lora", type=int, default=0, metavar="N",
+                        help="also run the workload with N random LoRA adapters spread over the requests "
+                             "(round-robin) on the same engine, after the base-model run, and report the ratio "
+                             "(default: 0, no LoRA run)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the --lora adapters (default: %(default)s)")
+    parser.add_argument("--lora-sweep", action="store_true",
+                        help="with --lora N: one LoRA run per adapter count 1..N, for the cost per extra adapter")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
     add_engine_args(parser)
     return parser
@@ -65,8 +72,9 @@ def rates(raw: dict) -> dict:
     }
 
 
-def run_pagedllm(llm, requests: list[SyntheticRequest], sampling: str = "greedy") -> dict:
-    """All requests in one ``LLM.generate`` call; output tokens are those actually returned."""
+def run_pagedllm(llm, requests: list[SyntheticRequest], sampling: str = "greedy", loras: list | None = None) -> dict:
+    """All requests in one ``LLM.generate`` call; output tokens are those actually returned.
+    ``loras``: adapters given to the requests in turn (None: the base model)."""
     from pagedllm import SamplingParams
 
     prompts = [r.prompt_token_ids for r in requests]
@@ -75,7 +83,8 @@ def run_pagedllm(llm, requests: list[SyntheticRequest], sampling: str = "greedy"
                              **(dict(PENALTIES_PROFILE, seed=i) if penalties else {"temperature": 0.0}))
               for i, r in enumerate(requests)]
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    lora_request = [loras[i % len(loras)] for i in range(len(requests))] if loras else None
+    outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
     elapsed = time.perf_counter() - start
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     wanted = sum(r.output_len for r in requests)
@@ -99,7 +108,11 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
     from pagedllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    llm = LLM(**engine_kwargs(args, dtype=dtype_name))
+    lora_args = {}
+    if getattr(args, "lora", 0):  # bench models reuses this runner without the LoRA flags
+        lora_args = dict(enable_lora=True, max_loras=max(args.lora, args.max_loras),
+                         max_lora_rank=max(args.lora_rank, args.max_lora_rank))
+    llm = LLM(**(engine_kwargs(args, dtype=dtype_name) | lora_args))
     load_s = time.perf_counter() - t0
     warm = [r.prompt_token_ids for r in requests[:2]]
     llm.generate(warm, SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True, temperature=0.0), use_tqdm=False)
@@ -114,11 +127,50 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result["penalties_run"] = runs["penalties"]
         result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
                                            / runs["greedy"]["output_tokens_per_s"])
+    if getattr(args, "lora", 0):
+        result.update(bench_lora(llm, args, requests, result))
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
     del llm
     gc.collect()
     return result
+
+
+def bench_lora(llm, args, requests: list[SyntheticRequest], base: dict) -> dict:
+    """The greedy workload again with ``args.lora`` random adapters spread over the requests (and, with
+    ``--lora-sweep``, with 1..N of them): their output tok/s over the base run's, on the same engine."""
+    import tempfile
+
+    from pagedllm import LoRARequest, SamplingParams
+    from pagedllm.benchmarks.lora_workload import write_random_adapters
+
+    with tempfile.TemporaryDirectory(prefix="pagedllm-bench-lora-") as tmp:
+        paths = write_random_adapters(llm.llm_engine.model_path, args.lora, args.lora_rank, tmp, seed=args.seed)
+        loras = [LoRARequest(f"bench-{i}", i + 1, p) for i, p in enumerate(paths)]
+        warm = [r.prompt_token_ids for r in requests[:len(loras)]]
+        llm.generate(warm, SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True, temperature=0.0),
+                     use_tqdm=False, lora_request=loras[:len(warm)])  # load them all (untimed)
+        counts = range(1, args.lora + 1) if args.lora_sweep else [args.lora]
+        runs = {}
+        for k in counts:
+            llm.llm_engine.block_manager.reset_prefix_cache()
+            runs[k] = rates(run_pagedllm(llm, requests, "greedy", loras[:k]))
+            print(f"pagedllm with {k} LoRA adapter(s): {runs[k]['output_tokens_per_s']:.1f} tok/s", file=sys.stderr,
+                  flush=True)
+        # the base model again, after: the first timed run also pays first touches of the KV cache's pages
+        llm.llm_engine.block_manager.reset_prefix_cache()
+        base_again = rates(run_pagedllm(llm, requests, "greedy"))
+    base_rate = None
+    if base.get("sampling") == "greedy":  # the better base run: the ratio is not flattered by a slow one
+        base_rate = max(base["output_tokens_per_s"], base_again["output_tokens_per_s"])
+    out = {"lora_adapters": args.lora, "lora_rank": args.lora_rank, "base_run_after_lora": base_again,
+           "lora_runs": {str(k): r for k, r in runs.items()}}
+    if base_rate:
+        out["lora_over_base"] = runs[args.lora]["output_tokens_per_s"] / base_rate
+        if len(runs) > 1:  # cost of each adapter beyond the first, as a share of the base throughput
+            first, last = runs[1]["output_tokens_per_s"], runs[args.lora]["output_tokens_per_s"]
+            out["lora_cost_per_extra_adapter"] = (first - last) / (args.lora - 1) / base_rate
+    return out
 
 
 def bench_hf(model_path: str, dtype, device, requests: list[SyntheticRequest], batch_size: int) -> dict:
@@ -148,6 +200,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from pagedllm.config import resolve_dtype
     from pagedllm.loader import resolve_model
 
+    if args.lora < 0 or args.lora_rank < 1:
+        raise ValueError(f"--lora must be >= 0 and --lora-rank >= 1, got {args.lora} and {args.lora_rank}")
     for name in ("num_prompts", "hf_batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -212,6 +266,13 @@ def format_table(report: dict) -> str:
     paged = report["results"].get("pagedllm", {})
     if "penalties_over_greedy" in paged:
         lines.append(f"penalties/greedy (output tok/s): {paged['penalties_over_greedy']:.1%}")
+    for k, run in paged.get("lora_runs", {}).items():
+        lines.append(f"pagedllm with {k} LoRA adapter(s) of rank {paged['lora_rank']}: "
+                     f"{run['output_tokens_per_s']:.1f} output tok/s")
+    if "lora_over_base" in paged:
+        lines.append(f"LoRA ({paged['lora_adapters']} adapters)/base (output tok/s): {paged['lora_over_base']:.1%}")
+    if "lora_cost_per_extra_adapter" in paged:
+        lines.append(f"cost per extra adapter in a batch: {paged['lora_cost_per_extra_adapter']:.1%} of base tok/s")
     return "\n".join(lines)
 
 

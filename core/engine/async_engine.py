@@ -172,14 +172,14 @@ class AsyncEngine:
         return f"{prefix}-{next(self._ids)}"
 
     # ---- async API ------------------------------------------------------------------------
-    async def generate(self, prompt, params: SamplingParams, request_id: str | None = None
-                       ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prompt, params: SamplingParams, request_id: str | None = None,
+                       lora_request=None) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (cumulative or delta per ``params.output_kind``).
 
         Raises ValueError/TypeError for a bad request (from ``LLMEngine.add_request``) and
         EngineDeadError when the engine loop died. Leaving the loop early aborts the request.
         """
-        stream = self._submit(prompt, params, request_id, asyncio.get_running_loop())
+        stream = self._submit(prompt, params, request_id, asyncio.get_running_loop(), lora_request)
         try:
             while not stream.done:
                 item = stream.take(await stream.queue.get())
@@ -198,13 +198,13 @@ class AsyncEngine:
             self.abort(stream.request_id)
 
     # ---- sync API (other threads) ---------------------------------------------------------
-    def generate_sync(self, prompt, params: SamplingParams, request_id: str | None = None
-                      ) -> Iterator[RequestOutput]:
+    def generate_sync(self, prompt, params: SamplingParams, request_id: str | None = None,
+                      lora_request=None) -> Iterator[RequestOutput]:
         """Like ``generate`` but a plain iterator, for callers in threads (adapters, tools).
 
         Closing the iterator early (``break``, ``close()``, garbage collection) aborts the request.
         """
-        stream = self._submit(prompt, params, request_id, None)
+        stream = self._submit(prompt, params, request_id, None, lora_request)
         try:
             while not stream.done:
                 item = stream.take(stream.queue.get())
@@ -219,15 +219,17 @@ class AsyncEngine:
         self._thread.join(timeout)
 
     # ---- the engine thread ------------------------------------------------------------------
-    def _submit(self, prompt, params, request_id, loop) -> _Stream:
+    def _submit(self, prompt, params, request_id, loop, lora_request=None) -> _Stream:
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine loop died: {self.dead_error!r}")
         if self._stopped:
             raise EngineDeadError("the engine was shut down")
+        if lora_request is not None:  # read the adapter here, not in the engine thread between steps
+            self.engine.load_lora(lora_request)
         stream = _Stream(request_id or self.new_request_id(), loop)
         with self._count_lock:
             self._queued += 1
-        self._inbox.put(("add", (stream, prompt, params)))
+        self._inbox.put(("add", (stream, prompt, params, lora_request)))
         if self.dead_error is not None:  # died while we queued: nobody will drain the inbox
             self._put_now(stream, EngineDeadError(f"the engine loop died: {self.dead_error!r}"))
         return stream
@@ -270,11 +272,12 @@ class AsyncEngine:
                 return False
             if kind == "add":
                 taken += 1
-                stream, prompt, params = payload
+                stream, prompt, params, lora_request = payload
                 try:
                     if stream.request_id in self._streams:
                         raise ValueError(f"request_id {stream.request_id!r} is already in use")
-                    self.engine.add_request(stream.request_id, prompt, params, arrival_time=stream.arrival)
+                    self.engine.add_request(stream.request_id, prompt, params, arrival_time=stream.arrival,
+                                            lora_request=lora_request)
                 except (ValueError, TypeError) as exc:
                     self._put_now(stream, exc)
                     continue

@@ -25,6 +25,13 @@ def hash_block(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
     return hash((parent_hash, token_ids))
 
 
+def root_hash(seq: Sequence) -> int | None:
+    """The parent of a sequence's first block: its adapter, so that the same prompt under two adapters
+    (or under one and the base model) never shares KV blocks."""
+    lora = seq.lora_request
+    return None if lora is None else hash(("lora", lora.lora_int_id, lora.lora_name))
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.num_blocks = num_blocks
@@ -55,7 +62,7 @@ class BlockManager:
     def _compute_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
         bs = self.block_size
         hashes = seq.block_hashes
-        parent = hashes[-1] if hashes else None
+        parent = hashes[-1] if hashes else root_hash(seq)
         for i in range(len(hashes), num_full_blocks):
             parent = hash_block(parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
             hashes.append(parent)

@@ -106,6 +106,7 @@ class LLMEngine:
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
                                   config.block_size, config.attention_backend, config.model_impl)
+        self.lora_manager = self._init_lora()
         pooling = self.runner_type == "pooling"
         self.pooler = (resolve_pooler(config.pooler_config, resolved.path,
                                       getattr(model_cls, "default_pooling_type", "LAST")) if pooling else None)
@@ -124,6 +125,8 @@ class LLMEngine:
         chunked = config.enable_chunked_prefill and not pooling
         self.max_num_batched_tokens = budget = self._token_budget(chunked)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, chunked)
+        if self.lora_manager is not None:
+            self.scheduler.max_loras = self.config.max_loras
         self.eos_token_ids = self._eos_token_ids()
         self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
         self.sequences: dict[str, Sequence] = {}
@@ -221,6 +224,25 @@ class LLMEngine:
         logger.warning("max_model_len capped from %d to %d to fit the KV cache", self.max_model_len, capacity)
         self.max_model_len = capacity
 
+    def _init_lora(self):
+        """With ``enable_lora``: the adapter manager, its LoRA methods wrapped around the model's projections."""
+        if not self.config.enable_lora:
+            return None
+        from pagedllm.lora.manager import LoRAManager
+
+        c = self.config
+        manager = LoRAManager(self.runner.model, c.max_loras, c.max_lora_rank, c.max_cpu_loras, self.dtype,
+                              self.device)
+        self.runner.lora_manager = manager
+        return manager
+
+    def load_lora(self, lora_request) -> None:
+        """Read and check an adapter now (thread-safe); the async engine calls it on the caller's thread."""
+        if self.lora_manager is None:
+            raise ValueError(f"lora_request={getattr(lora_request, 'lora_name', lora_request)!r} needs an engine "
+                             "built with enable_lora=True (--enable-lora)")
+        self.lora_manager.load(lora_request)
+
     def _eos_token_ids(self) -> tuple[int, ...]:
         ids = set()
         for source in (self.hf_config, self.tokenizer):
@@ -251,10 +273,14 @@ class LLMEngine:
         raise TypeError(f"prompt must be a str, a list of token ids or a dict, got {type(prompt).__name__}")
 
     def add_request(self, request_id: str | None, prompt, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, *, strict_max_tokens: bool = False) -> str:
+                    arrival_time: float | None = None, *, strict_max_tokens: bool = False,
+                    lora_request=None) -> str:
         """Queue one request. ``strict_max_tokens`` (``LLM``, the server): prompt + ``max_tokens`` over
-        ``max_model_len`` is an error (``fit_context``); otherwise ``max_tokens`` is capped to the room left."""
+        ``max_model_len`` is an error (``fit_context``); otherwise ``max_tokens`` is capped to the room left.
+        ``lora_request``: the adapter it runs under (loaded and checked here unless loaded already)."""
         if isinstance(params, PoolingParams):
+            if lora_request is not None:
+                raise ValueError("lora_request: LoRA adapters apply to generation, not to pooling requests")
             return self._add_pooling_request(request_id, prompt, params, arrival_time)
         if self.runner_type == "pooling":
             raise ValueError(f"model {self.config.model!r} runs as runner='pooling' (an embedding model): it makes "
@@ -269,6 +295,8 @@ class LLMEngine:
         if params.truncate_prompt_tokens is not None and len(token_ids) > params.truncate_prompt_tokens:
             token_ids = token_ids[-params.truncate_prompt_tokens:]  # keep the end (vLLM: left truncation)
         self._check_params(params)
+        if lora_request is not None:
+            self.load_lora(lora_request)
         params = copy.copy(params)  # later changes to the caller's object do not reach the request
         vocab = self.hf_config.vocab_size
         bad = [t for t in token_ids if t < 0 or t >= vocab]
@@ -280,6 +308,7 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
         seq.eos_token_ids = self.eos_token_ids
+        seq.lora_request = lora_request
         if params.bad_words:
             seq.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         self._init_seq(seq)

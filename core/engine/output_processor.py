@@ -171,4 +171,5 @@ class OutputProcessor:
         return RequestOutput(request_id=seq.request_id, prompt=seq.prompt,
                              prompt_token_ids=seq.token_ids[:seq.num_prompt_tokens],
                              prompt_logprobs=prompt_logprobs, outputs=completions, finished=finished,
-                             metrics=seq.metrics, num_cached_tokens=seq.num_cached_tokens)
+                             metrics=seq.metrics, num_cached_tokens=seq.num_cached_tokens,
+                             lora_request=seq.lora_request)

@@ -39,6 +39,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.max_loras: int | None = None  # with LoRA: most distinct adapters among running sequences
         self._warned_preemption = False
         # Keep a few blocks free when admitting, so running sequences can grow (vLLM: 1%).
         self.watermark_blocks = max(1, int(0.01 * block_manager.num_blocks))
@@ -84,9 +85,14 @@ class Scheduler:
             break  # seq itself was preempted: it was the newest, nothing after it
 
         # 2. Admit waiting sequences (not in a step that had to preempt).
+        loras, lora_blocked = self._running_loras(), []
         while (self.waiting and budget > 0 and not preempted
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
+            if loras is not None and seq.lora_request is not None and seq.lora_request.lora_int_id not in loras:
+                if len(loras) >= self.max_loras:  # waits for a slot; requests behind it may run
+                    lora_blocked.append(self.waiting.popleft())
+                    continue
             cached = bm.find_cached_prefix(seq)
             num_cached = len(cached) * bm.block_size
             remaining = seq.num_tokens - num_cached
@@ -105,7 +111,15 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
+            if loras is not None and seq.lora_request is not None:
+                loras.add(seq.lora_request.lora_int_id)
+        self.waiting.extendleft(reversed(lora_blocked))
         return scheduled
+
+    def _running_loras(self) -> set[int] | None:
+        if self.max_loras is None:
+            return None
+        return {s.lora_request.lora_int_id for s in self.running if s.lora_request is not None}
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -31,6 +31,7 @@ class Sequence:
         "eos_token_ids", "bad_words_token_ids",
         # generation semantics (engine / output processor): see pagedllm.engine.output_processor
         "logprobs", "prompt_logprobs", "matcher", "group", "index", "emitted_len",
+        "lora_request",  # the LoRARequest it runs under (None: the base model)
     )
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
@@ -60,6 +61,7 @@ class Sequence:
         self.group = None  # the SequenceGroup of an n>1 / best_of request
         self.index = 0  # this sample's index in its group
         self.emitted_len = 0  # characters of text already streamed
+        self.lora_request = None
 
     @property
     def num_tokens(self) -> int:

@@ -54,6 +54,7 @@ class SequenceGroup:
             child.group = self
             child.eos_token_ids = parent.eos_token_ids
             child.bad_words_token_ids = parent.bad_words_token_ids
+            child.lora_request = parent.lora_request
             child.metrics.first_scheduled_time = parent.metrics.first_scheduled_time
             child.num_cached_tokens = parent.num_cached_tokens
             init_seq(child)

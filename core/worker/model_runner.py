@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
+    lora_manager = None  # a pagedllm.lora.manager.LoRAManager when the engine serves adapters
+
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
                  model_impl: str = "auto"):
@@ -166,12 +168,16 @@ class ModelRunner:
         nd = len(order)
         if nd < len(scheduled):
             order += [i for i, s in enumerate(scheduled) if s.num_new_tokens > 1]
+        lora = None
+        if self.lora_manager is not None:  # each adapter's tokens contiguous (decodes, then prefills)
+            order, lora = self.lora_manager.order_step(scheduled, order, nd)
         ordered = [scheduled[i] for i in order]
         input_ids, positions, md, last_idx = self._build_metadata(ordered, nd)
-        if self.graphs is not None and nd == len(ordered) and self.graphs.bucket_for(nd) is not None:
+        if (self.graphs is not None and lora is None and nd == len(ordered)
+                and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
         else:
-            with set_forward_context(md):
+            with set_forward_context(md, lora):
                 hidden = self.model(input_ids, positions)
         return order, ordered, hidden, last_idx
 

@@ -20,20 +20,27 @@ from pagedllm.entrypoints.openai.errors import add_error_handlers
 from pagedllm.entrypoints.openai.guard import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
 from pagedllm.entrypoints.openai.routes.admin import admin_router
 from pagedllm.entrypoints.openai.routes.generate import generate_router
+from pagedllm.entrypoints.openai.routes.lora import lora_router
 from pagedllm.entrypoints.openai.routes.openai_api import openai_router
 from pagedllm.entrypoints.openai.routes.tokenize import tokenize_router
 from pagedllm.entrypoints.openai.served_models import ServedModel, ServedModels
 from pagedllm.entrypoints.openai.serving_chat import ServingChat
 from pagedllm.entrypoints.openai.serving_completion import ServingCompletion
 from pagedllm.entrypoints.openai.serving_embedding import ServingEmbedding
+from pagedllm.entrypoints.openai.serving_models import (LoRAModulePath, parse_lora_module,
+                                                        runtime_lora_updating_allowed)
 from pagedllm.metrics import Metrics
 
 
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
               *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-              also: list[tuple[AsyncEngine, list[str]]] = ()) -> FastAPI:
+              also: list[tuple[AsyncEngine, list[str]]] = (),
+              lora_modules: list[LoRAModulePath] | None = None) -> FastAPI:
     """The FastAPI app over one AsyncEngine (``served_model_names[0]`` is the name answered), plus the
-    engines of ``also`` (``serve --also``), each routed by the request's ``model``."""
+    engines of ``also`` (``serve --also``), each routed by the request's ``model``.
+
+    ``lora_modules``: adapters of the main engine that clients select by name (``model=<name>``), read
+    and checked here, so a bad one stops the start with a ValueError naming it."""
     if isinstance(served_model_names, str):
         served_model_names = [served_model_names]
     names = list(served_model_names or [engine.engine.config.model])
@@ -46,11 +53,16 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
     app.state.metrics = metrics = Metrics(engine, names[0])
     for extra in models.models[1:]:
         metrics.add_model(extra.engine, extra.names[0])
+    main = models.main
+    for module in lora_modules or ():
+        main.chat.models.add_lora(module.name, module.path, module.base_model_name)
     add_error_handlers(app)
     app.include_router(openai_router(models))
     app.include_router(admin_router(models, metrics))
     app.include_router(tokenize_router(models))
     app.include_router(generate_router())
+    if runtime_lora_updating_allowed() and models.main.chat is not None:
+        app.include_router(lora_router(models.main.chat.models))
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     return app
 
@@ -60,7 +72,9 @@ def served_model(engine: AsyncEngine, names: list[str], chat_template: str | Non
     if engine.engine.runner_type == "pooling":
         return ServedModel(engine, names, embeddings=ServingEmbedding(engine, names))
     chat = ServingChat(engine, names, chat_template=chat_template)  # chat and tokenize share its template
-    return ServedModel(engine, names, chat=chat, completions=ServingCompletion(engine, names))
+    completions = ServingCompletion(engine, names)
+    completions.models = chat.models  # one set of names (base + LoRA adapters) for both handlers
+    return ServedModel(engine, names, chat=chat, completions=completions)
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -85,6 +99,9 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
                           "`model` (e.g. an embedding model beside the chat model); repeatable. It takes the "
                           "engine flags --device, --dtype, --seed, --download-dir and --trust-remote-code, its "
                           "other engine arguments are defaults. NAME (default: MODEL) is what clients send")
+    srv.add_argument("--lora-modules", nargs="+", type=parse_lora_module, default=None, metavar="NAME=PATH",
+                     help="LoRA adapters clients select with model=NAME (with --enable-lora): name=path, or "
+                          'JSON {"name": ..., "path": ..., "base_model_name": ...}')
     add_engine_args(parser, model_default=None,
                     model_help="model name, local folder or .gguf file (default: the bundled model)")
     return parser
@@ -130,6 +147,8 @@ def run_server(args: argparse.Namespace) -> int:
     engines: list[AsyncEngine] = []
     try:
         config = EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
+        if args.lora_modules and not config.enable_lora:
+            raise ValueError("--lora-modules needs --enable-lora")
         extra_configs = [(EngineConfig.from_kwargs(model=m, **_shared_engine_args(args)), n) for m, n in also_models(args)]
         for c in [config] + [c for c, _ in extra_configs]:
             engines.append(AsyncEngine.from_config(c, log_requests=not args.disable_log_requests))
@@ -143,8 +162,8 @@ def run_server(args: argparse.Namespace) -> int:
     also = [(e, [name]) for e, (_, name) in zip(engines[1:], extra_configs)]
     try:
         app = build_app(engine, names, args.api_key, chat_template=chat_template,
-                        max_body_bytes=args.max_request_body_bytes, also=also)
-    except ValueError as exc:  # two models under one name
+                        max_body_bytes=args.max_request_body_bytes, also=also, lora_modules=args.lora_modules)
+    except ValueError as exc:  # two models under one name, a bad LoRA adapter
         for e in engines:
             e.shutdown()
         print(f"pagedllm serve: cannot start: {exc}", file=sys.stderr)

@@ -300,3 +300,14 @@ def structured_outputs_for(req: SamplingFields) -> dict | None:
         raise APIError("response_format of type json_schema needs json_schema.schema",
                        param="response_format")
     return {"json": fmt.json_schema.schema_}
+
+
+# ---- LoRA adapters at runtime (vLLM's /v1/load_lora_adapter, /v1/unload_lora_adapter) --------------
+class LoadLoRAAdapterRequest(OpenAIModel):
+    lora_name: StrictStr
+    lora_path: StrictStr
+
+
+class UnloadLoRAAdapterRequest(OpenAIModel):
+    lora_name: StrictStr
+    lora_int_id: int | None = None  # vLLM accepts it; the name is what identifies the adapter here

@@ -1,7 +1,7 @@
 """The models one server hosts, and which of them answers a request.
 
 ``pagedllm serve CHAT --also EMBEDDER`` runs one engine per model (what Ollama does and vLLM does
-not): a request's ``model`` picks the engine; an unknown name is a 404 listing the served ones,
+not): a request's ``model`` picks the engine (a LoRA adapter's name picks the engine it belongs to); an unknown name is a 404 listing the served ones,
 and a model asked for what its runner cannot do (an embedding model for chat, a chat model for
 embeddings) is a 400 naming the runner. Without ``model`` the first model that can answer does.
 """
@@ -50,7 +50,24 @@ class ServedModels:
 
     @property
     def names(self) -> list[str]:
-        return list(self._by_name)
+        """Every name a client may send: the models', then each engine's LoRA adapters."""
+        return list(self._by_name) + [n for m in self.models if m.chat is not None for n in m.chat.models.adapters]
+
+    def _with_adapter(self, name: str) -> ServedModel | None:
+        """The generation model that has a LoRA adapter called ``name`` (``--lora-modules``, loaded at runtime)."""
+        return next((m for m in self.models if m.chat is not None and name in m.chat.models.adapters), None)
+
+    def cards(self) -> list[dict]:
+        """``/v1/models``: each model's names, a generation model's LoRA adapters after it (``parent`` = its base)."""
+        cards = []
+        for m in self.models:
+            root, max_len = m.engine.engine.config.model, m.engine.max_model_len
+            if m.chat is not None:
+                cards += m.chat.models.cards(root, max_len)
+            else:
+                cards += [{"id": n, "object": "model", "created": 0, "owned_by": "pagedllm", "root": root,
+                           "parent": None, "max_model_len": max_len} for n in m.names]
+        return cards
 
     def get(self, requested: str | None, runner: str | None = None, endpoint: str = "") -> ServedModel:
         """The model for ``requested`` (None: the first that can answer), checked against the ``runner`` the
@@ -58,7 +75,7 @@ class ServedModels:
         if requested is None:
             model = next((m for m in self.models if runner in (None, m.runner)), self.main)
         else:
-            model = self._by_name.get(requested)
+            model = self._by_name.get(requested) or self._with_adapter(requested)
         if model is None:
             raise APIError(f"The model `{requested}` does not exist. Served: {self.names}", status_code=404,
                            type="NotFoundError", param="model", code="model_not_found")

@@ -65,7 +65,7 @@ class ServingChat(OpenAIServing):
         texts, finish, stop, completion_tokens = [""] * params.n, {}, {}, 0
         steps = [[] for _ in range(params.n)]
         try:
-            async for _, out in self.generate_all([ids], [params], request_id):
+            async for _, out in self.generate_all([ids], [params], request_id, model):
                 for c in out.outputs:
                     texts[c.index] += c.text
                     steps[c.index] += c.logprobs or []
@@ -94,7 +94,7 @@ class ServingChat(OpenAIServing):
         try:
             for i in range(params.n):  # the first chunk of each choice carries the role, as OpenAI's
                 yield chunk([ChatStreamChoice(index=i, delta=ChatDelta(role="assistant", content=""))], continuous)
-            async for _, out in self.generate_all([ids], [params], request_id):
+            async for _, out in self.generate_all([ids], [params], request_id, model):
                 for c in out.outputs:
                     completion_tokens += len(c.token_ids)
                     if c.text or c.finish_reason is not None:

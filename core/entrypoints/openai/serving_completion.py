@@ -57,7 +57,7 @@ class ServingCompletion(OpenAIServing):
         steps = {idx: [] for idx in texts}
         finish, stop, completion_tokens = {}, {}, 0
         try:
-            async for i, out in self.generate_all(prompts, params, request_id):
+            async for i, out in self.generate_all(prompts, params, request_id, model):
                 for c in out.outputs:
                     idx = i * n + c.index
                     texts[idx] += c.text
@@ -97,7 +97,7 @@ class ServingCompletion(OpenAIServing):
                 if text:
                     for k in range(n):
                         yield chunk(i * n + k, text)
-            async for i, out in self.generate_all(prompts, params, request_id):
+            async for i, out in self.generate_all(prompts, params, request_id, model):
                 for c in out.outputs:
                     completion_tokens += len(c.token_ids)
                     if c.text or c.finish_reason is not None:

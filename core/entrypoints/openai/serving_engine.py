@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
 from pagedllm.engine.llm_engine import ContextWindowError, fit_context
 from pagedllm.entrypoints.openai.protocol import APIError, SamplingFields, UsageInfo
+from pagedllm.entrypoints.openai.serving_models import ServingModels
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 
@@ -22,6 +23,7 @@ class OpenAIServing:
     def __init__(self, engine: AsyncEngine, served_model_names: list[str]):
         self.engine = engine
         self.served_model_names = served_model_names
+        self.models = ServingModels(engine, served_model_names)  # build_app shares one among handlers
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.engine.hf_config.vocab_size
@@ -30,9 +32,9 @@ class OpenAIServing:
 
     def model_name(self, requested: str | None) -> str:
         """The name answered in responses; an unknown requested name is a 404 (as OpenAI/vLLM)."""
-        if requested is None or requested in self.served_model_names:
+        if self.models.is_served(requested):
             return requested or self.served_model_names[0]
-        raise APIError(f"The model `{requested}` does not exist. Served: {self.served_model_names}",
+        raise APIError(f"The model `{requested}` does not exist. Served: {self.models.names()}",
                        status_code=404, type="NotFoundError", param="model", code="model_not_found")
 
     def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str) -> int:
@@ -51,15 +53,17 @@ class OpenAIServing:
         except ContextWindowError as exc:
             raise APIError(str(exc), param=param if exc.param == "prompt" else exc.param) from None
 
-    async def generate_all(self, prompts: list, params: list, request_id: str
+    async def generate_all(self, prompts: list, params: list, request_id: str, model: str | None = None
                            ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Run every prompt (token ids, or a text for the engine to tokenize) as its own engine request;
-        yield ``(prompt_index, output)`` as they come.
+        yield ``(prompt_index, output)`` as they come. ``model``: the name the client chose; a LoRA
+        adapter's name runs the prompts under it.
 
         Leaving early aborts every request still running (their generators' finalizers do it).
         """
+        lora = self.models.lora_request(model)
         gens = [self.engine.generate({"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt, p,
-                                     f"{request_id}-{i}")
+                                     f"{request_id}-{i}", lora_request=lora)
                 for i, (prompt, p) in enumerate(zip(prompts, params))]
         if len(gens) == 1:
             try:

@@ -68,6 +68,7 @@ class LinearBase(nn.Module):
         self.tp_rank = get_tp_rank()
         self.tp_size = get_tp_world_size()
         self.tp_dim = tp_dim
+        self.input_size, self.output_size = input_size, output_size  # this rank's (the weight may be prepacked away)
         self.linear_method = linear_method or DenseLinearMethod()
         self.linear_method.create_weights(self, input_size, output_size, bias)
 

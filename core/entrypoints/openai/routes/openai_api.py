@@ -1,6 +1,6 @@
 """OpenAI's ``/v1`` routes: completions, chat completions, embeddings and models; vLLM's ``/pooling``.
 
-Each request goes to the served model its ``model`` names (``served_models``).
+Each request goes to the served model (or LoRA adapter) its ``model`` names (``served_models``).
 """
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ from fastapi import APIRouter, Request
 
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, PoolingRequest
 from pagedllm.entrypoints.openai.routes.http_io import answer, cancel_on_disconnect, parse
-from pagedllm.entrypoints.openai.served_models import ServedModel, ServedModels
-
-
-def _card(model: ServedModel, name: str) -> dict:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "pagedllm", "root": model.engine.engine.config.model,
-            "parent": None, "max_model_len": model.engine.max_model_len}
+from pagedllm.entrypoints.openai.served_models import ServedModels
 
 
 def openai_router(models: ServedModels) -> APIRouter:
@@ -45,10 +40,11 @@ def openai_router(models: ServedModels) -> APIRouter:
 
     @router.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [_card(m, name) for m in models.models for name in m.names]}
+        return {"object": "list", "data": models.cards()}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        return _card(models.get(model_id), model_id)
+        models.get(model_id)  # 404 naming the served ones
+        return next(c for c in models.cards() if c["id"] == model_id)
 
     return router

@@ -1,0 +1,38 @@
+"""The batched LoRA matmul of one layer over a step's tokens, grouped by adapter (SGMV's shape).
+
+The model runner orders a step's sequences so that each adapter's tokens sit in a few contiguous
+segments (``LoRAMapping.segments``: slot, first token, end token); each segment is then two small
+matmuls on a slice of the batch, added in place to the base layer's output: no per-token gather of
+adapter weights (BGMV) and no per-adapter batch. Tokens of the base model belong to no segment.
+This is the torch path (CPU, and GPU until a Triton SGMV kernel lands); ``add_lora`` is its one entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class LoRAMapping:
+    """A step's adapter segments over its flat token batch: ``(slot, start, end)``, ends exclusive."""
+
+    segments: tuple[tuple[int, int, int], ...]
+    num_tokens: int
+
+
+def add_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+             columns: list[int], mapping: LoRAMapping) -> torch.Tensor:
+    """``out[seg] += x[seg] @ lora_a[slot, :c].T @ lora_b[slot, :, :c].T`` for each segment.
+
+    ``lora_a`` [slots, R, in] and ``lora_b`` [slots, out, R] hold each slot's adapter (B scaled);
+    ``columns[slot]`` is how many rank columns it uses (0: the adapter leaves this layer alone).
+    """
+    if x.shape[0] != mapping.num_tokens:
+        return out  # a call outside the step's batch (e.g. a profiling forward): the base layer alone
+    for slot, start, end in mapping.segments:
+        c = columns[slot]
+        if c:
+            shrunk = x[start:end] @ lora_a[slot, :c].t()
+            out[start:end].addmm_(shrunk, lora_b[slot, :, :c].t())
+    return out
