@@ -37,7 +37,7 @@ from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_b
 from pagedllm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
-POOLING_TOKEN_BUDGET = 8192  # default tokens per step of a pooling model (whole inputs, no decode steps)
+POOLING_TOKEN_BUDGET = 2048  # default tokens per step of a pooling model: MiniLM on 2 cores peaked there (bench embed: 1024-8192 tried)
 
 
 @dataclass

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "entrypoints"))
-from live_server import TINY_MAX_MODEL_LEN, start_server, tiny_model_dir  # noqa: E402,F401
+from live_server import TINY_MAX_MODEL_LEN, start_server, tiny_model_dir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow  # each backend builds an engine
 RESULTS: dict[str, dict[str, object]] = {}

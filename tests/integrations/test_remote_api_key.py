@@ -4,14 +4,11 @@ Before this, LlamaIndex ``Vllm(api_url=..., api_key=...)`` dropped the key and e
 "EMPTY" when only ``OPENAI_API_KEY`` was set: the server answered 401."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "entrypoints"))
-from live_server import start_server, tiny_model_dir  # noqa: E402,F401
+from live_server import start_server, tiny_model_dir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow  # builds one engine
 KEY = "s3cret"

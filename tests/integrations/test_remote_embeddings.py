@@ -6,8 +6,6 @@ Oracle for the vectors: sentence-transformers' ``encode``; for RAG, the invented
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -15,8 +13,7 @@ import pytest
 from model_fixtures import BUNDLED, minilm_path
 from rag_documents import ANSWER, ANSWERING_DOC, DOCS, QUESTION
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "entrypoints"))
-from live_server import LiveServer  # noqa: E402
+from live_server import LiveServer
 
 pytest.importorskip("sentence_transformers")
 pytestmark = pytest.mark.slow  # a server with two engines, one of them the chat model

@@ -1,13 +1,10 @@
 """VLLM/ChatVLLM(base_url=...) against a loopback server give the in-process greedy text."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "entrypoints"))
-from live_server import TINY_MAX_MODEL_LEN, server, tiny_model_dir  # noqa: E402,F401
+from live_server import TINY_MAX_MODEL_LEN, server, tiny_model_dir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow  # builds two engines
 ENGINE = dict(dtype="float32", kv_cache_memory=16 << 20, max_model_len=TINY_MAX_MODEL_LEN, seed=0,

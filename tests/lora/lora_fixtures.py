@@ -68,32 +68,3 @@ def assert_matches_oracle(llm, oracle, prompts, lora_request, max_tokens: int = 
         want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     return outs
-
-
-class ThreadServer:
-    """uvicorn serving ``app`` on a free loopback port in a thread of this process."""
-
-    def __init__(self, app):
-        import socket
-        import threading
-        import time
-
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        self.url = self.base + "/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)

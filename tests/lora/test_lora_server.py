@@ -7,7 +7,7 @@ import openai
 import pytest
 import requests
 
-from lora_fixtures import ThreadServer
+from live_server import LiveServer
 from model_fixtures import hf_greedy
 from pagedllm.entrypoints.openai.serving_models import LoRAModulePath, parse_lora_module
 
@@ -31,10 +31,9 @@ def served(tiny_llama_adapters):
                                              "base_model_name": "tiny-base"}))]
     app = build_app(engine, ["tiny"], lora_modules=modules)
     mp.undo()
-    live = ThreadServer(app)
+    live = LiveServer(app, engine)
     yield live, engine, adapters
-    live.stop()
-    engine.shutdown()
+    live.stop()  # and the engine
 
 
 def _oracle_text(engine, oracle, ids, n):

@@ -1,4 +1,5 @@
 """A live OpenAI-compatible server on a free loopback port, over a tiny random Llama (fast on one core).
+At the top of tests/ so every folder imports it (tests/ is on sys.path through its conftest).
 
 Test modules import the fixtures they use from here (`from live_server import server`)."""
 from __future__ import annotations
