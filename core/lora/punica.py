@@ -4,7 +4,9 @@ The model runner orders a step's sequences so that each adapter's tokens sit in 
 segments (``LoRAMapping.segments``: slot, first token, end token); each segment is then two small
 matmuls on a slice of the batch, added in place to the base layer's output: no per-token gather of
 adapter weights (BGMV) and no per-adapter batch. Tokens of the base model belong to no segment.
-This is the torch path (CPU, and GPU until a Triton SGMV kernel lands); ``add_lora`` is its one entry.
+On CPU each segment is two torch matmuls; on CUDA the step's segments go to the Triton SGMV kernels
+(``pagedllm.kernels.lora_sgmv``: one shrink and one expand launch per layer, the torch path their oracle).
+``add_lora`` is the one entry.
 """
 from __future__ import annotations
 
@@ -30,6 +32,13 @@ def add_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: t
     """
     if x.shape[0] != mapping.num_tokens:
         return out  # a call outside the step's batch (e.g. a profiling forward): the base layer alone
+    if out.is_cuda and mapping.segments:
+        from pagedllm.kernels import lora_sgmv
+
+        segments = torch.tensor(mapping.segments, dtype=torch.int32, device=out.device)
+        cols = torch.tensor(columns, dtype=torch.int32, device=out.device)
+        longest = max(end - start for _, start, end in mapping.segments)
+        return lora_sgmv.sgmv_add(out, x, lora_a, lora_b, cols, segments, longest)
     for slot, start, end in mapping.segments:
         c = columns[slot]
         if c:
