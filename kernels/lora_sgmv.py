@@ -69,8 +69,9 @@ def sgmv_add(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: t
         return out
     T, K = x.shape
     N, R = lora_b.shape[1], lora_b.shape[2]
-    if x.stride(1) != 1 or out.stride(1) != 1:
-        raise ValueError("sgmv_add needs x and out with unit last stride")
+    if out.stride(1) != 1:
+        raise ValueError("sgmv_add adds into an out with unit last stride (a linear layer's output)")
+    x = x if x.stride(1) == 1 else x.contiguous()
     a, b = lora_a.contiguous(), lora_b.contiguous()
     block_r = max(16, triton.next_power_of_2(R))
     block_m = 16 if max_segment_len <= 16 else 32

@@ -38,6 +38,9 @@ class LoRALinearMethod(LinearMethod):
         self.lora_a = torch.zeros(max_loras, self.max_columns, self.input_size, dtype=dtype, device=device)
         self.lora_b = torch.zeros(max_loras, self.output_size, self.max_columns, dtype=dtype, device=device)
         self.columns = [0] * max_loras  # rank columns slot s uses in this layer (0: not adapted)
+        # the same on the GPU, for the SGMV kernels (kept in step with ``columns``, never copied per call)
+        self.columns_device = (torch.zeros(max_loras, dtype=torch.int32, device=device)
+                               if torch.device(device).type == "cuda" else None)
 
     def shard_rows(self, shard) -> tuple[int, int]:
         """(first output row, rows) of a checkpoint shard (``q``/``k``/``v``, 0/1, or None: all)."""
@@ -56,13 +59,18 @@ class LoRALinearMethod(LinearMethod):
             for row, b in piece.b_rows:
                 self.lora_b[slot, row:row + b.shape[0], column:column + r].copy_(b)
             column += r
+        self._set_columns(slot, column)
+
+    def _set_columns(self, slot: int, column: int) -> None:
         self.columns[slot] = column
+        if self.columns_device is not None:
+            self.columns_device[slot] = column
 
     def clear_slot(self, slot: int) -> None:
         if self.columns[slot]:
             self.lora_a[slot].zero_()
             self.lora_b[slot].zero_()
-        self.columns[slot] = 0
+        self._set_columns(slot, 0)
 
     # --- LinearMethod ---------------------------------------------------------------------------
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int, bias: bool) -> None:
@@ -76,7 +84,7 @@ class LoRALinearMethod(LinearMethod):
         mapping = get_lora_mapping()
         if mapping is None or not mapping.segments:
             return out
-        return add_lora(out, x, self.lora_a, self.lora_b, self.columns, mapping)
+        return add_lora(out, x, self.lora_a, self.lora_b, self.columns, mapping, self.columns_device)
 
 
 def wrap_lora_layers(model: nn.Module, max_loras: int, max_lora_rank: int, dtype: torch.dtype,

@@ -37,6 +37,7 @@ class LoRAManager:
     def __init__(self, model: nn.Module, max_loras: int, max_lora_rank: int, max_cpu_loras: int | None,
                  dtype: torch.dtype, device: torch.device):
         self.model = model
+        self.device = torch.device(device)
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.max_cpu_loras = max(max_cpu_loras or max_loras, max_loras)
@@ -164,7 +165,11 @@ class LoRAManager:
                 else:
                     segments.append((slot, start, start + n))
             start += n
-        return order, LoRAMapping(tuple(segments), start)
+        if self.device.type != "cuda":
+            return order, LoRAMapping(tuple(segments), start)
+        # the SGMV kernels read the segments from the device: one copy per step, not per layer
+        table = torch.tensor(segments, dtype=torch.int32).to(self.device, non_blocking=True)
+        return order, LoRAMapping(tuple(segments), start, table, max(e - s for _, s, e in segments))
 
 
 def _lora_id(seq) -> int:

@@ -21,24 +21,24 @@ class LoRAMapping:
 
     segments: tuple[tuple[int, int, int], ...]
     num_tokens: int
+    device_segments: torch.Tensor | None = None  # the segments as an int32 [S, 3] CUDA tensor (SGMV)
+    longest: int = 0  # tokens of the longest segment (the kernels' row blocks)
 
 
 def add_lora(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-             columns: list[int], mapping: LoRAMapping) -> torch.Tensor:
+             columns: list[int], mapping: LoRAMapping, columns_device: torch.Tensor | None = None) -> torch.Tensor:
     """``out[seg] += x[seg] @ lora_a[slot, :c].T @ lora_b[slot, :, :c].T`` for each segment.
 
     ``lora_a`` [slots, R, in] and ``lora_b`` [slots, out, R] hold each slot's adapter (B scaled);
-    ``columns[slot]`` is how many rank columns it uses (0: the adapter leaves this layer alone).
+    ``columns[slot]`` is how many rank columns it uses (0: the adapter leaves this layer alone);
+    ``columns_device`` is the same on the GPU, read by the SGMV kernels with ``mapping.device_segments``.
     """
     if x.shape[0] != mapping.num_tokens:
         return out  # a call outside the step's batch (e.g. a profiling forward): the base layer alone
-    if out.is_cuda and mapping.segments:
+    if mapping.device_segments is not None and columns_device is not None:  # the manager sets both on CUDA
         from pagedllm.kernels import lora_sgmv
 
-        segments = torch.tensor(mapping.segments, dtype=torch.int32, device=out.device)
-        cols = torch.tensor(columns, dtype=torch.int32, device=out.device)
-        longest = max(end - start for _, start, end in mapping.segments)
-        return lora_sgmv.sgmv_add(out, x, lora_a, lora_b, cols, segments, longest)
+        return lora_sgmv.sgmv_add(out, x, lora_a, lora_b, columns_device, mapping.device_segments, mapping.longest)
     for slot, start, end in mapping.segments:
         c = columns[slot]
         if c:

@@ -42,3 +42,19 @@ def test_sgmv_equals_the_torch_path_and_float64(T, K, N, R, segments, columns):
         if columns[slot]:
             untouched[s:e] = False
     assert torch.equal(got[untouched], out[untouched])  # base-model rows are not written
+
+
+def test_add_lora_takes_the_kernels_when_the_step_carries_device_tables(monkeypatch):
+    """The wiring the LoRA layers use on CUDA: a mapping with ``device_segments`` and a layer's
+    ``columns_device`` send ``add_lora`` to the SGMV kernels (interpreted here), with the torch path's result."""
+    segments, columns = [(1, 0, 9), (0, 12, 20)], [4, 8]
+    x, a, b, out = _case(20, 40, 24, 8, segments, columns, seed=3)
+    torch_out = add_lora(out.clone(), x, a, b, columns, LoRAMapping(tuple(segments), 20))
+    calls = []
+    real = lora_sgmv.sgmv_add
+    monkeypatch.setattr(lora_sgmv, "sgmv_add", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mapping = LoRAMapping(tuple(segments), 20, torch.tensor(segments, dtype=torch.int32, device=DEVICE), 9)
+    got = add_lora(out.clone().to(DEVICE), x.to(DEVICE), a.to(DEVICE), b.to(DEVICE), columns, mapping,
+                   torch.tensor(columns, dtype=torch.int32, device=DEVICE))
+    torch.testing.assert_close(got.cpu(), torch_out, atol=1e-4, rtol=1e-4)
+    assert calls == [1] and not torch.equal(got.cpu(), out)
