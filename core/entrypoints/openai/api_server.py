@@ -7,11 +7,13 @@ handlers (``errors.py``) and the body-size / API-key guard (``guard.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import pagedllm
 from pagedllm.engine.async_engine import AsyncEngine
@@ -32,10 +34,13 @@ from pagedllm.entrypoints.openai.serving_models import (LoRAModulePath, parse_lo
 from pagedllm.metrics import Metrics
 
 
+GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl+C, open connections get this long before the server stops anyway
+
+
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
               *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               also: list[tuple[AsyncEngine, list[str]]] = (),
-              lora_modules: list[LoRAModulePath] | None = None) -> FastAPI:
+              lora_modules: list[LoRAModulePath] | None = None, cors: dict | None = None) -> FastAPI:
     """The FastAPI app over one AsyncEngine (``served_model_names[0]`` is the name answered), plus the
     engines of ``also`` (``serve --also``), each routed by the request's ``model``.
 
@@ -64,7 +69,16 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
     if runtime_lora_updating_allowed() and models.main.chat is not None:
         app.include_router(lora_router(models.main.chat.models))
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
+    # outermost, as vLLM's: a browser's preflight OPTIONS is answered before the API-key check
+    app.add_middleware(CORSMiddleware, **(cors or cors_settings()))
     return app
+
+
+def cors_settings(origins=("*",), credentials: bool = False, methods=("*",), headers=("*",)) -> dict:
+    """CORSMiddleware's arguments from vLLM's ``--allowed-*`` flags (its defaults: every origin, method
+    and header, no credentials)."""
+    return {"allow_origins": list(origins), "allow_credentials": credentials, "allow_methods": list(methods),
+            "allow_headers": list(headers)}
 
 
 def served_model(engine: AsyncEngine, names: list[str], chat_template: str | None = None) -> ServedModel:
@@ -94,6 +108,13 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     srv.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     srv.add_argument("--max-request-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
                      help="larger request bodies get 413 (default: %(default)s)")
+    for name, default, what in (("origins", ["*"], "origins"), ("methods", ["*"], "methods"),
+                                ("headers", ["*"], "request headers")):
+        srv.add_argument(f"--allowed-{name}", type=json_list, default=default, metavar="JSON",
+                         help=f"CORS: allowed {what}, a JSON list (default: %(default)s, vLLM's)")
+    srv.add_argument("--allowed-credentials", action="store_true", help="CORS: allow credentials (cookies)")
+    srv.add_argument("--ssl-keyfile", default=None, help="serve HTTPS with this private key (PEM)")
+    srv.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate chain (PEM)")
     srv.add_argument("--also", action="append", default=[], metavar="MODEL[=NAME]",
                      help="serve another model from the same server, in its own engine, routed by the request's "
                           "`model` (e.g. an embedding model beside the chat model); repeatable. It takes the "
@@ -107,10 +128,11 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     return parser
 
 
-def ready_message(host: str, port: int, api_key: str | None, served: list[tuple[str, str]]) -> str:
+def ready_message(host: str, port: int, api_key: str | None, served: list[tuple[str, str]],
+                  scheme: str = "http") -> str:
     """What to paste to try the server: one example per served model, ``served`` = (name, runner) pairs."""
     shown = "localhost" if host in ("0.0.0.0", "::", "") else host
-    base = f"http://{shown}:{port}"
+    base = f"{scheme}://{shown}:{port}"
     auth = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
     key = repr(api_key) if api_key else '"EMPTY"'
     names = ", ".join(repr(name) for name, _ in served)
@@ -140,10 +162,11 @@ def run_server(args: argparse.Namespace) -> int:
 
     model = args.model or getattr(args, "model_tag", None) or DEFAULT_MODEL  # --model wins over MODEL
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    chat_template = args.chat_template
-    if chat_template and os.path.isfile(chat_template):
-        with open(chat_template, encoding="utf-8") as f:
-            chat_template = f.read()
+    chat_template = read_chat_template(args.chat_template)
+    problem = ssl_problem(args)
+    if problem:
+        print(f"pagedllm serve: cannot start: {problem}", file=sys.stderr)
+        return 2
     engines: list[AsyncEngine] = []
     try:
         config = EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
@@ -162,14 +185,17 @@ def run_server(args: argparse.Namespace) -> int:
     also = [(e, [name]) for e, (_, name) in zip(engines[1:], extra_configs)]
     try:
         app = build_app(engine, names, args.api_key, chat_template=chat_template,
-                        max_body_bytes=args.max_request_body_bytes, also=also, lora_modules=args.lora_modules)
+                        max_body_bytes=args.max_request_body_bytes, also=also, lora_modules=args.lora_modules,
+                        cors=cors_settings(args.allowed_origins, args.allowed_credentials, args.allowed_methods,
+                                           args.allowed_headers))
     except ValueError as exc:  # two models under one name, a bad LoRA adapter
         for e in engines:
             e.shutdown()
         print(f"pagedllm serve: cannot start: {exc}", file=sys.stderr)
         return 2
     message = ready_message(args.host, args.port, args.api_key,
-                            [(m.names[0], m.runner) for m in app.state.models.models])
+                            [(m.names[0], m.runner) for m in app.state.models.models],
+                            "https" if args.ssl_certfile else "http")
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -178,13 +204,44 @@ def run_server(args: argparse.Namespace) -> int:
                 print(message, flush=True)
 
     server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                                    timeout_keep_alive=30))
+                                    timeout_keep_alive=30, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                                    ssl_keyfile=args.ssl_keyfile,
+                                    ssl_certfile=args.ssl_certfile))
     try:
         server.run()
     finally:
         for e in engines:
             e.shutdown()
     return 0 if server.started else 1
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """``--chat-template``: a file's text, or the template itself."""
+    if value and os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+def ssl_problem(args: argparse.Namespace) -> str | None:
+    """Why the HTTPS flags cannot work, checked before any engine loads; None when they can (or are unset)."""
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        return "--ssl-keyfile and --ssl-certfile go together (HTTPS needs both)"
+    for flag, path in (("--ssl-keyfile", args.ssl_keyfile), ("--ssl-certfile", args.ssl_certfile)):
+        if path and not os.path.isfile(path):
+            return f"{flag} {path!r} is not a file"
+    return None
+
+
+def json_list(text: str) -> list[str]:
+    """``--allowed-origins '["https://a.example"]'``: a JSON list of strings, as vLLM's flags take."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f"not a JSON list of strings: {text!r} (e.g. '[\"https://a.example\"]')")
+    return value
 
 
 def also_models(args: argparse.Namespace) -> list[tuple[str, str]]:
