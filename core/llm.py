@@ -1,6 +1,7 @@
 """The offline API: ``LLM(model=...).generate(...)`` and ``.chat(...)``, as in vLLM."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence as Seq
 
@@ -240,6 +241,4 @@ def _pooling_params_list(pooling_params, n: int, truncate_prompt_tokens: int | N
                          "per prompt")
     if truncate_prompt_tokens is None:
         return list(items)
-    import dataclasses
-
     return [dataclasses.replace(p, truncate_prompt_tokens=truncate_prompt_tokens) for p in items]

@@ -107,7 +107,6 @@ class Metrics:
                                labels + ["finished_reason"], registry=self.registry)
         self.healthy = Gauge(PREFIX + "engine_healthy", "1 while the engine loop is alive.", labels,
                              registry=self.registry)
-        self.model_name = model_name
         self.series: list[_ModelSeries] = []
         self.add_model(async_engine, model_name)
 

@@ -15,14 +15,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _shrink_kernel(x_ptr, a_ptr, buf_ptr, seg_ptr, cols_ptr, K, stride_x, stride_as, stride_ar, stride_buf,
-                   BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _segment_rows(seg_ptr, cols_ptr, BLOCK_M: tl.constexpr):
+    """This program's segment ``(slot, start, end)`` (axis 0), its adapter's rank columns in use, and
+    its block of row indices (axis 1); rows at or past ``end`` are masked by the caller."""
     seg = tl.program_id(0)
     slot = tl.load(seg_ptr + seg * 3)
     start = tl.load(seg_ptr + seg * 3 + 1)
     end = tl.load(seg_ptr + seg * 3 + 2)
-    c = tl.load(cols_ptr + slot)
     rows = start + tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return slot, tl.load(cols_ptr + slot), rows, end
+
+
+@triton.jit
+def _shrink_kernel(x_ptr, a_ptr, buf_ptr, seg_ptr, cols_ptr, K, stride_x, stride_as, stride_ar, stride_buf,
+                   BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    slot, c, rows, end = _segment_rows(seg_ptr, cols_ptr, BLOCK_M)
     ranks = tl.arange(0, BLOCK_R)
     row_ok = rows < end
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
@@ -39,12 +46,7 @@ def _shrink_kernel(x_ptr, a_ptr, buf_ptr, seg_ptr, cols_ptr, K, stride_x, stride
 @triton.jit
 def _expand_kernel(buf_ptr, b_ptr, out_ptr, seg_ptr, cols_ptr, N, stride_buf, stride_bs, stride_bn, stride_out,
                    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    seg = tl.program_id(0)
-    slot = tl.load(seg_ptr + seg * 3)
-    start = tl.load(seg_ptr + seg * 3 + 1)
-    end = tl.load(seg_ptr + seg * 3 + 2)
-    c = tl.load(cols_ptr + slot)
-    rows = start + tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot, c, rows, end = _segment_rows(seg_ptr, cols_ptr, BLOCK_M)
     cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
     ranks = tl.arange(0, BLOCK_R)
     row_ok, col_ok = rows < end, cols < N

@@ -42,6 +42,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_texts(tokenizer, n: int, min_len: int, max_len: int, seed: int) -> list[str]:
     """``n`` texts whose encodings (special tokens included) have lengths drawn uniformly in [min_len, max_len]."""
     rng = random.Random(seed)
+    special = len(tokenizer("", add_special_tokens=True)["input_ids"])  # [CLS] and [SEP] for BERT
     texts = []
     for _ in range(n):
         target = rng.randint(min_len, max_len)
@@ -51,7 +52,6 @@ def build_texts(tokenizer, n: int, min_len: int, max_len: int, seed: int) -> lis
             words += rng.choice(TEMPLATES).format(topic=topic, other=other, audience="a student").split()
             words += rng.choice(DETAILS).split()
         ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-        special = len(tokenizer("", add_special_tokens=True)["input_ids"])
         texts.append(tokenizer.decode(ids[:max(target - special, 1)]))
     return texts
 

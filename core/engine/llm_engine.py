@@ -11,7 +11,6 @@ import copy
 import gc
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -105,7 +104,7 @@ class LLMEngine:
         self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
-                                  config.block_size, config.attention_backend, config.model_impl)
+                                  config.block_size, config.attention_backend, config.model_impl, model_cls)
         self.lora_manager = self._init_lora()
         pooling = self.runner_type == "pooling"
         self.pooler = (resolve_pooler(config.pooler_config, resolved.path,
@@ -148,7 +147,7 @@ class LLMEngine:
         if hasattr(model_cls, "position_limit"):  # RoBERTa: the first positions of the table are taken
             limit = model_cls.position_limit(self.hf_config)
         if self.config.max_model_len is None:
-            st_length = sentence_transformers_max_length(model_path) if os.path.isdir(model_path) else None
+            st_length = sentence_transformers_max_length(model_path)
             return min(limit, st_length) if st_length else limit  # as sentence-transformers embeds
         if self.config.max_model_len > limit:
             raise ValueError(f"max_model_len={self.config.max_model_len} is larger than the model's "
@@ -298,14 +297,9 @@ class LLMEngine:
         if lora_request is not None:
             self.load_lora(lora_request)
         params = copy.copy(params)  # later changes to the caller's object do not reach the request
-        vocab = self.hf_config.vocab_size
-        bad = [t for t in token_ids if t < 0 or t >= vocab]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
+        self._check_vocabulary(token_ids)
         max_tokens = fit_context(len(token_ids), params.max_tokens, self.max_model_len, strict=strict_max_tokens)
-        request_id = str(next(self._counter)) if request_id is None else str(request_id)
-        if request_id in self.sequences:
-            raise ValueError(f"request_id {request_id!r} is already in use")
+        request_id = self._new_request_id(request_id)
         seq = Sequence(request_id, text, token_ids, params, max_tokens, arrival_time)
         seq.eos_token_ids = self.eos_token_ids
         seq.lora_request = lora_request
@@ -325,22 +319,30 @@ class LLMEngine:
             raise ValueError(f"model {self.config.model!r} runs as runner='generate': embeddings need an engine "
                              "started with runner='pooling' (LLM(model, runner='pooling'), serve --runner pooling)")
         text, token_ids = self._pooling_tokens(prompt, params.truncate_prompt_tokens)
-        vocab = self.hf_config.vocab_size
-        bad = [t for t in token_ids if t < 0 or t >= vocab]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
+        self._check_vocabulary(token_ids)
         if len(token_ids) > self.max_model_len:
             raise ContextWindowError(
                 f"This model's maximum context length is {self.max_model_len} tokens (max_model_len). However, your "
                 f"input has {len(token_ids)} tokens. Shorten it, or pass truncate_prompt_tokens to cut it.",
                 param="prompt")
         self._check_dimensions(params.dimensions)
-        request_id = str(next(self._counter)) if request_id is None else str(request_id)
-        if request_id in self.sequences:
-            raise ValueError(f"request_id {request_id!r} is already in use")
+        request_id = self._new_request_id(request_id)
         seq = Sequence(request_id, text, token_ids, copy.copy(params), 0, arrival_time)
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
+        return request_id
+
+    def _check_vocabulary(self, token_ids: list[int]) -> None:
+        vocab = self.hf_config.vocab_size
+        bad = [t for t in token_ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is out of vocabulary (0..{vocab - 1})")
+
+    def _new_request_id(self, request_id: str | None) -> str:
+        """The caller's id (which must be free), or the next counter value."""
+        request_id = str(next(self._counter)) if request_id is None else str(request_id)
+        if request_id in self.sequences:
+            raise ValueError(f"request_id {request_id!r} is already in use")
         return request_id
 
     def _pooling_tokens(self, prompt, truncate: int | None) -> tuple[str | None, list[int]]:

@@ -97,7 +97,7 @@ def sentence_transformers_max_length(model_path: str) -> int | None:
 
 def resolve_pooler(user: PoolerConfig | None, model_path: str, default_type: str) -> PoolerConfig:
     """Every field decided: the user's, else the sentence-transformers folder's, else the model's default."""
-    st = sentence_transformers_pooler(model_path) if os.path.isdir(model_path) else None
+    st = sentence_transformers_pooler(model_path)
     layers = [c for c in (user, st) if c is not None]
     pooling_type = next((c.pooling_type for c in layers if c.pooling_type is not None), default_type)
     normalize = next((c.normalize for c in layers if c.normalize is not None), True)
@@ -109,7 +109,7 @@ def resolve_runner(runner: str, model_cls, model_path: str) -> str:
     folders. An encoder asked to generate is refused, naming the runner it takes."""
     encoder = bool(getattr(model_cls, "is_pooling_model", False))
     if runner == "auto":
-        is_st = os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, "modules.json"))
+        is_st = os.path.isfile(os.path.join(model_path, "modules.json"))
         return "pooling" if encoder or is_st else "generate"
     if runner == "generate" and encoder:
         raise ValueError(f"runner='generate': {model_cls.__name__} is an encoder without a language-model head; it "

@@ -39,12 +39,12 @@ class ModelRunner:
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
-                 model_impl: str = "auto"):
+                 model_impl: str = "auto", model_cls: type[nn.Module] | None = None):
         self.dtype = dtype
         self.device = device
         self.block_size = block_size
         self.vocab_size = hf_config.vocab_size
-        model_cls = resolve_model_class(hf_config, model_impl)
+        model_cls = model_cls or resolve_model_class(hf_config, model_impl)  # the engine has resolved it already
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:

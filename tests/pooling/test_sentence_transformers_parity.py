@@ -67,10 +67,19 @@ def test_defaults_come_from_the_sentence_transformers_files():
     truncates; MEAN pooling and normalisation come from modules.json."""
     from pagedllm import LLM
 
+    import json
+    import os
+
+    def read(name):
+        with open(os.path.join(minilm_path(), name)) as f:
+            return json.load(f)
+
     llm = LLM(minilm_path(), dtype="float32")
     engine = llm.llm_engine
-    assert (engine.runner_type, engine.max_model_len) == ("pooling", 256)
-    assert (engine.pooler.pooling_type, engine.pooler.normalize) == ("MEAN", True)
+    assert (engine.runner_type, engine.max_model_len) == ("pooling", read("sentence_bert_config.json")["max_seq_length"])
+    assert read("1_Pooling/config.json")["pooling_mode_mean_tokens"] and engine.pooler.pooling_type == "MEAN"
+    has_normalize = any(m["type"].endswith(".Normalize") for m in read("modules.json"))
+    assert engine.pooler.normalize == has_normalize
 
 
 def test_truncation_matches_sentence_transformers(minilm, st_models):
