@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+from pagedllm.tool_calling import messages_for_template
 
 Request = str | list[dict]
 
@@ -132,48 +133,6 @@ def check_texts(texts) -> list[str]:
     return list(texts)
 
 
-def with_tools_in_system(messages: list[dict], tools: list) -> list[dict]:
-    """Describe ``tools`` (OpenAI function specs) in the system message, for templates without tools.
-
-    Each tool is shown as its JSON spec followed by the shape of a call to it, with a typed
-    placeholder for each argument (``{"name": "f", "arguments": {"x": <integer>}}``): a small model
-    shown only the JSON schema copies the schema's own shape into its arguments (``{"x": {...}}``).
-    """
-    import json
-
-    lines = ["You can call these tools. To call one, answer only with JSON "
-             '{"name": <tool name>, "arguments": <arguments object>}.']
-    for tool in tools:
-        spec = tool.get("function", tool)
-        lines += [json.dumps(spec), "A call to it: " + example_call(spec)]
-    return with_system_note(messages, "\n".join(lines))
-
-
-def example_call(spec: dict) -> str:
-    """``{"name": ..., "arguments": {arg: <type>, ...}}`` for one OpenAI function spec."""
-    import json
-
-    props = (spec.get("parameters") or {}).get("properties") or {}
-    args = ", ".join(f"{json.dumps(k)}: <{_type_name(v)}>" for k, v in props.items())
-    return f'{{"name": {json.dumps(spec.get("name"))}, "arguments": {{{args}}}}}'
-
-
-def _type_name(schema: dict) -> str:
-    kind = schema.get("type") if isinstance(schema, dict) else None
-    if isinstance(kind, list):
-        return " or ".join(map(str, kind))
-    if kind is None and isinstance(schema, dict) and "enum" in schema:
-        return "one of " + ", ".join(map(str, schema["enum"]))
-    return kind or "value"
-
-
-def with_system_note(messages: list[dict], note: str) -> list[dict]:
-    """``note`` appended to the system message (or as one, first)."""
-    if messages and messages[0].get("role") == "system":
-        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{note}"}, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
-
-
 # ---- in-process ------------------------------------------------------------------------------
 class LocalProvider(Provider):
     """The in-process engine for ``model`` + engine kwargs (vLLM names), shared process-wide."""
@@ -199,8 +158,7 @@ class LocalProvider(Provider):
         from pagedllm.tokenizer import render_chat
 
         tokenizer = self.engine.tokenizer
-        if tools and "tools" not in (tokenizer.chat_template or ""):
-            messages = with_tools_in_system(messages, tools)  # the template would drop them
+        messages = messages_for_template(messages, tools, tokenizer.chat_template)
         return render_chat(tokenizer, messages, tools=tools)
 
     def _prepare(self, request: Request, params: SamplingParams, tools: list | None):
@@ -358,13 +316,15 @@ class RemoteProvider(Provider):
         return self._info
 
     def _create_kwargs(self, request: Request, params: SamplingParams, tools, lora_request=None):
-        if tools:
-            raise NotImplementedError("tool definitions are not sent to remote servers yet")
         model = self._info.name if lora_request is None else getattr(lora_request, "lora_name", lora_request)
         kwargs = openai_fields(params) | {"model": model, "stream": True,
                                           "stream_options": {"include_usage": True}}
         if isinstance(request, str):
+            if tools:
+                raise ValueError("tools need chat messages, not a plain prompt")
             return "completions", kwargs | {"prompt": request}
+        if tools:  # the server shows them to the model as in-process; the caller's grammar (if any) forces a call
+            kwargs |= {"tools": tools, "tool_choice": "none"}
         return "chat", kwargs | {"messages": request}
 
     @staticmethod

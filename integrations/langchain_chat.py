@@ -4,7 +4,6 @@ through the model's chat template; tools and structured output by constrained de
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -25,43 +24,39 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from pagedllm.integrations.langchain_common import _provider, _usage_dict
 from pagedllm.integrations.vllm_fields import pop_lora_request
 from pagedllm.names import reject_unknown_fields
-from pagedllm.provider import Completion, Provider, Usage, with_system_note
+from pagedllm.provider import Completion, Provider, Usage
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
+from pagedllm.tool_calling import forced_call_schema, with_system_note
+from pagedllm.tool_parsers import ForcedToolParser
+from pagedllm.tool_parsers.ids import new_call_id
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
 
 def _to_dict(message: BaseMessage) -> dict:
-    """A LangChain message as the ``{"role", "content"}`` dict a chat template reads."""
+    """A LangChain message as the OpenAI-style dict a chat template reads (``tool_calls`` and ``tool_call_id``
+    included; ``tool_calling.messages_for_template`` shows calls to templates without tool support)."""
     role = getattr(message, "role", None) if message.type == "chat" else _ROLES.get(message.type)
     if role is None:
         raise ValueError(f"message type {message.type!r} cannot be sent to a chat template")
     content = message.text if isinstance(message.content, list) else message.content
-    calls = getattr(message, "tool_calls", None)
-    if calls and not content:  # the model sees its earlier calls in the shape it is asked to write
-        content = "\n".join(json.dumps({"name": c["name"], "arguments": c["args"]}) for c in calls)
     out = {"role": role, "content": str(content)}
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        out["tool_calls"] = [{"id": c.get("id") or new_call_id(), "type": "function",
+                              "function": {"name": c["name"], "arguments": json.dumps(c["args"])}} for c in calls]
+    if getattr(message, "tool_call_id", None):
+        out["tool_call_id"] = message.tool_call_id
     if message.name:
         out["name"] = message.name
     return out
 
 
-def _tool_call_schema(tools: list[dict], tool_choice) -> dict:
-    """JSON schema of one call to one of ``tools`` (or to the one ``tool_choice`` names)."""
+def _tool_choice_name(tool_choice) -> str | None:
+    """The function a LangChain ``tool_choice`` names, or None for "auto"/"any"/"required"/None."""
     if isinstance(tool_choice, dict):
-        tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
-    funcs = [t["function"] for t in tools]
-    if tool_choice not in (None, "auto", "any", "required"):
-        funcs = [f for f in funcs if f["name"] == tool_choice]
-        if not funcs:
-            raise ValueError(f"tool_choice={tool_choice!r} names no bound tool")
-    options = []
-    for f in funcs:
-        args = dict(f.get("parameters") or {"type": "object", "properties": {}})
-        args.setdefault("additionalProperties", False)
-        options.append({"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": args},
-                        "required": ["name", "arguments"], "additionalProperties": False})
-    return options[0] if len(options) == 1 else {"anyOf": options}
+        return tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+    return None if tool_choice in (None, "auto", "any", "required") else tool_choice
 
 
 class ChatVLLM(BaseChatModel):
@@ -166,7 +161,7 @@ class ChatVLLM(BaseChatModel):
                                      + json.dumps(so.json))
         call_tool = bool(tools) and tool_choice != "none" and dicts[-1]["role"] != "tool"
         if call_tool:
-            fields["structured_outputs"] = StructuredOutputsParams(json=_tool_call_schema(tools, tool_choice),
+            fields["structured_outputs"] = StructuredOutputsParams(json=forced_call_schema(tools, _tool_choice_name(tool_choice)),
                                                                    disable_any_whitespace=True,
                                                                    disable_additional_properties=True)
         return dicts, SamplingParams.from_optional(**fields), tools, call_tool
@@ -299,9 +294,12 @@ class ChatVLLM(BaseChatModel):
 
 
 def _parse_tool_call(text: str) -> dict:
-    call = json.loads(text)
-    return {"name": call["name"], "args": call.get("arguments") or {}, "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "tool_call"}
+    """The forced call the grammar made the model write, as a LangChain tool call."""
+    parsed = ForcedToolParser().extract_tool_calls(text)
+    if not parsed.calls:
+        raise ValueError(f"the model's output is not a complete tool call: {text[:200]!r}")
+    call = parsed.calls[0]
+    return {"name": call.name, "args": json.loads(call.arguments), "id": new_call_id(), "type": "tool_call"}
 
 
 def _usage_metadata(usage: Usage) -> UsageMetadata:

@@ -21,33 +21,40 @@ else:
 
 BASE_URL = "http://pagedllm.in-process/v1"
 
-_APPS: dict[int, object] = {}
+_APPS: dict[tuple, object] = {}
 _APPS_LOCK = threading.Lock()
 
 
-def app_for(model: str, **engine_kwargs):
-    """The server app over the shared engine for ``model`` (one per engine per process)."""
+def app_for(model: str, *, tool_call_parser: str | None = None, **engine_kwargs):
+    """The server app over the shared engine for ``model`` (one per engine and tool parser per process).
+
+    ``tool_call_parser``: how ``tool_choice="auto"`` answers are read (the server's ``--enable-auto-tool-choice
+    --tool-call-parser``); without it ``auto`` is refused, as by a server started without those flags."""
     from pagedllm.entrypoints.openai.api_server import build_app
     from pagedllm.provider import LocalProvider
 
     provider = LocalProvider(model, **engine_kwargs)
     with _APPS_LOCK:
-        app = _APPS.get(id(provider.engine))
+        key = (id(provider.engine), tool_call_parser)
+        app = _APPS.get(key)
         if app is None or app.state.engine is not provider.engine:
-            app = _APPS[id(provider.engine)] = build_app(provider.engine, [provider.info.name])
+            app = _APPS[key] = build_app(provider.engine, [provider.info.name], tool_call_parser=tool_call_parser)
         return app
 
 
-def OpenAI(model: str, *, api_key: str = "EMPTY", app=None, **engine_kwargs) -> openai.OpenAI:
-    """An ``openai.OpenAI`` client served by the in-process engine for ``model`` (engine kwargs: vLLM's)."""
-    app = app or app_for(model, **engine_kwargs)
+def OpenAI(model: str, *, api_key: str = "EMPTY", app=None, tool_call_parser: str | None = None,
+           **engine_kwargs) -> openai.OpenAI:
+    """An ``openai.OpenAI`` client served by the in-process engine for ``model`` (engine kwargs: vLLM's;
+    ``tool_call_parser``: see ``app_for``)."""
+    app = app or app_for(model, tool_call_parser=tool_call_parser, **engine_kwargs)
     return openai.OpenAI(base_url=BASE_URL, api_key=api_key,
                          http_client=httpx.Client(transport=ASGITransport(app)))
 
 
-def AsyncOpenAI(model: str, *, api_key: str = "EMPTY", app=None, **engine_kwargs) -> openai.AsyncOpenAI:
+def AsyncOpenAI(model: str, *, api_key: str = "EMPTY", app=None, tool_call_parser: str | None = None,
+                **engine_kwargs) -> openai.AsyncOpenAI:
     """An ``openai.AsyncOpenAI`` client served by the in-process engine for ``model``."""
-    app = app or app_for(model, **engine_kwargs)
+    app = app or app_for(model, tool_call_parser=tool_call_parser, **engine_kwargs)
     return openai.AsyncOpenAI(base_url=BASE_URL, api_key=api_key,
                               http_client=httpx.AsyncClient(transport=AsyncASGITransport(app)))
 

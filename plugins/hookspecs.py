@@ -44,3 +44,9 @@ def register_adapters(register):
 @hookspec
 def register_commands(subparsers):
     """Add sub-commands to the ``pagedllm`` CLI (an ``argparse`` subparsers object)."""
+
+
+@hookspec
+def register_tool_parsers(register):
+    """Register tool-call parsers: ``register(name, parser_class)``, a ``pagedllm.tool_parsers.ToolParser``
+    subclass; the server picks one with ``--tool-call-parser name``."""

@@ -12,6 +12,7 @@ DEFAULT_PLUGINS = (
     "pagedllm.plugins.builtin_sources",
     "pagedllm.plugins.builtin_attention",
     "pagedllm.plugins.builtin_adapters",
+    "pagedllm.plugins.builtin_tool_parsers",
 )
 
 ENTRY_POINT_GROUP = "pagedllm"

@@ -173,9 +173,9 @@ def test_unknown_model_embeddings_and_tools_are_clear_errors(client, server):
     with pytest.raises(openai.BadRequestError) as exc:  # a generation model asked for embeddings: its runner
         client.embeddings.create(model="tiny", input="hello")
     assert "runner='generate'" in exc.value.body["message"] and exc.value.body["param"] == "model"
-    with pytest.raises(openai.BadRequestError) as exc:
+    with pytest.raises(openai.BadRequestError) as exc:  # tools default to "auto", which needs a parser flag
         client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, tools=[
             {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    assert exc.value.body["param"] == "tools"
+    assert exc.value.body["param"] == "tool_choice" and "--tool-call-parser" in exc.value.body["message"]
     r = requests.get(server.base + "/v1/nothing-here", timeout=10)
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}

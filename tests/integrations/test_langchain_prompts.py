@@ -6,7 +6,8 @@ import json
 from pydantic import BaseModel, Field
 
 from pagedllm.integrations.langchain import ChatVLLM
-from pagedllm.provider import example_call, openai_fields, with_tools_in_system
+from pagedllm.provider import openai_fields
+from pagedllm.tool_calling import example_call, with_tools_in_system
 from pagedllm.sampling_params import SamplingParams, StructuredOutputsParams
 
 MAGIC = {"type": "function", "function": {

@@ -32,6 +32,7 @@ from pagedllm.entrypoints.openai.serving_embedding import ServingEmbedding
 from pagedllm.entrypoints.openai.serving_models import (LoRAModulePath, parse_lora_module,
                                                         runtime_lora_updating_allowed)
 from pagedllm.metrics import Metrics
+from pagedllm.tool_parsers import get_tool_parser, tool_parser_names
 
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl+C, open connections get this long before the server stops anyway
@@ -40,19 +41,22 @@ GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl+C, open connections get this long be
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
               *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               also: list[tuple[AsyncEngine, list[str]]] = (),
-              lora_modules: list[LoRAModulePath] | None = None, cors: dict | None = None) -> FastAPI:
+              lora_modules: list[LoRAModulePath] | None = None, cors: dict | None = None,
+              tool_call_parser: str | None = None) -> FastAPI:
     """The FastAPI app over one AsyncEngine (``served_model_names[0]`` is the name answered), plus the
     engines of ``also`` (``serve --also``), each routed by the request's ``model``.
 
     ``lora_modules``: adapters of the main engine that clients select by name (``model=<name>``), read
-    and checked here, so a bad one stops the start with a ValueError naming it."""
+    and checked here, so a bad one stops the start with a ValueError naming it. ``tool_call_parser``: the
+    registered parser that reads ``tool_choice="auto"`` answers (vLLM's ``--enable-auto-tool-choice
+    --tool-call-parser``); None refuses ``auto``."""
     if isinstance(served_model_names, str):
         served_model_names = [served_model_names]
     names = list(served_model_names or [engine.engine.config.model])
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__,
                   docs_url="/docs", redoc_url=None)
     app.state.engine = engine
-    models = ServedModels([served_model(engine, names, chat_template)] +
+    models = ServedModels([served_model(engine, names, chat_template, tool_call_parser)] +
                           [served_model(e, list(n)) for e, n in also])
     app.state.models = models
     app.state.metrics = metrics = Metrics(engine, names[0])
@@ -81,11 +85,13 @@ def cors_settings(origins=("*",), credentials: bool = False, methods=("*",), hea
             "allow_headers": list(headers)}
 
 
-def served_model(engine: AsyncEngine, names: list[str], chat_template: str | None = None) -> ServedModel:
+def served_model(engine: AsyncEngine, names: list[str], chat_template: str | None = None,
+                 tool_call_parser: str | None = None) -> ServedModel:
     """An engine with the handlers its runner serves: chat and completions, or embeddings."""
     if engine.engine.runner_type == "pooling":
         return ServedModel(engine, names, embeddings=ServingEmbedding(engine, names))
-    chat = ServingChat(engine, names, chat_template=chat_template)  # chat and tokenize share its template
+    # chat and tokenize share its template
+    chat = ServingChat(engine, names, chat_template=chat_template, tool_call_parser=tool_call_parser)
     completions = ServingCompletion(engine, names)
     completions.models = chat.models  # one set of names (base + LoRA adapters) for both handlers
     return ServedModel(engine, names, chat=chat, completions=completions)
@@ -104,6 +110,12 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     srv.add_argument("--api-key", default=os.environ.get("PAGEDLLM_API_KEY"),
                      help="require 'Authorization: Bearer KEY' on /v1/* and /generate (env PAGEDLLM_API_KEY)")
     srv.add_argument("--chat-template", default=None, help="a Jinja chat template: a file path or the template")
+    srv.add_argument("--enable-auto-tool-choice", action="store_true",
+                     help='let the model decide when to call tools (tool_choice "auto", the default with tools); '
+                          "needs --tool-call-parser")
+    srv.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                     help="how tool calls are read out of the model's answers: " + ", ".join(tool_parser_names()) +
+                          " (plugins add more through the register_tool_parsers hook)")
     srv.add_argument("--disable-log-requests", action="store_true", help="do not log each request")
     srv.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     srv.add_argument("--max-request-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
@@ -163,7 +175,7 @@ def run_server(args: argparse.Namespace) -> int:
     model = args.model or getattr(args, "model_tag", None) or DEFAULT_MODEL  # --model wins over MODEL
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     chat_template = read_chat_template(args.chat_template)
-    problem = ssl_problem(args)
+    problem = ssl_problem(args) or tool_flags_problem(args)
     if problem:
         print(f"pagedllm serve: cannot start: {problem}", file=sys.stderr)
         return 2
@@ -187,7 +199,8 @@ def run_server(args: argparse.Namespace) -> int:
         app = build_app(engine, names, args.api_key, chat_template=chat_template,
                         max_body_bytes=args.max_request_body_bytes, also=also, lora_modules=args.lora_modules,
                         cors=cors_settings(args.allowed_origins, args.allowed_credentials, args.allowed_methods,
-                                           args.allowed_headers))
+                                           args.allowed_headers),
+                        tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
     except ValueError as exc:  # two models under one name, a bad LoRA adapter
         for e in engines:
             e.shutdown()
@@ -230,6 +243,18 @@ def ssl_problem(args: argparse.Namespace) -> str | None:
     for flag, path in (("--ssl-keyfile", args.ssl_keyfile), ("--ssl-certfile", args.ssl_certfile)):
         if path and not os.path.isfile(path):
             return f"{flag} {path!r} is not a file"
+    return None
+
+
+def tool_flags_problem(args: argparse.Namespace) -> str | None:
+    """Why the tool-calling flags cannot work (checked before any engine loads); None when they can."""
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        return f"--enable-auto-tool-choice needs --tool-call-parser (one of {', '.join(tool_parser_names())})"
+    if args.tool_call_parser:
+        try:
+            get_tool_parser(args.tool_call_parser)
+        except ValueError as exc:
+            return f"--tool-call-parser: {exc}"
     return None
 
 
