@@ -47,6 +47,9 @@ lock:
 	  $(TOOLS)/bin/pip install -q pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION))
 	$(TOOLS)/bin/pip-compile -q --upgrade --extra dev --constraint constraints.txt --strip-extras \
 	  --allow-unsafe --no-emit-index-url --no-emit-find-links -o requirements-dev.lock pyproject.toml
+	# the dev extra names pagedllm[serve]: pip-compile pins this checkout by absolute path, which
+	# another clone lacks; the editable install of the recipe above is what installs it
+	sed -i '/^pagedllm @ file:/{N;d}' requirements-dev.lock
 
 # Drift check: a separate venv from the unpinned ranges (today's releases; torch alone stays
 # pinned, since an unpinned torch is a multi-GB CUDA build), then the fast tests.

@@ -20,6 +20,7 @@ from pagedllm.engine.async_engine import AsyncEngine
 from pagedllm.entrypoints.cli_args import DEFAULT_MODEL, ArgumentParser, add_engine_args, engine_kwargs, parse_bytes
 from pagedllm.entrypoints.openai.errors import add_error_handlers
 from pagedllm.entrypoints.openai.guard import DEFAULT_MAX_BODY_BYTES, GuardMiddleware
+from pagedllm.entrypoints.openai.openapi import install_openapi
 from pagedllm.entrypoints.openai.routes.admin import admin_router
 from pagedllm.entrypoints.openai.routes.generate import generate_router
 from pagedllm.entrypoints.openai.routes.lora import lora_router
@@ -66,6 +67,7 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
     for module in lora_modules or ():
         main.chat.models.add_lora(module.name, module.path, module.base_model_name)
     add_error_handlers(app)
+    install_openapi(app)
     app.include_router(openai_router(models))
     app.include_router(admin_router(models, metrics))
     app.include_router(tokenize_router(models))

@@ -266,6 +266,90 @@ class ChatCompletionChunk(OpenAIModel):
     usage: UsageInfo | None = None
 
 
+class EmbeddingData(OpenAIModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str  # floats, or base64 of little-endian float32 (encoding_format)
+
+
+class PoolingData(OpenAIModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float] | str
+
+
+class EmbeddingUsage(OpenAIModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(OpenAIModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
+
+
+class PoolingResponse(EmbeddingResponse):
+    data: list[PoolingData]
+
+
+class ModelCard(OpenAIModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model
+    max_model_len: int | None = None
+
+
+class ModelList(OpenAIModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(OpenAIModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(OpenAIModel):
+    prompt: str
+
+
+class GenerateRequest(BaseModel):
+    """vLLM's legacy ``/generate``: the prompt, ``stream``, and any ``SamplingParams`` field by name."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: StrictStr = Field(min_length=1)
+    stream: StrictBool = False
+
+
+class GenerateResponse(OpenAIModel):
+    text: list[str]  # the prompt followed by each sample's text
+
+
+class VersionResponse(OpenAIModel):
+    version: str
+
+
+class ErrorInfo(OpenAIModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(OpenAIModel):
+    """Every error, OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorInfo
+
+
 def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 

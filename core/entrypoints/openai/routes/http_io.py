@@ -65,7 +65,8 @@ def answer(result, request: Request | None = None):
     """A Response as is, a pydantic model or a dict as JSON, anything else (an async iterator) as SSE;
     the fields ``parse`` ignored in ``request`` are listed in the ``IGNORED_FIELDS_HEADER`` header."""
     ignored = getattr(request.state, "ignored_fields", None) if request is not None else None
-    headers = {IGNORED_FIELDS_HEADER: ", ".join(ignored)} if ignored else {}
+    # JSON string escapes keep the header ASCII (latin-1 is all a header can carry), whatever the names
+    headers = {IGNORED_FIELDS_HEADER: ", ".join(json.dumps(k)[1:-1] for k in ignored)} if ignored else {}
     if isinstance(result, Response):
         result.headers.update(headers)
         return result
