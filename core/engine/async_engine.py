@@ -54,6 +54,10 @@ class EngineOverloadedError(RuntimeError):
         self.waiting, self.bound = waiting, bound
 
 
+class EngineShutdownError(EngineDeadError):
+    """The server is stopping: requests still running are ended (their blocks freed) with this error."""
+
+
 @dataclass(slots=True)
 class StepRecord:
     """What one engine step did, for metrics listeners (called in the engine thread)."""
@@ -192,6 +196,16 @@ class AsyncEngine:
         """Stop a request and free its blocks (at the next step); unknown ids are ignored."""
         self._inbox.put(("abort", request_id))
 
+    def abort_all(self, error: BaseException) -> None:
+        """End every request in flight (and every one still queued) with ``error``, freeing their blocks:
+        what a stopping server does with streams that outlive its grace period."""
+        self._inbox.put(("abort_all", error))
+
+    def num_used_blocks(self) -> int:
+        """KV blocks held by requests (the engine thread may be stepping: a snapshot)."""
+        manager = self.engine.scheduler.block_manager
+        return max(0, getattr(manager, "num_blocks", 0) - manager.num_free_blocks)
+
     def _abort_unless_done(self, stream: _Stream) -> None:
         """A caller left the stream before its end: free the request (a finished one is gone already)."""
         if not stream.done:
@@ -284,6 +298,12 @@ class AsyncEngine:
                 self._streams[stream.request_id] = stream
                 if self.log_requests:
                     logger.info("added request %s", stream.request_id)
+            elif kind == "abort_all":
+                for request_id, stream in list(self._streams.items()):
+                    self.engine.abort_request(request_id)
+                    self._put_now(stream, payload)
+                    aborted += 1
+                self._streams.clear()
             elif kind == "abort":
                 stream = self._streams.pop(payload, None)
                 if stream is not None:

@@ -29,3 +29,43 @@ def test_dead_engine_fails_requests_and_health(tiny_model_dir):
             list(eng.generate_sync("hi", SamplingParams(max_tokens=2)))
     finally:
         live.stop()
+
+
+def test_a_dead_engine_stops_the_server_with_exit_code_1(tiny_model_dir):
+    """The server `pagedllm serve` runs (ServingServer) watches its engines: a dead loop ends it, code 1, so an
+    orchestrator restarts the process; the request in flight got its 503 first."""
+    import threading
+    import time
+
+    import uvicorn
+    from live_server import free_port
+
+    from pagedllm.entrypoints.openai.server import WATCH_INTERVAL_S, ServingServer
+
+    eng = AsyncEngine.from_config(EngineConfig.from_kwargs(model=tiny_model_dir, dtype="float32",
+                                                           kv_cache_memory=8 << 20))
+    port = free_port()
+    server = ServingServer(uvicorn.Config(build_app(eng, ["tiny"]), host="127.0.0.1", port=port,
+                                          log_level="warning"), [eng])
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{port}"
+        ok = requests.post(base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 3}, timeout=30)
+        assert ok.status_code == 200 and server.exit_code == 0 and thread.is_alive()
+
+        def boom():
+            raise RuntimeError("simulated kernel failure")
+
+        eng.engine.step = boom
+        r = requests.post(base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 503
+        thread.join(WATCH_INTERVAL_S + 15)
+        assert not thread.is_alive() and server.exit_code == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        eng.shutdown()

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from fastapi import FastAPI
@@ -36,7 +37,6 @@ from pagedllm.metrics import Metrics
 from pagedllm.tool_parsers import get_tool_parser, tool_parser_names
 
 
-GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl+C, open connections get this long before the server stops anyway
 
 
 def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = None, api_key: str | None = None,
@@ -173,6 +173,7 @@ def run_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pagedllm.config import EngineConfig
+    from pagedllm.entrypoints.openai.server import GRACEFUL_SHUTDOWN_S, ServingServer
 
     model = args.model or getattr(args, "model_tag", None) or DEFAULT_MODEL  # --model wins over MODEL
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -212,22 +213,27 @@ def run_server(args: argparse.Namespace) -> int:
                             [(m.names[0], m.runner) for m in app.state.models.models],
                             "https" if args.ssl_certfile else "http")
 
-    class _Server(uvicorn.Server):
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            if self.started:
-                print(message, flush=True)
-
-    server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                                    timeout_keep_alive=30, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                                    ssl_keyfile=args.ssl_keyfile,
-                                    ssl_certfile=args.ssl_certfile))
+    server = ServingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
+                                          timeout_keep_alive=30, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                                          ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile),
+                           engines, message)
+    # uvicorn handles SIGTERM/SIGINT itself (the graceful stop above), then raises the signal again for the
+    # handler it found: the default one would kill the process (-15) after a clean stop; this one lets it exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped_by_signal)
     try:
         server.run()
     finally:
         for e in engines:
             e.shutdown()
-    return 0 if server.started else 1
+        if server.started:
+            logging.getLogger(__name__).info("stopped; KV blocks still held by requests: %d",
+                                             sum(e.num_used_blocks() for e in engines))
+    return server.exit_code if server.started else 1
+
+
+def _stopped_by_signal(signum, frame) -> None:
+    """The signal uvicorn re-raises after its graceful stop: nothing left to do."""
 
 
 def read_chat_template(value: str | None) -> str | None:
