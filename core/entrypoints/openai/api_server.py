@@ -43,14 +43,15 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
               *, chat_template: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               also: list[tuple[AsyncEngine, list[str]]] = (),
               lora_modules: list[LoRAModulePath] | None = None, cors: dict | None = None,
-              tool_call_parser: str | None = None) -> FastAPI:
+              tool_call_parser: str | None = None, request_timeout: float | None = None) -> FastAPI:
     """The FastAPI app over one AsyncEngine (``served_model_names[0]`` is the name answered), plus the
     engines of ``also`` (``serve --also``), each routed by the request's ``model``.
 
     ``lora_modules``: adapters of the main engine that clients select by name (``model=<name>``), read
     and checked here, so a bad one stops the start with a ValueError naming it. ``tool_call_parser``: the
     registered parser that reads ``tool_choice="auto"`` answers (vLLM's ``--enable-auto-tool-choice
-    --tool-call-parser``); None refuses ``auto``."""
+    --tool-call-parser``); None refuses ``auto``. ``request_timeout``: seconds a request may generate before it
+    is stopped with a 408 (None: no bound)."""
     if isinstance(served_model_names, str):
         served_model_names = [served_model_names]
     names = list(served_model_names or [engine.engine.config.model])
@@ -60,6 +61,10 @@ def build_app(engine: AsyncEngine, served_model_names: list[str] | str | None = 
     models = ServedModels([served_model(engine, names, chat_template, tool_call_parser)] +
                           [served_model(e, list(n)) for e, n in also])
     app.state.models = models
+    for served in models.models:
+        for handler in (served.chat, served.completions, served.embeddings):
+            if handler is not None:
+                handler.request_timeout = request_timeout
     app.state.metrics = metrics = Metrics(engine, names[0])
     for extra in models.models[1:]:
         metrics.add_model(extra.engine, extra.names[0])
@@ -118,6 +123,9 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
     srv.add_argument("--tool-call-parser", default=None, metavar="NAME",
                      help="how tool calls are read out of the model's answers: " + ", ".join(tool_parser_names()) +
                           " (plugins add more through the register_tool_parsers hook)")
+    srv.add_argument("--request-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                     help="stop a request that generates longer than this (408, or an error event in a stream; its "
+                          "KV blocks are freed); default: no bound")
     srv.add_argument("--disable-log-requests", action="store_true", help="do not log each request")
     srv.add_argument("--uvicorn-log-level", default="warning", help="uvicorn's log level (default: %(default)s)")
     srv.add_argument("--max-request-body-bytes", type=parse_bytes, default=DEFAULT_MAX_BODY_BYTES,
@@ -203,7 +211,8 @@ def run_server(args: argparse.Namespace) -> int:
                         max_body_bytes=args.max_request_body_bytes, also=also, lora_modules=args.lora_modules,
                         cors=cors_settings(args.allowed_origins, args.allowed_credentials, args.allowed_methods,
                                            args.allowed_headers),
-                        tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
+                        tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice else None,
+                        request_timeout=args.request_timeout)
     except ValueError as exc:  # two models under one name, a bad LoRA adapter
         for e in engines:
             e.shutdown()
@@ -264,6 +273,16 @@ def tool_flags_problem(args: argparse.Namespace) -> str | None:
         except ValueError as exc:
             return f"--tool-call-parser: {exc}"
     return None
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def json_list(text: str) -> list[str]:

@@ -20,10 +20,11 @@ ERRORS = {
     400: "invalid request: the message names the field (`param`)",
     401: "missing or wrong API key (`--api-key`)",
     404: "no served model of that name",
+    408: "generated longer than `--request-timeout`",
     413: "request body larger than `--max-request-body-bytes`",
     503: "overloaded (`--max-waiting-requests`, with Retry-After) or the engine loop died",
 }
-V1_ERRORS = (400, 401, 404, 413, 503)
+V1_ERRORS = (400, 401, 404, 408, 413, 503)
 
 
 class Route:

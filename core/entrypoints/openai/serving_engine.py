@@ -29,6 +29,7 @@ class OpenAIServing:
         self.vocab_size = engine.engine.hf_config.vocab_size
         # The model's generation_config defaults, for the fields a request leaves unset (vLLM's way).
         self.default_sampling_params = dict(engine.engine.default_sampling_params)
+        self.request_timeout: float | None = None  # seconds a request may generate (serve --request-timeout)
 
     def model_name(self, requested: str | None) -> str:
         """The name answered in responses; an unknown requested name is a 404 (as OpenAI/vLLM)."""
@@ -62,16 +63,20 @@ class OpenAIServing:
         Leaving early aborts every request still running (their generators' finalizers do it).
         """
         lora = self.models.lora_request(model)
+        deadline = None if self.request_timeout is None else asyncio.get_running_loop().time() + self.request_timeout
         gens = [self.engine.generate({"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt, p,
                                      f"{request_id}-{i}", lora_request=lora)
                 for i, (prompt, p) in enumerate(zip(prompts, params))]
         if len(gens) == 1:
             try:
-                async for out in gens[0]:
+                while True:
+                    try:
+                        out = await self._before(deadline, gens[0].__anext__())
+                    except StopAsyncIteration:
+                        return
                     yield 0, out
             finally:
                 await gens[0].aclose()
-            return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i, gen):
@@ -87,7 +92,7 @@ class OpenAIServing:
         try:
             remaining = len(tasks)
             while remaining:
-                i, out, exc = await queue.get()
+                i, out, exc = await self._before(deadline, queue.get())
                 if exc is not None:
                     raise exc
                 if out is None:
@@ -100,6 +105,19 @@ class OpenAIServing:
             await asyncio.gather(*tasks, return_exceptions=True)
             for g in gens:
                 await g.aclose()
+
+
+    async def _before(self, deadline: float | None, awaitable):
+        """``await awaitable``, or a 408 once the request's ``--request-timeout`` is over (leaving the engine
+        generator, which aborts its request and frees its blocks)."""
+        if deadline is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.TimeoutError:
+            raise APIError(f"the request ran longer than --request-timeout ({self.request_timeout:g} s); it was "
+                           "stopped (ask for fewer tokens, or retry when the server is less busy)", status_code=408,
+                           type="RequestTimeoutError", code="request_timeout") from None
 
 
 def check_capacity(engine: AsyncEngine) -> None:
