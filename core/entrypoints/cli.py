@@ -64,6 +64,13 @@ def add_bench_parser(subparsers) -> None:
                                      "served pagedllm at --concurrency, same texts, same run.")
     embed.add_cli_args(p)
     p.set_defaults(func=embed.main)
+    from pagedllm.benchmarks import tools
+
+    p = kinds.add_parser("tools", help="forced tool calls (the call grammar) vs free decoding, tok/s (issue 18)",
+                         description="Generated tokens/s of tool_choice=\"required\" decoding (every token masked by "
+                                     "the call grammar) against the same prompts decoded freely, same run.")
+    tools.add_cli_args(p)
+    p.set_defaults(func=tools.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)
