@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import time
@@ -28,6 +29,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-prompts", type=int, default=DEFAULT_NUM_REQUESTS, help="requests (default: %(default)s)")
     parser.add_argument("--min-output-len", type=int, default=DEFAULT_MIN_OUTPUT_LEN)
     parser.add_argument("--max-output-len", type=int, default=DEFAULT_MAX_OUTPUT_LEN)
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="soak: keep --concurrency requests in flight for this long, cycling the workload, "
+                             "instead of sending it once")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="sample this process's RSS every 5 s (a local server) and report its growth after "
+                             "warm-up (the first 10%% of the run)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
     return parser
@@ -72,16 +79,23 @@ async def run(args: argparse.Namespace, requests) -> dict:
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # as the OpenAI clients read it
     client = AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=600)
     model = args.model or (await client.models.list()).data[0].id
-    sem = asyncio.Semaphore(args.concurrency)
     results: list = []
+    duration = getattr(args, "duration", None)
+    start = time.perf_counter()
+    order = itertools.cycle(requests) if duration else iter(requests)
 
-    async def limited(req):
-        async with sem:
+    async def worker():  # --concurrency of these keep that many requests in flight
+        for req in order:
+            if duration and time.perf_counter() - start >= duration:
+                return
             await _one(client, model, req, results)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(limited(r) for r in requests))
+    rss: list = []
+    sampler = asyncio.create_task(_sample_rss(args.server_pid, rss)) if getattr(args, "server_pid", None) else None
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.perf_counter() - start
+    if sampler is not None:
+        sampler.cancel()
     ok = [r for r in results if r["ok"]]
     tokens = sum(r["tokens"] for r in ok)
     ttfts = [r["ttft"] for r in ok]
@@ -94,7 +108,27 @@ async def run(args: argparse.Namespace, requests) -> dict:
         "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
         "tpot_p50_s": percentile(tpots, 50), "tpot_p99_s": percentile(tpots, 99),
         "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None,
+        **_rss_growth(rss),
     }
+
+
+async def _sample_rss(pid: int, samples: list, every_s: float = 5.0) -> None:
+    """(seconds since start, RSS MiB) of ``pid`` every ``every_s`` from /proc (Linux)."""
+    start = time.perf_counter()
+    while True:
+        with open(f"/proc/{pid}/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        samples.append((round(time.perf_counter() - start, 1), round(kib / 1024, 1)))
+        await asyncio.sleep(every_s)
+
+
+def _rss_growth(samples: list) -> dict:
+    """RSS after warm-up (the first sample past 10% of the run) against the last one."""
+    if len(samples) < 2:
+        return {}
+    warm = next(s for s in samples if s[0] >= samples[-1][0] * 0.1)
+    return {"rss_samples": samples, "rss_after_warmup_mib": warm[1], "rss_end_mib": samples[-1][1],
+            "rss_growth_pct": 100 * (samples[-1][1] - warm[1]) / warm[1]}
 
 
 def format_report(r: dict) -> str:
@@ -105,7 +139,9 @@ def format_report(r: dict) -> str:
             f"{r['elapsed_s']:.1f} s against {r['base_url']} ({r['model']})\n"
             f"output: {r['output_tokens']} tokens, {r['output_tok_per_s']:.1f} tok/s\n"
             f"TTFT p50 {ms(r['ttft_p50_s'])}, p99 {ms(r['ttft_p99_s'])}; "
-            f"TPOT p50 {ms(r['tpot_p50_s'])}, p99 {ms(r['tpot_p99_s'])}")
+            f"TPOT p50 {ms(r['tpot_p50_s'])}, p99 {ms(r['tpot_p99_s'])}"
+            + (f"\nserver RSS {r['rss_after_warmup_mib']:.0f} MiB after warm-up -> {r['rss_end_mib']:.0f} MiB at "
+               f"the end ({r['rss_growth_pct']:+.1f}%)" if "rss_growth_pct" in r else ""))
 
 
 def main(args: argparse.Namespace) -> int:
