@@ -250,3 +250,33 @@ def test_chatvllm_makes_the_same_call_as_the_server(engine):
                                             temperature=0, max_tokens=64).choices[0].message.tool_calls
     assert [(c["name"], c["args"]) for c in ours.tool_calls] == \
         [(c.function.name, json.loads(c.function.arguments)) for c in served]
+
+
+CITY_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
+                                                "population": {"type": "integer", "minimum": 0}},
+               "required": ["name", "population"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_response_format_json_schema_and_json_object(engine, endpoint):
+    """``response_format`` through the same grammar engine: strict schema answers validate, json_object ones
+    are JSON objects, on chat and on completions."""
+    client = shim()
+    formats = {"json_schema": {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA,
+                                                                      "strict": True}},
+               "json_object": {"type": "json_object"}}
+    for kind, response_format in formats.items():
+        if endpoint == "chat":
+            text = client.chat.completions.create(
+                model=BUNDLED, messages=[{"role": "user", "content": "Tokyo's name and population as JSON."}],
+                temperature=0, max_tokens=200, frequency_penalty=0.5,
+                response_format=response_format).choices[0].message.content
+        else:
+            text = client.completions.create(model=BUNDLED, prompt="Tokyo's name and population as JSON:",
+                                             temperature=0, max_tokens=200,
+                                             frequency_penalty=0.5,
+                                             extra_body={"response_format": response_format}).choices[0].text
+        value = json.loads(text)
+        assert isinstance(value, dict), text
+        if kind == "json_schema":
+            jsonschema.validate(value, CITY_SCHEMA)
