@@ -1,0 +1,83 @@
+"""Stream a GGUF file's tensors under Hugging Face parameter names, quantized ones in their blocks.
+
+The names come from transformers' own GGUF map (``get_gguf_hf_weights_map``, the one the dense
+conversion uses), so both paths load the same tensors into the same parameters. Llama-style files
+store q/k rows permuted for ggml's rotary layout; transformers un-permutes the float weights, and
+since a permutation of rows moves whole rows of blocks, the same reshape applies to the blocks.
+Architectures whose transformers processor does more than that (fusing, transposing, renaming)
+are refused here; their files load with ``dequantize_gguf=True``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pagedllm.quantization.gguf_weight import FLOAT_TYPES, GGUFWeight
+
+logger = logging.getLogger(__name__)
+
+
+def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
+    """``(hf_name, tensor)``: 1-D tensors as float32 tensors, 2-D ones as ``GGUFWeight`` (blocks or floats)."""
+    from gguf import GGMLQuantizationType, GGUFReader, quants
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, LlamaTensorProcessor, TensorProcessor
+
+    reader = GGUFReader(str(gguf_file))
+    field = reader.fields.get("general.architecture")
+    architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    processor_cls = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
+    if processor_cls not in (TensorProcessor, LlamaTensorProcessor):
+        raise ValueError(f"GGUF architecture {architecture!r} needs tensor rewriting that the quantized path does not "
+                         "do yet (quantized GGUF runs for architectures stored row for row, e.g. llama, mistral, "
+                         "qwen2); load it with dequantize_gguf=True (--dequantize-gguf)")
+    processor = processor_cls(config=hf_config.to_dict())
+    mapping = _name_map(architecture, hf_config)
+    skipped = []
+    for tensor in reader.tensors:
+        if tensor.name not in mapping:
+            skipped.append(tensor.name)
+            continue
+        qtype = int(tensor.tensor_type)
+        if qtype in FLOAT_TYPES:
+            data = quants.dequantize(tensor.data, GGMLQuantizationType(qtype)).astype(np.float32)
+        else:
+            data = tensor.data  # uint8 [rows, row_bytes], memory-mapped from the file
+        data = processor.process(weights=data, name=tensor.name).weights  # row permutation of q/k
+        value = torch.from_numpy(np.array(data))  # a private copy: the file's mapping is closed after loading
+        name = mapping[tensor.name]
+        if value.dim() == 1:
+            yield name, value.float()
+        elif qtype in FLOAT_TYPES:
+            yield name, GGUFWeight(value, qtype, value.shape[0], value.shape[1], tensor.name)
+        else:
+            cols = int(tensor.shape[0])  # ggml order: the row length first
+            yield name, GGUFWeight(value, qtype, value.shape[0], cols, tensor.name)
+    if skipped:
+        logger.info("GGUF tensors without a parameter, not loaded: %s", ", ".join(skipped))
+
+
+def _name_map(architecture: str, hf_config) -> dict[str, str]:
+    """GGUF tensor name -> HF parameter name, from gguf's tensor-name table for the file's architecture:
+    what transformers' ``get_gguf_hf_weights_map`` computes at its top level (it also walks every
+    submodule, rebuilding the table each time: ~400 builds, seconds, for prefixes that row-for-row
+    architectures do not use)."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+
+    from pagedllm.loader.gguf import _meta_model
+
+    arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == architecture), None)
+    if arch is None:
+        raise ValueError(f"GGUF architecture {architecture!r} is unknown to the installed gguf package; load the file "
+                         "with dequantize_gguf=True (--dequantize-gguf)")
+    table = get_tensor_name_map(arch, hf_config.num_hidden_layers)
+    mapping = {}
+    for hf_name in _meta_model(hf_config).state_dict():
+        base, dot, suffix = hf_name.rpartition(".")
+        gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
+        if gguf_name is not None:
+            mapping[f"{gguf_name}.{suffix}"] = hf_name
+    return mapping
