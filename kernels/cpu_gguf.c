@@ -25,7 +25,9 @@
 
 enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 #define QK_K 256
-#define PARALLEL_MIN_WORK 65536 /* weights x rows below which a thread team costs more than it saves */
+/* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
+ * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
+#define PARALLEL_MIN_WORK (1L << 23)
 
 static inline float fp16_to_f32(const uint8_t *p) {
     uint16_t h;
@@ -151,8 +153,66 @@ static inline void dequantize_block(int type, const uint8_t *b, float *restrict 
     }
 }
 
+#ifdef GGUF_AVX2
+/* Whether deq32 takes `type`: the 32-weight types a decode step meets most (the bundled file's). */
+static inline int has_deq32(int type) { return type == Q4_0 || type == Q4_1 || type == Q8_0; }
+
+/* The 32 weights of a Q4_0/Q4_1/Q8_0 block as four 8-float vectors (weights 0-7, 8-15, 16-23, 24-31),
+ * equal to dequantize_block's values (each product of a small integer and an fp16 scale is exact). */
+static inline void deq32(int type, const uint8_t *b, __m256 v[4]) {
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(b));
+    if (type == Q8_0) {
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * j)))), d);
+        return;
+    }
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == Q4_1 ? 4 : 2)));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    if (type == Q4_1) {
+        const __m256 m = _mm256_set1_ps(fp16_to_f32(b + 2));
+        for (int j = 0; j < 4; j++) v[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), d, m);
+    } else {
+        const __m256i eight = _mm256_set1_epi32(8);
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[j]), eight)), d);
+    }
+}
+
+static inline float hsum(__m256 s0, __m256 s1, __m256 s2, __m256 s3) { /* dot()'s reduction order */
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* One quantized row . x without a buffer: the same vectors and the same accumulation as
+ * dequantize_row followed by dot, so a row alone gives the bits it gives in a batch. */
+static inline float fused_dot(int type, const uint8_t *row, const float *x, long k) {
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}, v[4];
+    const int bb = block_bytes(type);
+    for (long i = 0; i < k; i += 32, row += bb) {
+        deq32(type, row, v);
+        for (int j = 0; j < 4; j++) s[j] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(x + i + 8 * j), s[j]);
+    }
+    return hsum(s[0], s[1], s[2], s[3]);
+}
+#endif
+
 static inline void dequantize_row(int type, const uint8_t *row, long k, float *restrict y) {
     const int bs = block_size(type), bb = block_bytes(type);
+#ifdef GGUF_AVX2
+    if (has_deq32(type)) {
+        __m256 v[4];
+        for (long i = 0; i < k / 32; i++) {
+            deq32(type, row + i * bb, v);
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(y + 32 * i + 8 * j, v[j]);
+        }
+        return;
+    }
+#endif
     for (long i = 0; i < k / bs; i++) dequantize_block(type, row + i * bb, y + i * bs);
 }
 
@@ -168,11 +228,7 @@ static inline float dot(const float *restrict a, const float *restrict b, long k
         s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
     }
     for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float total = _mm_cvtss_f32(h);
+    float total = hsum(s0, s1, s2, s3);
 #else
     float lanes[8] = {0};
     for (; i + 8 <= k; i += 8)
@@ -217,6 +273,12 @@ int gguf_matmul(const float *x, long x_stride, long m, const uint8_t *w, long ro
         float *row = buffers + (long)omp_get_thread_num() * k;
 #pragma omp for schedule(static)
         for (long n = 0; n < rows; n++) {
+#ifdef GGUF_AVX2
+            if (m == 1 && has_deq32(type)) { /* decode: no round trip through the buffer */
+                out[n] = fused_dot(type, w + n * row_bytes, x, k);
+                continue;
+            }
+#endif
             dequantize_row(type, w + n * row_bytes, k, row);
             for (long i = 0; i < m; i++) out[i * out_stride + n] = dot(row, x + i * x_stride, k);
         }
