@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from pagedllm.loader.gguf_index import read_gguf_index
 from pagedllm.quantization.gguf_weight import FLOAT_TYPES, GGUFWeight
 
 logger = logging.getLogger(__name__)
@@ -23,12 +24,10 @@ logger = logging.getLogger(__name__)
 
 def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
     """``(hf_name, tensor)``: 1-D tensors as float32 tensors, 2-D ones as ``GGUFWeight`` (blocks or floats)."""
-    from gguf import GGMLQuantizationType, GGUFReader, quants
+    from gguf import GGMLQuantizationType, quants
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, LlamaTensorProcessor, TensorProcessor
 
-    reader = GGUFReader(str(gguf_file))
-    field = reader.fields.get("general.architecture")
-    architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    architecture, tensors = read_gguf_index(gguf_file)
     processor_cls = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
     if processor_cls not in (TensorProcessor, LlamaTensorProcessor):
         raise ValueError(f"GGUF architecture {architecture!r} needs tensor rewriting that the quantized path does not "
@@ -37,25 +36,22 @@ def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tu
     processor = processor_cls(config=hf_config.to_dict())
     mapping = _name_map(architecture, hf_config)
     skipped = []
-    for tensor in reader.tensors:
+    for tensor in tensors:
         if tensor.name not in mapping:
             skipped.append(tensor.name)
             continue
-        qtype = int(tensor.tensor_type)
+        qtype, data = tensor.qtype, tensor.data  # uint8 [rows, row_bytes], a view of the file
         if qtype in FLOAT_TYPES:
-            data = quants.dequantize(tensor.data, GGMLQuantizationType(qtype)).astype(np.float32)
-        else:
-            data = tensor.data  # uint8 [rows, row_bytes], memory-mapped from the file
+            data = quants.dequantize(data, GGMLQuantizationType(qtype)).astype(np.float32)
         data = processor.process(weights=data, name=tensor.name).weights  # row permutation of q/k
         value = torch.from_numpy(np.array(data))  # a private copy: the file's mapping is closed after loading
         name = mapping[tensor.name]
-        if value.dim() == 1:
-            yield name, value.float()
+        if len(tensor.shape) == 1:
+            yield name, value.reshape(-1).float()
         elif qtype in FLOAT_TYPES:
             yield name, GGUFWeight(value, qtype, value.shape[0], value.shape[1], tensor.name)
         else:
-            cols = int(tensor.shape[0])  # ggml order: the row length first
-            yield name, GGUFWeight(value, qtype, value.shape[0], cols, tensor.name)
+            yield name, GGUFWeight(value, qtype, value.shape[0], tensor.shape[0], tensor.name)  # ggml: row length first
     if skipped:
         logger.info("GGUF tensors without a parameter, not loaded: %s", ", ".join(skipped))
 

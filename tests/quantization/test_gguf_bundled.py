@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
-from gguf import GGUFReader
 
 from model_fixtures import BUNDLED
 from pagedllm import LLM, SamplingParams
 from pagedllm.loader import resolve_model
+from pagedllm.loader.gguf_index import read_gguf_index
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.quantization.gguf_linear import GGUFEmbedding, GGUFLinearMethod
 from pagedllm.quantization.gguf_model import check_gguf_device, weight_bytes
@@ -44,7 +44,7 @@ def test_linear_layers_embeddings_and_head_stay_quantized(quantized_llm):
 
 def test_resident_weight_bytes_within_1_2x_the_file_tensors(quantized_llm):
     gguf = resolve_model(BUNDLED).gguf_file
-    tensor_bytes = sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors)
+    tensor_bytes = sum(t.data.nbytes for t in read_gguf_index(gguf)[1])  # the file's tensor section
     resident = weight_bytes(quantized_llm.llm_engine.runner.model)
     print(f"weights {resident / 2**20:.1f} MiB for {tensor_bytes / 2**20:.1f} MiB of GGUF tensors "
           f"({resident / tensor_bytes:.3f}x); process RSS grew {quantized_llm.rss_growth / 2**20:.0f} MiB at load")
