@@ -1,7 +1,8 @@
 """Stream a GGUF file's tensors under Hugging Face parameter names, quantized ones in their blocks.
 
-The names come from transformers' own GGUF map (``get_gguf_hf_weights_map``, the one the dense
-conversion uses), so both paths load the same tensors into the same parameters. Llama-style files
+The names come from gguf's tensor-name table applied to the names of the file's dense conversion
+(what transformers' ``get_gguf_hf_weights_map`` does when it converts), so both paths load the same
+tensors into the same parameters. Llama-style files
 store q/k rows permuted for ggml's rotary layout; transformers un-permutes the float weights, and
 since a permutation of rows moves whole rows of blocks, the same reshape applies to the blocks.
 Architectures whose transformers processor does more than that (fusing, transposing, renaming)
@@ -22,8 +23,12 @@ from pagedllm.quantization.gguf_weight import FLOAT_TYPES, GGUFWeight
 logger = logging.getLogger(__name__)
 
 
-def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
-    """``(hf_name, tensor)``: 1-D tensors as float32 tensors, 2-D ones as ``GGUFWeight`` (blocks or floats)."""
+def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config,
+                         converted: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
+    """``(hf_name, tensor)``: 1-D tensors as float32 tensors, 2-D ones as ``GGUFWeight`` (blocks or floats).
+
+    ``converted``: the file's cached dense conversion (``loader.gguf.convert_gguf``), whose tensor names
+    (read from the safetensors header, no data) are the HF names the dense path loads."""
     from gguf import GGMLQuantizationType, quants
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, LlamaTensorProcessor, TensorProcessor
 
@@ -34,7 +39,7 @@ def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tu
                          "do yet (quantized GGUF runs for architectures stored row for row, e.g. llama, mistral, "
                          "qwen2); load it with dequantize_gguf=True (--dequantize-gguf)")
     processor = processor_cls(config=hf_config.to_dict())
-    mapping = _name_map(architecture, hf_config)
+    mapping = _name_map(architecture, hf_config, _checkpoint_names(converted))
     skipped = []
     for tensor in tensors:
         if tensor.name not in mapping:
@@ -56,14 +61,23 @@ def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config) -> Iterator[tu
         logger.info("GGUF tensors without a parameter, not loaded: %s", ", ".join(skipped))
 
 
-def _name_map(architecture: str, hf_config) -> dict[str, str]:
-    """GGUF tensor name -> HF parameter name, from gguf's tensor-name table for the file's architecture:
-    what transformers' ``get_gguf_hf_weights_map`` computes at its top level (it also walks every
-    submodule, rebuilding the table each time: ~400 builds, seconds, for prefixes that row-for-row
-    architectures do not use)."""
-    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+def _checkpoint_names(folder: str | os.PathLike) -> list[str]:
+    from safetensors import safe_open
 
-    from pagedllm.loader.gguf import _meta_model
+    from pagedllm.loader.weights import checkpoint_files
+
+    names = []
+    for file in checkpoint_files(folder):
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            names.extend(handle.keys())
+    return names
+
+
+def _name_map(architecture: str, hf_config, hf_names: list[str]) -> dict[str, str]:
+    """GGUF tensor name -> HF parameter name, from gguf's tensor-name table for the file's architecture:
+    what transformers' ``get_gguf_hf_weights_map`` computes for the names of the dense conversion
+    (without building transformers' model class, whose import alone takes seconds and ~100 MB)."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
 
     arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == architecture), None)
     if arch is None:
@@ -71,7 +85,7 @@ def _name_map(architecture: str, hf_config) -> dict[str, str]:
                          "with dequantize_gguf=True (--dequantize-gguf)")
     table = get_tensor_name_map(arch, hf_config.num_hidden_layers)
     mapping = {}
-    for hf_name in _meta_model(hf_config).state_dict():
+    for hf_name in hf_names:
         base, dot, suffix = hf_name.rpartition(".")
         gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
         if gguf_name is not None:

@@ -26,8 +26,10 @@ def check_gguf_device(device: torch.device) -> None:
                          "load the file with dequantize_gguf=True (--dequantize-gguf) to run it dense on this device")
 
 
-def load_gguf_weights(model: nn.Module, gguf_file: str | os.PathLike, hf_config, dtype: torch.dtype) -> None:
-    """Load ``gguf_file`` into ``model`` keeping its quantized tensors in their blocks."""
+def load_gguf_weights(model: nn.Module, gguf_file: str | os.PathLike, converted: str | os.PathLike, hf_config,
+                      dtype: torch.dtype) -> None:
+    """Load ``gguf_file`` into ``model`` keeping its quantized tensors in their blocks (``converted``: the
+    file's cached conversion, for the tensor names)."""
     if not isinstance(model, CausalLM) or type(model).split_fused is not CausalLM.split_fused:
         raise ValueError(f"{type(model).__name__} cannot run GGUF weights quantized in this release (its loader "
                          "re-lays fused tensors); load the file with dequantize_gguf=True (--dequantize-gguf)")
@@ -55,7 +57,7 @@ def load_gguf_weights(model: nn.Module, gguf_file: str | os.PathLike, hf_config,
                                  "quantized method in this release; load the file with dequantize_gguf=True")
             yield target, part, shard
 
-    load_mapped(model, iterate_gguf_tensors(gguf_file, hf_config), targets)
+    load_mapped(model, iterate_gguf_tensors(gguf_file, hf_config, converted), targets)
     embedded = received["embedding"]
     parent_name, _, child = model.embedding_name.rpartition(".")
     model.get_submodule(parent_name).add_module(child, GGUFEmbedding(embedded, dtype))

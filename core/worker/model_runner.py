@@ -55,7 +55,7 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(previous)
         if gguf_file is not None:  # a GGUF file run quantized: its blocks load into GGUF linear methods
-            load_gguf_weights(self.model, gguf_file, hf_config, dtype)
+            load_gguf_weights(self.model, gguf_file, model_path, hf_config, dtype)
         else:
             self.model.load_weights(iterate_weights(model_path))
         self.model.eval()
