@@ -38,6 +38,7 @@ def load_gguf_weights(model: nn.Module, gguf_file: str | os.PathLike, converted:
             module.linear_method = GGUFLinearMethod()
             module.linear_method.create_weights(module, module.input_size, module.output_size,
                                                 getattr(module, "bias", None) is not None)
+            module.linear_method.dtype = dtype  # F16/F32 parts are kept in the model's dtype
     embedding = model.get_submodule(model.embedding_name)
     head = model.get_submodule(model.head_name)
     received: dict[str, GGUFWeight] = {}
@@ -53,8 +54,10 @@ def load_gguf_weights(model: nn.Module, gguf_file: str | os.PathLike, converted:
     def targets(name, tensor):
         for target, part, shard in model.checkpoint_targets(name, tensor):
             if isinstance(part, GGUFWeight) and not getattr(params.get(target), "gguf_loader", False):
-                raise ValueError(f"GGUF tensor {part.name!r} ({part.type_name}) maps to {target!r}, which has no "
-                                 "quantized method in this release; load the file with dequantize_gguf=True")
+                if part.quantized:
+                    raise ValueError(f"GGUF tensor {part.name!r} ({part.type_name}) maps to {target!r}, which has no "
+                                     "quantized method in this release; load the file with dequantize_gguf=True")
+                part = part.data  # a float tensor for a plain parameter
             yield target, part, shard
 
     load_mapped(model, iterate_gguf_tensors(gguf_file, hf_config, converted), targets)
