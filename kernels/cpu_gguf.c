@@ -4,9 +4,10 @@
  *
  * Layouts are ggml's (ggml-common.h); the type ids are GGMLQuantizationType's. Each weight row is
  * K / block_size blocks; a row is dequantized into a float32 buffer that stays in L1 and dotted with
- * every activation row, so one call reads the quantized weight once whatever the row count. Every
- * (row, output) dot product runs the same instruction sequence whatever the other rows, so a row's
- * result does not depend on the batch it came in. float32 math throughout (no activation
+ * every activation row, so one call reads the quantized weight once whatever the row count; for a
+ * single row (decode) Q4_0/Q4_1/Q8_0 blocks are dequantized in registers and never stored. Every
+ * (row, output) dot product sums in the same order whatever the other rows, so a row's result does
+ * not depend on the batch it came in. float32 math throughout (no activation
  * quantization): results match a float32 matmul of the dequantized weight up to summation order.
  *
  * Built at first use by kernels/cpu_gguf.py (-O3 -march=native, OpenMP); AVX2+FMA where the CPU has
@@ -28,6 +29,9 @@ enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q
 /* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
  * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
 #define PARALLEL_MIN_WORK (1L << 23)
+/* Dequantizing (prefill and batches: float32 tiles for a GEMM) splits from 1M weights: the GEMM that
+ * follows wakes the second thread anyway. */
+#define PARALLEL_MIN_DEQUANT (1L << 20)
 
 static inline float fp16_to_f32(const uint8_t *p) {
     uint16_t h;
@@ -254,7 +258,7 @@ static int check(int type, long row_bytes, long k) {
 int gguf_dequantize(const uint8_t *w, long row_bytes, int type, long rows, long k, float *out, int threads) {
     const int status = check(type, row_bytes, k);
     if (status) return status;
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * k >= PARALLEL_MIN_WORK)
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * k >= PARALLEL_MIN_DEQUANT)
     for (long r = 0; r < rows; r++) dequantize_row(type, w + r * row_bytes, k, out + r * k);
     return 0;
 }

@@ -4,7 +4,7 @@ A quantized tensor stays as its uint8 blocks ``[rows, row_bytes]``; F32/F16/BF16
 and any linear weight a mixed file keeps in float) are float tensors, which is their native form.
 ``matmul`` runs the C kernel (``pagedllm.kernels.cpu_gguf``) on the blocks: directly for a few rows
 (decode), through dequantized row tiles and a float32 GEMM for many rows (prefill), where the GEMM's
-blocking wins (measured in docs/benchmarks.md). Without the C build the reference path
+blocking wins. Without the C build the reference path
 dequantizes with the ``gguf`` package per call: correct, slow, warned once.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}  # GGMLQuantizationType ids stored as plain floats
 SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile + GEMM (2-core AVX2 EPYC)
-TILE_ROWS = 512  # weight rows dequantized at a time on the GEMM path (~1 MiB of float32 at k=576)
+TILE_WEIGHTS = 1 << 22  # weights dequantized at a time on the GEMM path (16 MiB of float32): a whole layer
+# of a small model in one GEMM; an LM head in a few tiles
 
 
 def type_name(qtype: int) -> str:
@@ -101,9 +102,12 @@ class GGUFWeight:
         if lib is None:
             _warn_reference()
             return F.linear(x, dequantize_reference(self.data, self.qtype))
+        tile_rows = max(1, TILE_WEIGHTS // self.cols)
+        if tile_rows >= self.rows:
+            return F.linear(x, cpu_gguf.dequantize(self.data, self.qtype, self.cols, lib))
         out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
-        for start in range(0, self.rows, TILE_ROWS):
-            tile = cpu_gguf.dequantize(self.data[start:start + TILE_ROWS], self.qtype, self.cols, lib)
+        for start in range(0, self.rows, tile_rows):
+            tile = cpu_gguf.dequantize(self.data[start:start + tile_rows], self.qtype, self.cols, lib)
             out[:, start:start + tile.shape[0]] = F.linear(x, tile)
         return out
 

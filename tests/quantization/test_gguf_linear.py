@@ -56,9 +56,10 @@ def test_shards_of_one_type_become_one_block_matrix():
     assert (joined.rows, joined.type_name, tuple(joined.data.shape)) == (128, "Q4_0", (128, 36))
 
 
-def test_tile_path_and_direct_kernel_agree_with_float64():
+def test_tile_path_and_direct_kernel_agree_with_float64(monkeypatch):
     """Rows above SMALL_BATCH go through dequantized tiles and a GEMM; more weight rows than one tile."""
-    w, w64 = quantized("Q5_1", gguf_weight.TILE_ROWS + 77, 96, 4)
+    monkeypatch.setattr(gguf_weight, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
+    w, w64 = quantized("Q5_1", 512 + 77, 96, 4)
     for m in (1, gguf_weight.SMALL_BATCH, gguf_weight.SMALL_BATCH + 1, 200):
         x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
         _close(w.matmul(x), x.double() @ w64.T, 96)
