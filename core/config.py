@@ -122,8 +122,12 @@ class EngineConfig:
                                                "first (default: max_loras); only with enable_lora")
     tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
-    quantization: str | None = arg(None, flags=("-q",), help="None or gguf (GGUF checkpoints are dequantized at "
-                                                             "load)")
+    quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file runs "
+                                                             "quantized, its blocks kept as stored); gguf: the same, "
+                                                             "and an error if the model is not a GGUF file")
+    dequantize_gguf: bool = arg(False, help="load a GGUF file's weights dequantized to dense float tensors (the "
+                                            "pre-issue-22 path, read by the Hugging Face parity tests) instead of "
+                                            "running them quantized")
     disable_log_stats: bool = arg(True, help=f"do not log engine stats (throughput, running and waiting requests, "
                                              f"KV-cache usage) every {STATS_LOG_INTERVAL_S:g} s")
     served_model_name: str | list[str] | None = arg(None, nargs="+", help="model name(s) clients send; the first "
@@ -196,9 +200,11 @@ class EngineConfig:
         if float(self.cpu_offload_gb) < 0:
             raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb} must be >= 0 (GiB)")
         if self.quantization not in (None, "gguf"):
-            raise ValueError(f"quantization={self.quantization!r} is not supported in this release; use the "
-                             "unquantized checkpoint or a GGUF one (quantization=None or 'gguf'; GGUF is dequantized "
-                             "at load time)")
+            raise ValueError(f"quantization={self.quantization!r} is not supported in this release; use None (the "
+                             "checkpoint decides) or 'gguf' (a GGUF file, run quantized)")
+        if self.quantization == "gguf" and self.dequantize_gguf:
+            raise ValueError("quantization='gguf' and dequantize_gguf=True contradict each other: the first runs the "
+                             "GGUF blocks quantized, the second dense; leave quantization=None to load it dense")
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r}; use one of "
                              f"{_listed(EXECUTOR_BACKENDS[1:])} (or leave it unset)")

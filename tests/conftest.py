@@ -26,7 +26,8 @@ def bundled_model_path() -> str:
 def bundled_llm_fp32():
     from pagedllm import LLM
 
-    return LLM(BUNDLED, dtype="float32", kv_cache_memory=512 << 20, seed=0)
+    # dense: the Hugging Face oracles read the same file dequantized (tests/quantization/ covers the quantized path)
+    return LLM(BUNDLED, dtype="float32", kv_cache_memory=512 << 20, seed=0, dequantize_gguf=True)
 
 
 @pytest.fixture(scope="session")

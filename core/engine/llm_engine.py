@@ -27,6 +27,7 @@ from pagedllm.engine.stat_logger import StatLogger
 from pagedllm.loader import resolve_model
 from pagedllm.sampling_params import generation_config_defaults
 from pagedllm.models.registry import resolve_model_class
+from pagedllm.quantization.gguf_model import quantized_gguf
 from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling.config import resolve_pooler, resolve_runner, sentence_transformers_max_length
 from pagedllm.pooling.params import PoolingParams
@@ -103,8 +104,10 @@ class LLMEngine:
         model_cls = resolve_model_class(self.hf_config, config.model_impl)
         self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
+        gguf_file = quantized_gguf(config, resolved, self.device)
         self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
-                                  config.block_size, config.attention_backend, config.model_impl, model_cls)
+                                  config.block_size, config.attention_backend, config.model_impl, model_cls,
+                                  gguf_file=gguf_file)
         self.lora_manager = self._init_lora()
         pooling = self.runner_type == "pooling"
         self.pooler = (resolve_pooler(config.pooler_config, resolved.path,

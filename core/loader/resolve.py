@@ -12,11 +12,13 @@ from pagedllm.loader.sources import CONFIG_FILE, GGUF_SUFFIX, Lookup, single_ggu
 @dataclass(slots=True, frozen=True)
 class ResolvedModel:
     """``path``: a folder with config.json, weights and tokenizer files; ``source``: the source
-    that found it; ``name``: what the user typed (for ``--served-model-name`` defaults, logs)."""
+    that found it; ``name``: what the user typed (for ``--served-model-name`` defaults, logs);
+    ``gguf_file``: the GGUF file ``path`` was converted from (its quantized tensors load from it)."""
 
     path: str
     source: str
     name: str
+    gguf_file: str | None = None
 
 
 def model_sources() -> list:
@@ -48,7 +50,10 @@ def resolve_model(
     for source in model_sources():
         found = _ask(source, model, revision=revision, download_dir=download_dir)
         if found.path is not None:
-            return ResolvedModel(path=_as_folder(found.path), source=source.name, name=model)
+            gguf = _gguf_of(found.path)
+            folder = convert_gguf(gguf) if gguf is not None else _as_folder(found.path)
+            return ResolvedModel(path=folder, source=source.name, name=model,
+                                 gguf_file=None if gguf is None else str(gguf))
         declined.append(f"  - {source.name}: {found.reason}")
     raise ValueError(
         f"model={model!r} could not be resolved"
@@ -66,14 +71,18 @@ def _ask(source, model: str, *, revision, download_dir) -> Lookup:
     return Lookup(path, "" if path else "does not know this name")
 
 
-def _as_folder(path: str) -> str:
+def _gguf_of(path: str) -> Path | None:
+    """The GGUF file a source's answer stands for: the file itself, or a folder's only GGUF (without config.json)."""
     found = Path(path)
     if found.is_file() and found.suffix.lower() == GGUF_SUFFIX:
-        return convert_gguf(found)
-    if found.is_dir():
-        if (found / CONFIG_FILE).is_file():
-            return str(found)
-        gguf = single_gguf_in(found)
-        if gguf is not None:
-            return convert_gguf(gguf)
+        return found
+    if found.is_dir() and not (found / CONFIG_FILE).is_file():
+        return single_gguf_in(found)
+    return None
+
+
+def _as_folder(path: str) -> str:
+    found = Path(path)
+    if found.is_dir() and (found / CONFIG_FILE).is_file():
+        return str(found)
     raise ValueError(f"a model source returned {path!r}, which is neither a .gguf file nor a folder with {CONFIG_FILE}")

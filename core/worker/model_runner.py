@@ -20,6 +20,7 @@ from pagedllm.engine.scheduler import ScheduledSeq
 from pagedllm.forward_context import set_forward_context
 from pagedllm.loader import iterate_weights
 from pagedllm.models.registry import resolve_model_class
+from pagedllm.quantization.gguf_model import load_gguf_weights
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.custom_op import CustomOp
 from pagedllm.models.layers.encoder_attention import EncoderMetadata
@@ -39,7 +40,7 @@ class ModelRunner:
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
-                 model_impl: str = "auto", model_cls: type[nn.Module] | None = None):
+                 model_impl: str = "auto", model_cls: type[nn.Module] | None = None, gguf_file: str | None = None):
         self.dtype = dtype
         self.device = device
         self.block_size = block_size
@@ -53,7 +54,10 @@ class ModelRunner:
                 self.model: nn.Module = model_cls(hf_config, max_position=max_model_len)
         finally:
             torch.set_default_dtype(previous)
-        self.model.load_weights(iterate_weights(model_path))
+        if gguf_file is not None:  # a GGUF file run quantized: its blocks load into GGUF linear methods
+            load_gguf_weights(self.model, gguf_file, model_path, hf_config, dtype)
+        else:
+            self.model.load_weights(iterate_weights(model_path))
         self.model.eval()
         for module in self.model.modules():
             if isinstance(module, RotaryEmbedding):

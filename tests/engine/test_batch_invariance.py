@@ -47,7 +47,8 @@ def test_batch_equals_alone_under_preemption(alone):
     cfg = AutoConfig.from_pretrained(bundled_path())
     per_block = bytes_per_block(cfg.num_hidden_layers, 16, cfg.num_key_value_heads,
                                 cfg.hidden_size // cfg.num_attention_heads, torch.float32)
-    llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=48 * per_block, max_num_batched_tokens=256, seed=0)
+    llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=48 * per_block, max_num_batched_tokens=256, seed=0,
+              dequantize_gguf=True)  # the same weights as `alone` (the dense fixture)
     engine = llm.llm_engine
     assert engine.block_manager.num_blocks == 48
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)

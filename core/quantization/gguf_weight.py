@@ -1,0 +1,127 @@
+"""One GGUF tensor as the file stores it, and the products the engine needs of it.
+
+A quantized tensor stays as its uint8 blocks ``[rows, row_bytes]``; F32/F16/BF16 tensors (norms,
+and any linear weight a mixed file keeps in float) are float tensors, which is their native form.
+``matmul`` runs the C kernel (``pagedllm.kernels.cpu_gguf``) on the blocks: directly for a few rows
+(decode), through dequantized row tiles and a float32 GEMM for many rows (prefill), where the GEMM's
+blocking wins. Without the C build the reference path
+dequantizes with the ``gguf`` package per call: correct, slow, warned once.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pagedllm.kernels import cpu_gguf
+
+logger = logging.getLogger(__name__)
+
+FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}  # GGMLQuantizationType ids stored as plain floats
+SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile + GEMM (2-core AVX2 EPYC)
+TILE_WEIGHTS = 1 << 22  # weights dequantized at a time on the GEMM path (16 MiB of float32): a whole layer
+# of a small model in one GEMM; an LM head in a few tiles
+
+
+def type_name(qtype: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"type {qtype}"
+
+
+def kernel_types() -> tuple[str, ...]:
+    """The quantized types this device multiplies natively (the C kernel's)."""
+    return tuple(cpu_gguf.BLOCKS)
+
+
+_warned_reference = False
+
+
+@dataclass(slots=True, eq=False)
+class GGUFWeight:
+    """``data``: uint8 blocks [rows, row_bytes] of ``qtype``, or a float [rows, cols] tensor for the float
+    types; ``name``: the GGUF tensor name (for messages)."""
+
+    data: torch.Tensor
+    qtype: int
+    rows: int
+    cols: int
+    name: str = ""
+
+    @classmethod
+    def dense(cls, tensor: torch.Tensor, name: str = "") -> "GGUFWeight":
+        if tensor.dim() != 2:
+            raise ValueError(f"{name or 'tensor'}: a linear weight must be 2-D, got {list(tensor.shape)}")
+        return cls(tensor, 0, tensor.shape[0], tensor.shape[1], name)
+
+    @property
+    def quantized(self) -> bool:
+        return self.qtype not in FLOAT_TYPES
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.qtype)
+
+    def check_kernel(self) -> None:
+        """Refuse a quantized type the C kernel cannot multiply (never made dense behind the user's back)."""
+        if self.quantized and self.type_name not in cpu_gguf.BLOCKS:
+            raise ValueError(
+                f"GGUF tensor {self.name!r} has type {self.type_name}, which has no CPU kernel in this release; "
+                f"quantized types supported: {', '.join(kernel_types())} (and F32/F16/BF16). Load the file with "
+                "dequantize_gguf=True (--dequantize-gguf) to run it as dense float weights instead")
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [rows, cols]."""
+        if not self.quantized:
+            return self.data.float()
+        out = cpu_gguf.dequantize(self.data, self.qtype, self.cols) if self.type_name in cpu_gguf.BLOCKS else None
+        return out if out is not None else dequantize_reference(self.data, self.qtype)
+
+    def take_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """float32 rows ``ids`` (an embedding lookup: only the looked-up rows are dequantized)."""
+        if not self.quantized:
+            return F.embedding(ids, self.data).float()
+        picked = GGUFWeight(self.data.index_select(0, ids.reshape(-1)), self.qtype, ids.numel(), self.cols)
+        return picked.dequantize().view(*ids.shape, self.cols)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` for x [m, cols]: float32 [m, rows] (the float types: in their own dtype)."""
+        if not self.quantized:
+            return F.linear(x.to(self.data.dtype), self.data)
+        x = x.float()
+        if x.shape[0] <= SMALL_BATCH:
+            out = cpu_gguf.matmul(x, self.data, self.qtype, self.cols)
+            if out is not None:
+                return out
+        lib = cpu_gguf.load()
+        if lib is None:
+            _warn_reference()
+            return F.linear(x, dequantize_reference(self.data, self.qtype))
+        tile_rows = max(1, TILE_WEIGHTS // self.cols)
+        if tile_rows >= self.rows:
+            return F.linear(x, cpu_gguf.dequantize(self.data, self.qtype, self.cols, lib))
+        out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
+        for start in range(0, self.rows, tile_rows):
+            tile = cpu_gguf.dequantize(self.data[start:start + tile_rows], self.qtype, self.cols, lib)
+            out[:, start:start + tile.shape[0]] = F.linear(x, tile)
+        return out
+
+
+def dequantize_reference(data: torch.Tensor, qtype: int) -> torch.Tensor:
+    """The ``gguf`` package's dequantization (the oracle, and the path without a C compiler)."""
+    from gguf import GGMLQuantizationType, quants
+
+    return torch.from_numpy(quants.dequantize(data.numpy(), GGMLQuantizationType(qtype)).astype("float32"))
+
+
+def _warn_reference() -> None:
+    global _warned_reference
+    if not _warned_reference:
+        _warned_reference = True
+        logger.warning("GGUF matmuls run the reference path (the C kernel is unavailable): dequantized per call, "
+                       "slow; install a C compiler or unset PAGEDLLM_CPU_KERNEL=0")

@@ -1,0 +1,292 @@
+/* GGUF block-quantized weights on CPU: dequantize rows and multiply activations by them without ever
+ * holding a dense copy of the weight (issue 22). A decode step reads every weight once per token, so
+ * reading 4.5-bit blocks instead of 32-bit floats is most of what a quantized model buys.
+ *
+ * Layouts are ggml's (ggml-common.h); the type ids are GGMLQuantizationType's. Each weight row is
+ * K / block_size blocks; a row is dequantized into a float32 buffer that stays in L1 and dotted with
+ * every activation row, so one call reads the quantized weight once whatever the row count; for a
+ * single row (decode) Q4_0/Q4_1/Q8_0 blocks are dequantized in registers and never stored. Every
+ * (row, output) dot product sums in the same order whatever the other rows, so a row's result does
+ * not depend on the batch it came in. float32 math throughout (no activation
+ * quantization): results match a float32 matmul of the dequantized weight up to summation order.
+ *
+ * Built at first use by kernels/cpu_gguf.py (-O3 -march=native, OpenMP); AVX2+FMA where the CPU has
+ * them, plain C otherwise (the compiler vectorizes the dequantize loops either way).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define GGUF_AVX2 1
+#endif
+
+enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+#define QK_K 256
+/* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
+ * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
+#define PARALLEL_MIN_WORK (1L << 23)
+/* Dequantizing (prefill and batches: float32 tiles for a GEMM) splits from 1M weights: the GEMM that
+ * follows wakes the second thread anyway. */
+#define PARALLEL_MIN_DEQUANT (1L << 20)
+
+static inline float fp16_to_f32(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    union { uint32_t u; float f; } c;
+    if (exp == 0) { /* zero or subnormal: mant * 2^-24 */
+        c.f = (float)mant * 5.9604644775390625e-8f;
+        c.u |= sign;
+        return c.f;
+    }
+    c.u = sign | (exp == 31 ? 0x7f800000u | (mant << 13) : ((exp + 112u) << 23) | (mant << 13));
+    return c.f;
+#endif
+}
+
+/* Bytes and weights of one block of `type`, or 0 when this file has no kernel for it. */
+static int block_bytes(int type) {
+    switch (type) {
+    case Q4_0: return 18; case Q4_1: return 20; case Q5_0: return 22; case Q5_1: return 24;
+    case Q8_0: return 34; case Q4_K: return 144; case Q5_K: return 176; case Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+static int block_size(int type) { return type == Q4_K || type == Q5_K || type == Q6_K ? QK_K : 32; }
+
+static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* One block of `type` at b -> y (32 or 256 floats), as ggml's dequantize_row_* does it. */
+static inline void dequantize_block(int type, const uint8_t *b, float *restrict y) {
+    switch (type) {
+    case Q4_0: {
+        const float d = fp16_to_f32(b);
+        const uint8_t *qs = b + 2;
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)((int)(qs[j] & 0xF) - 8) * d;
+            y[j + 16] = (float)((int)(qs[j] >> 4) - 8) * d;
+        }
+        break;
+    }
+    case Q4_1: {
+        const float d = fp16_to_f32(b), m = fp16_to_f32(b + 2);
+        const uint8_t *qs = b + 4;
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)(qs[j] & 0xF) * d + m;
+            y[j + 16] = (float)(qs[j] >> 4) * d + m;
+        }
+        break;
+    }
+    case Q5_0: case Q5_1: {
+        const int with_min = type == Q5_1;
+        const float d = fp16_to_f32(b), m = with_min ? fp16_to_f32(b + 2) : 0.0f;
+        const uint8_t *hp = b + (with_min ? 4 : 2);
+        uint32_t qh;
+        memcpy(&qh, hp, 4);
+        const uint8_t *qs = hp + 4;
+        const int offset = with_min ? 0 : 16;
+        for (int j = 0; j < 16; j++) {
+            const int x0 = (int)((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - offset;
+            const int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - offset;
+            y[j] = (float)x0 * d + m;
+            y[j + 16] = (float)x1 * d + m;
+        }
+        break;
+    }
+    case Q8_0: {
+        const float d = fp16_to_f32(b);
+        const int8_t *qs = (const int8_t *)(b + 2);
+        for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+        break;
+    }
+    case Q4_K: case Q5_K: {
+        const int five = type == Q5_K;
+        const float d = fp16_to_f32(b), dmin = fp16_to_f32(b + 2);
+        const uint8_t *scales = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+        uint8_t sc, m, u1 = 1, u2 = 2;
+        for (int j = 0, is = 0; j < QK_K; j += 64, is += 2, q += 32) {
+            scale_min_k4(is, scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            scale_min_k4(is + 1, scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; l++) {
+                const int h1 = five && (qh[l] & u1) ? 16 : 0, h2 = five && (qh[l] & u2) ? 16 : 0;
+                y[j + l] = d1 * (float)((q[l] & 0xF) + h1) - m1;
+                y[j + 32 + l] = d2 * (float)((q[l] >> 4) + h2) - m2;
+            }
+            u1 <<= 2;
+            u2 <<= 2;
+        }
+        break;
+    }
+    case Q6_K: {
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        const float d = fp16_to_f32(b + 208);
+        for (int n = 0; n < QK_K; n += 128, ql += 64, qh += 32, sc += 8) {
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = (int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[n + l] = d * (float)sc[is] * (float)q1;
+                y[n + l + 32] = d * (float)sc[is + 2] * (float)q2;
+                y[n + l + 64] = d * (float)sc[is + 4] * (float)q3;
+                y[n + l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+        }
+        break;
+    }
+    }
+}
+
+#ifdef GGUF_AVX2
+/* Whether deq32 takes `type`: the 32-weight types a decode step meets most (the bundled file's). */
+static inline int has_deq32(int type) { return type == Q4_0 || type == Q4_1 || type == Q8_0; }
+
+/* The 32 weights of a Q4_0/Q4_1/Q8_0 block as four 8-float vectors (weights 0-7, 8-15, 16-23, 24-31),
+ * equal to dequantize_block's values (each product of a small integer and an fp16 scale is exact). */
+static inline void deq32(int type, const uint8_t *b, __m256 v[4]) {
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(b));
+    if (type == Q8_0) {
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * j)))), d);
+        return;
+    }
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == Q4_1 ? 4 : 2)));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    if (type == Q4_1) {
+        const __m256 m = _mm256_set1_ps(fp16_to_f32(b + 2));
+        for (int j = 0; j < 4; j++) v[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), d, m);
+    } else {
+        const __m256i eight = _mm256_set1_epi32(8);
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[j]), eight)), d);
+    }
+}
+
+static inline float hsum(__m256 s0, __m256 s1, __m256 s2, __m256 s3) { /* dot()'s reduction order */
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* One quantized row . x without a buffer: the same vectors and the same accumulation as
+ * dequantize_row followed by dot, so a row alone gives the bits it gives in a batch. */
+static inline float fused_dot(int type, const uint8_t *row, const float *x, long k) {
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}, v[4];
+    const int bb = block_bytes(type);
+    for (long i = 0; i < k; i += 32, row += bb) {
+        deq32(type, row, v);
+        for (int j = 0; j < 4; j++) s[j] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(x + i + 8 * j), s[j]);
+    }
+    return hsum(s[0], s[1], s[2], s[3]);
+}
+#endif
+
+static inline void dequantize_row(int type, const uint8_t *row, long k, float *restrict y) {
+    const int bs = block_size(type), bb = block_bytes(type);
+#ifdef GGUF_AVX2
+    if (has_deq32(type)) {
+        __m256 v[4];
+        for (long i = 0; i < k / 32; i++) {
+            deq32(type, row + i * bb, v);
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(y + 32 * i + 8 * j, v[j]);
+        }
+        return;
+    }
+#endif
+    for (long i = 0; i < k / bs; i++) dequantize_block(type, row + i * bb, y + i * bs);
+}
+
+/* sum a[i] * b[i] over k (a multiple of 8): four 8-lane accumulators, one fixed order. */
+static inline float dot(const float *restrict a, const float *restrict b, long k) {
+    long i = 0;
+#ifdef GGUF_AVX2
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float total = hsum(s0, s1, s2, s3);
+#else
+    float lanes[8] = {0};
+    for (; i + 8 <= k; i += 8)
+        for (int j = 0; j < 8; j++) lanes[j] += a[i + j] * b[i + j];
+    float total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+#endif
+    for (; i < k; i++) total += a[i] * b[i];
+    return total;
+}
+
+/* Whether the library has a kernel for `type` (the Python side asks before it keeps a weight quantized). */
+int gguf_supports(int type) { return block_bytes(type) != 0; }
+
+static int check(int type, long row_bytes, long k) {
+    const int bb = block_bytes(type);
+    if (!bb) return 1;
+    if (k <= 0 || k % block_size(type)) return 2;
+    if (row_bytes != k / block_size(type) * bb) return 3;
+    return 0;
+}
+
+/* out[r, :] = the k weights of quantized row r, for rows r in [0, rows). */
+int gguf_dequantize(const uint8_t *w, long row_bytes, int type, long rows, long k, float *out, int threads) {
+    const int status = check(type, row_bytes, k);
+    if (status) return status;
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * k >= PARALLEL_MIN_DEQUANT)
+    for (long r = 0; r < rows; r++) dequantize_row(type, w + r * row_bytes, k, out + r * k);
+    return 0;
+}
+
+/* out[i, n] = x[i, :] . W[n, :] for i < m, n < rows: x [m, k] float32 (rows x_stride apart), W `rows`
+ * quantized rows of k weights, out [m, rows] (rows out_stride apart). Parallel over weight rows. */
+int gguf_matmul(const float *x, long x_stride, long m, const uint8_t *w, long row_bytes, int type, long rows,
+                long k, float *out, long out_stride, int threads) {
+    const int status = check(type, row_bytes, k);
+    if (status) return status;
+    const int team = rows * k * m >= PARALLEL_MIN_WORK ? (threads > 0 ? threads : 1) : 1;
+    float *buffers = (float *)malloc((size_t)team * (size_t)k * sizeof(float)); /* one dequantized row per thread */
+    if (buffers == NULL) return 4;
+#pragma omp parallel num_threads(team)
+    {
+        float *row = buffers + (long)omp_get_thread_num() * k;
+#pragma omp for schedule(static)
+        for (long n = 0; n < rows; n++) {
+#ifdef GGUF_AVX2
+            if (m == 1 && has_deq32(type)) { /* decode: no round trip through the buffer */
+                out[n] = fused_dot(type, w + n * row_bytes, x, k);
+                continue;
+            }
+#endif
+            dequantize_row(type, w + n * row_bytes, k, row);
+            for (long i = 0; i < m; i++) out[i * out_stride + n] = dot(row, x + i * x_stride, k);
+        }
+    }
+    free(buffers);
+    return 0;
+}

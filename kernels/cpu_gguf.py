@@ -1,0 +1,97 @@
+"""Matmul and dequantize on GGUF block-quantized weights for CPU tensors, through ``cpu_gguf.c``.
+
+Why: a quantized weight read as 4.5-bit blocks is ~7x fewer bytes than float32, and a decode step
+is bound by reading weights. ``matmul`` dequantizes one weight row at a time into a buffer that
+stays in L1 and dots it with every activation row, so the weight is read once per call, in its
+block layout, and never held dense. Functions return None when the library cannot be built
+(no compiler, ``PAGEDLLM_CPU_KERNEL=0``); callers then take the torch path
+(``pagedllm.quantization.gguf_types.dequantize_torch``), which is also the tests' oracle.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from pagedllm.kernels import cpu_build
+
+SOURCE = Path(__file__).with_name("cpu_gguf.c")
+# Types with a kernel in cpu_gguf.c -> (GGMLQuantizationType id, weights per block, bytes per block).
+BLOCKS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1": (7, 32, 24),
+          "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
+TYPE_IDS = {name: spec[0] for name, spec in BLOCKS.items()}
+_STATUS = {1: "no kernel for this type", 2: "k is not a whole number of blocks", 3: "row bytes do not match k",
+           4: "out of memory"}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    lib.gguf_supports.argtypes = [i]
+    lib.gguf_dequantize.argtypes = [p, l, i, l, l, p, i]
+    lib.gguf_matmul.argtypes = [p, l, l, p, l, i, l, l, p, l, i]
+    for fn in (lib.gguf_supports, lib.gguf_dequantize, lib.gguf_matmul):
+        fn.restype = i
+
+
+def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    return cpu_build.load(SOURCE, _declare, "torch dequantize + matmul (slow)", extra_flags)
+
+
+def _type_name(qtype: int) -> str:
+    for name, tid in TYPE_IDS.items():
+        if tid == qtype:
+            return name
+    raise ValueError(f"qtype={qtype} has no CPU kernel; supported: {', '.join(TYPE_IDS)}")
+
+
+def check_shape(qweight: torch.Tensor, qtype: int, k: int) -> None:
+    """Raise ValueError unless ``qweight`` is uint8 [rows, bytes] holding rows of ``k`` weights of ``qtype``."""
+    name = _type_name(qtype)
+    _, block, size = BLOCKS[name]
+    if not isinstance(k, int) or k <= 0 or k % block:
+        raise ValueError(f"k={k} must be a positive multiple of {name}'s block of {block} weights")
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2 or qweight.shape[1] != k // block * size:
+        raise ValueError(f"qweight must be uint8 [rows, {k // block * size}] for {name} rows of k={k}, got "
+                         f"{qweight.dtype} {list(qweight.shape)}")
+    if qweight.device.type != "cpu" or not qweight.is_contiguous():
+        raise ValueError("qweight must be a contiguous CPU tensor")
+
+
+def matmul(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
+           threads: int | None = None) -> torch.Tensor | None:
+    """``x @ W.T`` in float32 for x [..., k] and the quantized W [rows, k]; None if the library is missing."""
+    check_shape(qweight, qtype, k)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}")
+    lib = lib or load()
+    if lib is None:
+        return None
+    x2 = x.reshape(-1, k)
+    if x2.dtype != torch.float32 or x2.stride(1) != 1 or x2.device.type != "cpu":
+        x2 = x2.to(device="cpu", dtype=torch.float32).contiguous()
+    rows = qweight.shape[0]
+    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
+    if x2.shape[0]:
+        status = lib.gguf_matmul(x2.data_ptr(), x2.stride(0), x2.shape[0], qweight.data_ptr(), qweight.shape[1],
+                                 qtype, rows, k, out.data_ptr(), out.stride(0),
+                                 threads or torch.get_num_threads())
+        if status:
+            raise RuntimeError(f"gguf_matmul failed: {_STATUS.get(status, status)}")
+    return out.view(*x.shape[:-1], rows)
+
+
+def dequantize(qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
+               threads: int | None = None) -> torch.Tensor | None:
+    """The float32 [rows, k] weights of ``qweight``; None if the library is missing."""
+    check_shape(qweight, qtype, k)
+    lib = lib or load()
+    if lib is None:
+        return None
+    out = torch.empty(qweight.shape[0], k, dtype=torch.float32)
+    if qweight.shape[0]:
+        status = lib.gguf_dequantize(qweight.data_ptr(), qweight.shape[1], qtype, qweight.shape[0], k,
+                                     out.data_ptr(), threads or torch.get_num_threads())
+        if status:
+            raise RuntimeError(f"gguf_dequantize failed: {_STATUS.get(status, status)}")
+    return out

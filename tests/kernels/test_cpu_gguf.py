@@ -1,0 +1,106 @@
+"""The GGUF block kernels (``kernels/cpu_gguf``) against float64 references built from ``gguf.quants.dequantize``.
+
+Both compiled variants run: the machine's best (AVX2+FMA here, AVX-512 where present) and a build
+without AVX (plain C). Dequantizing must equal the ``gguf`` package's float32 values bit for bit;
+a product of k terms must be within k float32 roundings of the float64 one (|error| <= k * 2^-24 *
+sum |x||w|, the textbook bound of a float32 dot product), for 1..256 activation rows.
+"""
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, quants
+
+from pagedllm.kernels import cpu_gguf
+
+VARIANTS = {"native": (), "no-avx": ("-mno-avx",)}
+K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+ROWS = [1, 2, 7, 16, 64, 256]
+
+
+def _lib(variant):
+    lib = cpu_gguf.load(VARIANTS[variant])
+    assert lib is not None, "the GGUF kernel must build on the test machine (gcc is part of the image)"
+    return lib
+
+
+def make_blocks(name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """uint8 [rows, row_bytes] of type ``name``: quantized by ``gguf`` where it can, else (K-quants) random
+    blocks with small positive fp16 scales, as a real quantizer's would be."""
+    rng = np.random.default_rng(seed)
+    if name not in K_QUANTS:
+        return quants.quantize(rng.standard_normal((rows, k)).astype(np.float32), GGMLQuantizationType[name])
+    _, block, size = cpu_gguf.BLOCKS[name]
+    raw = rng.integers(0, 256, size=(rows, k // block, size), dtype=np.uint8)
+
+    def scales():
+        return (rng.random((rows, k // block)) * 0.01 + 1e-4).astype(np.float16).view(np.uint8).reshape(rows, -1, 2)
+
+    if name == "Q6_K":
+        raw[..., 208:210] = scales()
+    else:
+        raw[..., 0:2], raw[..., 2:4] = scales(), scales()
+    return raw.reshape(rows, -1)
+
+
+def _reference(blocks: np.ndarray, name: str) -> torch.Tensor:
+    return torch.from_numpy(quants.dequantize(blocks, GGMLQuantizationType[name]).astype(np.float32))
+
+
+def _ks(name):
+    return (256, 768) if name in K_QUANTS else (32, 96, 576)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(cpu_gguf.BLOCKS))
+def test_dequantize_equals_gguf_package(variant, name):
+    for k in _ks(name):
+        blocks = make_blocks(name, 33, k, seed=k)
+        got = cpu_gguf.dequantize(torch.from_numpy(blocks), cpu_gguf.TYPE_IDS[name], k, lib=_lib(variant))
+        assert torch.equal(got, _reference(blocks, name)), f"{name} k={k}"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted(cpu_gguf.BLOCKS))
+def test_matmul_matches_float64(variant, name):
+    gen = torch.Generator().manual_seed(0)
+    for k in _ks(name):
+        blocks = make_blocks(name, 45, k, seed=k)  # 45 weight rows: not a multiple of any thread split
+        w64 = _reference(blocks, name).double()
+        for m in ROWS:
+            x = torch.randn(m, k, generator=gen)
+            got = cpu_gguf.matmul(x, torch.from_numpy(blocks), cpu_gguf.TYPE_IDS[name], k, lib=_lib(variant))
+            want = x.double() @ w64.T
+            bound = k * 2.0 ** -24 * (x.double().abs() @ w64.abs().T)
+            assert got.shape == (m, 45) and got.dtype == torch.float32
+            err = (got.double() - want).abs()
+            assert bool((err <= bound).all()), f"{name} k={k} m={m}: max err {err.max():.3g}"
+
+
+def test_a_row_gives_the_same_result_in_any_batch():
+    """Each output is one fixed dot product: a row alone equals the same row among 255 others, bit for bit."""
+    blocks = torch.from_numpy(make_blocks("Q4_1", 64, 576))
+    x = torch.randn(256, 576, generator=torch.Generator().manual_seed(1))
+    batch = cpu_gguf.matmul(x, blocks, cpu_gguf.TYPE_IDS["Q4_1"], 576)
+    for i in (0, 100, 255):
+        assert torch.equal(cpu_gguf.matmul(x[i:i + 1], blocks, cpu_gguf.TYPE_IDS["Q4_1"], 576)[0], batch[i])
+
+
+def test_strided_and_bf16_activations_are_taken():
+    blocks = torch.from_numpy(make_blocks("Q8_0", 8, 64))
+    x = torch.randn(4, 128)[:, :64]  # rows 128 apart
+    want = cpu_gguf.matmul(x.contiguous(), blocks, cpu_gguf.TYPE_IDS["Q8_0"], 64)
+    assert torch.equal(cpu_gguf.matmul(x, blocks, cpu_gguf.TYPE_IDS["Q8_0"], 64), want)
+    assert cpu_gguf.matmul(x.bfloat16(), blocks, cpu_gguf.TYPE_IDS["Q8_0"], 64).shape == (4, 8)
+
+
+def test_bad_shapes_and_types_are_refused():
+    blocks = torch.from_numpy(make_blocks("Q4_0", 4, 64))
+    q4_0 = cpu_gguf.TYPE_IDS["Q4_0"]
+    with pytest.raises(ValueError, match=r"k=48 must be a positive multiple of Q4_0's block of 32"):
+        cpu_gguf.matmul(torch.randn(1, 48), blocks, q4_0, 48)
+    with pytest.raises(ValueError, match=r"qweight must be uint8 \[rows, 18\]"):
+        cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 32)
+    with pytest.raises(ValueError, match="x has 32 features, the weight 64"):
+        cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 64)
+    with pytest.raises(ValueError, match=r"qtype=10 has no CPU kernel; supported: Q4_0, Q4_1, .*Q6_K"):
+        cpu_gguf.matmul(torch.randn(1, 256), torch.zeros(4, 84, dtype=torch.uint8), 10, 256)
