@@ -1,0 +1,164 @@
+"""Tensor parallelism over local processes (``mp`` executor, gloo on CPU): TP=2 generates what TP=1
+generates on tiny fp32 models of several architectures, each rank holds half the sharded weights,
+and no worker process outlives its engine.
+
+The fast case (one tiny Llama, a few tokens) runs in the default suite; the per-architecture cases
+start several multi-process engines and are ``slow``. TP=1 in the same process is the oracle for
+TP=2 (itself checked against transformers by ``tests/models``).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import zlib
+
+import pytest
+import torch
+
+from model_fixtures import SEED_PROMPTS, make_tiny_model, tokenizer_path
+from pagedllm import LLM, SamplingParams
+
+LOGPROB_TOLERANCE = 1e-4
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                reason="tensor_parallel_size=2 needs 2 CPU cores")
+
+
+def child_pids() -> list[int]:
+    """This process's live children (a worker left behind would be one)."""
+    pid = os.getpid()
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return children
+
+
+def save_model(path, config) -> str:
+    """A tiny random HF model of ``config`` (larger weights than the init, so logits are not flat)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(zlib.crc32(type(config).__name__.encode()))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.08)
+            elif "norm" in name or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.normal_(0, 0.05)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
+    return str(path)
+
+
+def run(path: str, tp: int, prompts, max_tokens: int, prompt_logprobs: int | None = None):
+    """Greedy outputs of an engine with ``tp`` ranks, its per-rank stats, then the engine shut down."""
+    llm = LLM(path, dtype="float32", kv_cache_memory=16 << 20, tensor_parallel_size=tp)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, logprobs=1,
+                            prompt_logprobs=prompt_logprobs)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    stats = llm.llm_engine.executor.stats()
+    llm.llm_engine.shutdown()
+    return outs, stats
+
+
+def assert_same_generation(reference, got) -> float:
+    """Same tokens; logprobs of the chosen tokens within tolerance. Returns the largest logprob difference."""
+    worst = 0.0
+    for ref, out in zip(reference, got):
+        a, b = ref.outputs[0], out.outputs[0]
+        assert b.token_ids == a.token_ids, ref.prompt
+        for ids, pos_ref, pos_got in zip(a.token_ids, a.logprobs, b.logprobs):
+            worst = max(worst, abs(pos_ref[ids].logprob - pos_got[ids].logprob))
+        for k, (p_ref, p_got) in enumerate(zip(ref.prompt_logprobs or [], out.prompt_logprobs or [])):
+            if p_ref is None:
+                continue
+            token = ref.prompt_token_ids[k]
+            worst = max(worst, abs(p_ref[token].logprob - p_got[token].logprob))
+    assert worst <= LOGPROB_TOLERANCE, worst
+    return worst
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tp-llama"), "llama")  # 4 heads, 2 KV heads
+
+
+def test_tp2_matches_tp1_and_halves_the_weights(tiny_llama):
+    prompts = SEED_PROMPTS[:2]
+    ref, (rank0,) = run(tiny_llama, 1, prompts, 6, prompt_logprobs=1)
+    got, ranks = run(tiny_llama, 2, prompts, 6, prompt_logprobs=1)
+    assert_same_generation(ref, got)
+    # every weight of this model is sharded (vocab, heads, MLP) except the norms: half each, to the byte
+    norms = sum(p.numel() * 4 for n, p in _hf_norms(tiny_llama))
+    assert [r["param_bytes"] for r in ranks] == [(rank0["param_bytes"] - norms) // 2 + norms] * 2
+    assert all(r["all_reduced_bytes"] > 0 for r in ranks)
+    gc.collect()
+    assert child_pids() == []
+
+
+def _hf_norms(path):
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
+        return [(n, f.get_tensor(n)) for n in f.keys() if "norm" in n]
+
+
+def _configs():
+    from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
+
+    common = dict(vocab_size=49152, hidden_size=64, num_hidden_layers=2, max_position_embeddings=512,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    return {
+        "llama-gqa": LlamaConfig(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common),
+        "llama-mqa": LlamaConfig(intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, **common),
+        "qwen2-bias-tied": Qwen2Config(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                       **{**common, "tie_word_embeddings": True}),
+        "mistral": MistralConfig(intermediate_size=128, num_attention_heads=8, num_key_value_heads=2,
+                                 sliding_window=None, **common),
+        "mixtral-moe": MixtralConfig(intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     num_local_experts=4, num_experts_per_tok=2, sliding_window=None, **common),
+        "gpt-neox-parallel-residual": GPTNeoXConfig(intermediate_size=128, num_attention_heads=4, rotary_pct=0.25,
+                                                    use_parallel_residual=True, **common),
+    }
+
+
+ARCHITECTURES = ["llama-gqa", "llama-mqa", "qwen2-bias-tied", "mistral", "mixtral-moe", "gpt-neox-parallel-residual"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_tp2_matches_tp1_per_architecture(name, tmp_path):
+    """32 tokens x 4 prompts, greedy, with prompt logprobs (the LM head's gather on every rank)."""
+    path = save_model(tmp_path, _configs()[name])
+    prompts = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]  # up to ~50 tokens: several blocks
+    ref, (rank0,) = run(path, 1, prompts, 32, prompt_logprobs=2)
+    got, ranks = run(path, 2, prompts, 32, prompt_logprobs=2)
+    worst = assert_same_generation(ref, got)
+    print(f"{name}: max logprob difference {worst:.2e}; bytes per rank {ranks[0]['param_bytes']} of "
+          f"{rank0['param_bytes']}")
+    # the replicated parts (norms, MoE router, MQA's one KV head) are small: each rank holds ~half
+    assert all(r["param_bytes"] < 0.56 * rank0["param_bytes"] for r in ranks), (ranks, rank0)
+    gc.collect()
+    assert child_pids() == []
+
+
+def test_heads_that_do_not_divide_are_refused_before_any_process_starts(tmp_path):
+    path = make_tiny_model(tmp_path, "llama", num_attention_heads=2, num_key_value_heads=1, hidden_size=64)
+    with pytest.raises(ValueError, match="tensor_parallel_size=4 does not divide the model's num_attention_heads=2"):
+        LLM(path, tensor_parallel_size=4, dtype="float32")
+    assert child_pids() == []
+
+
+def test_more_ranks_than_cores_fail_fast_naming_what_is_missing(tiny_llama):
+    from pagedllm.engine.mp_executor import check_placeable
+
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=rf"tensor_parallel_size={cores + 1} needs {cores + 1} CPU cores"):
+        check_placeable(cores + 1, torch.device("cpu"))
+    if cores < 4:  # the tiny model's 4 heads split over 4 ranks, but this machine has fewer cores
+        with pytest.raises(ValueError, match=rf"tensor_parallel_size=4 needs 4 CPU cores, one per rank; this "
+                                             rf"process may use {cores}"):
+            LLM(tiny_llama, tensor_parallel_size=4, dtype="float32")
+    assert child_pids() == []
