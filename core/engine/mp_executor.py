@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import pickle
 import secrets
 import socket
 import subprocess
@@ -161,7 +162,7 @@ class MultiprocExecutor(Executor):
     # ---- what the driver's runner calls every step -------------------------------------------
     def _broadcast(self, message: tuple) -> None:
         self._check_alive()
-        data = __import__("pickle").dumps(message, protocol=5)
+        data = pickle.dumps(message, protocol=5)
         for rank, conn in enumerate(self.conns, start=1):
             try:
                 conn.send_bytes(data)

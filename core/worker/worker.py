@@ -12,6 +12,7 @@ given in its environment, and exits when the driver says stop or its connection 
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -54,7 +55,7 @@ class Worker:
             torch.cuda.set_device(device)
         self.device = device
         store = torch.distributed.TCPStore(spec["store_host"], spec["store_port"], spec["world_size"],
-                                           is_master=False, timeout=__import__("datetime").timedelta(seconds=120))
+                                           is_master=False, timeout=datetime.timedelta(seconds=120))
         distributed.init_tensor_parallel(self.rank, spec["world_size"], store, spec["backend"])
         self.runner = ModelRunner(spec["hf_config"], spec["model_path"], spec["dtype"], device,
                                   spec["max_model_len"], spec["block_size"], spec["attention_backend"],
@@ -63,10 +64,9 @@ class Worker:
         send(conn, ("ready", {"kv_shape": self.runner.kv_shape, "param_bytes": self.param_bytes()}))
 
     def param_bytes(self) -> int:
-        seen = {id(p): p.numel() * p.element_size() for p in self.runner.model.parameters()}
-        packed = sum(m.packed_weight.numel() * m.packed_weight.element_size()
-                     for m in self.runner.model.modules() if getattr(m, "packed_weight", None) is not None)
-        return sum(seen.values()) + packed
+        from pagedllm.engine.executor import runner_param_bytes
+
+        return runner_param_bytes(self.runner)
 
     def serve(self) -> None:
         """Answer the driver until it says stop or goes away (EOF: the driver died)."""
