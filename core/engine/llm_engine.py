@@ -110,9 +110,30 @@ class LLMEngine:
                                                          self.max_model_len, config.block_size,
                                                          config.attention_backend, config.model_impl), model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
+        try:
+            num_blocks = self._set_up_cache_and_scheduler(model_cls, resolved.path)
+        except BaseException:
+            self.executor.shutdown()  # a failed start leaves no worker process behind
+            raise
+        self.eos_token_ids = self._eos_token_ids()
+        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
+        self.sequences: dict[str, Sequence] = {}
+        self.stats = EngineStats()
+        self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
+        self._counter = itertools.count()
+        self.load_time = time.perf_counter() - t0
+        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
+                    self.load_time, config.model, self.dtype, self.device, num_blocks,
+                    num_blocks * config.block_size, self.max_model_len)
+
+    # ---- set-up --------------------------------------------------------------------
+    def _set_up_cache_and_scheduler(self, model_cls, model_path: str) -> int:
+        """LoRA, pooler, KV cache (sized, checked, allocated on every rank), block manager and scheduler;
+        returns the number of KV blocks."""
+        config = self.config
         self.lora_manager = self._init_lora()
         pooling = self.runner_type == "pooling"
-        self.pooler = (resolve_pooler(config.pooler_config, resolved.path,
+        self.pooler = (resolve_pooler(config.pooler_config, model_path,
                                       getattr(model_cls, "default_pooling_type", "LAST")) if pooling else None)
         if self.runner.needs_kv_cache:
             num_blocks = self._num_kv_blocks()
@@ -131,18 +152,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, chunked)
         if self.lora_manager is not None:
             self.scheduler.max_loras = self.config.max_loras
-        self.eos_token_ids = self._eos_token_ids()
-        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
-        self.sequences: dict[str, Sequence] = {}
-        self.stats = EngineStats()
-        self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
-        self._counter = itertools.count()
-        self.load_time = time.perf_counter() - t0
-        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
-                    self.load_time, config.model, self.dtype, self.device, num_blocks,
-                    num_blocks * config.block_size, self.max_model_len)
+        return num_blocks
 
-    # ---- set-up --------------------------------------------------------------------
     def _check_parallel(self, model_cls) -> None:
         """What tensor parallelism does not cover yet, refused before any worker starts."""
         tp = self.config.tensor_parallel_size

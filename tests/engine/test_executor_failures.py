@@ -110,3 +110,9 @@ def test_killed_driver_takes_its_workers_with_it(tiny_llama, tmp_path):
         assert not alive(worker), "the worker outlived its driver"
     finally:
         driver.kill()
+
+
+def test_a_start_that_fails_after_the_workers_started_leaves_none(tiny_llama):
+    with pytest.raises(ValueError, match="max_model_len=512 needs"):  # 16 KiB of KV per rank: 64 tokens
+        LLM(tiny_llama, tensor_parallel_size=2, dtype="float32", kv_cache_memory=16 << 10, max_model_len=512)
+    assert child_pids() == []
