@@ -142,7 +142,8 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result.update(bench_lora(llm, args, requests, result))
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
-    del llm
+    engine.shutdown()  # worker processes (tensor parallelism) end here, before the next backend runs
+    del llm, engine
     gc.collect()
     return result
 

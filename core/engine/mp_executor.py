@@ -82,7 +82,7 @@ class MultiprocExecutor(Executor):
             self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, device,
                                              spec.max_model_len, spec.block_size, spec.attention_backend,
                                              spec.model_impl, model_cls)
-            self.driver_runner.peers = self
+            self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
             infos = [self._expect(rank, "ready") for rank in range(1, world_size)]
         except BaseException:
             self.shutdown()
