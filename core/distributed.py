@@ -71,8 +71,18 @@ def check_tensor_parallel(hf_config, tp: int) -> None:
     if heads % tp:
         raise ValueError(f"tensor_parallel_size={tp} does not divide the model's num_attention_heads={heads}; "
                          f"use a tensor_parallel_size that divides {heads}")
-    kv = (getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "multi_query_group_num", None)
-          or (1 if getattr(cfg, "multi_query", False) else None) or heads)
+    kv = _num_kv_heads(cfg, heads)
     if kv % tp and tp % kv:
         raise ValueError(f"tensor_parallel_size={tp} and the model's num_key_value_heads={kv}: one must divide "
                          "the other (KV heads are split across ranks, or replicated when fewer than the ranks)")
+
+
+def _num_kv_heads(cfg, heads: int) -> int:
+    """KV heads under each family's name: Falcon (new architecture, or multi-query), ChatGLM, the rest."""
+    if getattr(cfg, "new_decoder_architecture", False):
+        return getattr(cfg, "num_kv_heads", None) or heads
+    if getattr(cfg, "multi_query", False):
+        return 1
+    if getattr(cfg, "multi_query_attention", False):
+        return cfg.multi_query_group_num
+    return getattr(cfg, "num_key_value_heads", None) or heads

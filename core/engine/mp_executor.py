@@ -9,7 +9,8 @@ not oversubscribe the machine (the driver's previous setting is restored at shut
 Each step the driver's runner sends the flat batch to the workers before its own forward
 (``ModelRunner.peers``); nothing comes back but the collectives. A worker that dies is seen at
 the next send, or by the collective it leaves (gloo closes its sockets): the step raises
-``WorkerDiedError`` naming the rank and exit code, and the other workers are shut down. Shutdown
+``WorkerDiedError`` naming the rank and exit code, and the other workers are shut down (as on
+any error in a step: the ranks may be left waiting in different collectives). Shutdown
 (``shutdown``, the engine's garbage collection, interpreter exit) stops every worker: asked
 first, killed after a grace period.
 """
@@ -207,6 +208,7 @@ class MultiprocExecutor(Executor):
                 error = self._died(dead[0])
                 self.shutdown()
                 raise error from exc
+            self.shutdown()  # the ranks may now wait in different collectives: none of them can step again
             raise
 
     def stats(self) -> list[dict]:

@@ -115,3 +115,19 @@ def test_a_start_that_fails_after_the_workers_started_leaves_none(tiny_llama):
     with pytest.raises(ValueError, match="max_model_len=512 needs"):  # 16 KiB of KV per rank: 64 tokens
         LLM(tiny_llama, tensor_parallel_size=2, dtype="float32", kv_cache_memory=16 << 10, max_model_len=512)
     assert child_pids() == []
+
+
+def test_an_error_in_the_drivers_step_stops_the_workers(tiny_llama, monkeypatch):
+    """The worker waits in the LM head's all-gather the driver never reached: only stopping it ends that."""
+    llm = LLM(tiny_llama, tensor_parallel_size=2, dtype="float32", kv_cache_memory=16 << 20)
+
+    def broken(hidden):
+        raise RuntimeError("planted failure in rank 0's LM head")
+
+    monkeypatch.setattr(llm.llm_engine.runner.model, "compute_logits", broken)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="planted failure"):
+        llm.generate(["Hello"], SamplingParams(max_tokens=4), use_tqdm=False)
+    assert time.monotonic() - started < 30 and child_pids() == []
+    with pytest.raises(WorkerDiedError, match="cannot run more steps"):
+        llm.generate(["Hello"], SamplingParams(max_tokens=2), use_tqdm=False)

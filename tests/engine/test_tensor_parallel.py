@@ -106,11 +106,33 @@ def _hf_norms(path):
 
 
 def _configs():
+    import transformers as hf
     from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
     common = dict(vocab_size=49152, hidden_size=64, num_hidden_layers=2, max_position_embeddings=512,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    small = dict(vocab_size=49152, bos_token_id=1, eos_token_id=2)  # each family's own defaults otherwise
+    falcon = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, **small)
+    gemma = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, **small)
     return {
+        "gpt2": hf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **small),
+        "opt": hf.OPTConfig(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                            max_position_embeddings=256, pad_token_id=0, **small),
+        "gptj": hf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256, **small),
+        "falcon-multi-query": hf.FalconConfig(**falcon),
+        "falcon-new-arch-grouped": hf.FalconConfig(new_decoder_architecture=True, num_kv_heads=2, **falcon),
+        "falcon-rw-alibi": hf.FalconConfig(alibi=True, multi_query=False, parallel_attn=False, bias=True, **falcon),
+        "phi": hf.PhiConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                            max_position_embeddings=256, partial_rotary_factor=0.5, **small),
+        "phi3": hf.Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, **small),
+        "qwen3": hf.Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+                                tie_word_embeddings=True, **small),
+        "gemma": hf.GemmaConfig(**gemma),
+        "gemma2-softcap-window": hf.Gemma2Config(sliding_window=16, query_pre_attn_scalar=24,
+                                                 attn_logit_softcapping=5.0, final_logit_softcapping=3.0, **gemma),
         "llama-gqa": LlamaConfig(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, **common),
         "llama-mqa": LlamaConfig(intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, **common),
         "qwen2-bias-tied": Qwen2Config(intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
@@ -124,13 +146,17 @@ def _configs():
     }
 
 
-ARCHITECTURES = ["llama-gqa", "llama-mqa", "qwen2-bias-tied", "mistral", "mixtral-moe", "gpt-neox-parallel-residual"]
+ARCHITECTURES = ["llama-gqa", "llama-mqa", "qwen2-bias-tied", "mistral", "mixtral-moe", "gpt-neox-parallel-residual",
+                 "gpt2", "opt", "gptj", "falcon-multi-query", "falcon-new-arch-grouped", "falcon-rw-alibi", "phi",
+                 "phi3", "qwen3", "gemma", "gemma2-softcap-window"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_tp2_matches_tp1_per_architecture(name, tmp_path):
-    """32 tokens x 4 prompts, greedy, with prompt logprobs (the LM head's gather on every rank)."""
+    """32 tokens x 4 prompts, greedy, with prompt logprobs (the LM head's gather on every rank). Every
+    native decoder family with a transformers config class; Baichuan and ChatGLM (remote-code configs) are
+    not covered here."""
     path = save_model(tmp_path, _configs()[name])
     prompts = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]  # up to ~50 tokens: several blocks
     ref, (rank0,) = run(path, 1, prompts, 32, prompt_logprobs=2)
@@ -162,3 +188,23 @@ def test_more_ranks_than_cores_fail_fast_naming_what_is_missing(tiny_llama):
                                              rf"process may use {cores}"):
             LLM(tiny_llama, tensor_parallel_size=4, dtype="float32")
     assert child_pids() == []
+
+
+@pytest.mark.parametrize("config,tp,message", [
+    (dict(num_attention_heads=9, num_key_value_heads=3), 2, "num_attention_heads=9"),  # the bundled SmolLM2's
+    (dict(num_attention_heads=12, num_key_value_heads=3), 2, "num_key_value_heads=3"),
+    (dict(num_attention_heads=8, new_decoder_architecture=True, num_kv_heads=3), 2, "num_key_value_heads=3"),
+    (dict(num_attention_heads=8, num_key_value_heads=2), 4, None),  # replicated KV heads
+    (dict(num_attention_heads=8, multi_query=True), 8, None),
+    (dict(num_attention_heads=9, num_key_value_heads=3), 3, None),
+])
+def test_head_rules(config, tp, message):
+    from types import SimpleNamespace
+
+    from pagedllm.distributed import check_tensor_parallel
+
+    if message is None:
+        check_tensor_parallel(SimpleNamespace(**config), tp)
+        return
+    with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp}.*{message}"):
+        check_tensor_parallel(SimpleNamespace(**config), tp)
