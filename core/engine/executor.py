@@ -29,6 +29,8 @@ class RunnerSpec:
     block_size: int
     attention_backend: str | None
     model_impl: str
+    trust_remote_code: bool = False  # workers read the config again from model_path: a remote-code class
+    # (transformers_modules.*) is importable only where transformers loaded it, so it does not unpickle there
 
 
 class WorkerDiedError(RuntimeError):

@@ -108,7 +108,8 @@ class LLMEngine:
         # the executor builds the model runner(s): in this process for one rank, plus worker processes for more
         self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
                                                          self.max_model_len, config.block_size,
-                                                         config.attention_backend, config.model_impl), model_cls)
+                                                         config.attention_backend, config.model_impl,
+                                                         config.trust_remote_code), model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
             num_blocks = self._set_up_cache_and_scheduler(model_cls, resolved.path)

@@ -124,7 +124,8 @@ class MultiprocExecutor(Executor):
             self.conns.extend(by_rank[rank] for rank in range(1, self.world_size))
         finally:
             server.close()
-        common = dict({f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}, world_size=self.world_size, store_host="127.0.0.1",
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "hf_config"}
+        common = dict(fields, world_size=self.world_size, store_host="127.0.0.1",
                       store_port=store_port, backend=backend, num_threads=self.num_threads)
         for rank, conn in enumerate(self.conns, start=1):
             send(conn, {**common, "rank": rank})

@@ -57,7 +57,10 @@ class Worker:
         store = torch.distributed.TCPStore(spec["store_host"], spec["store_port"], spec["world_size"],
                                            is_master=False, timeout=datetime.timedelta(seconds=120))
         distributed.init_tensor_parallel(self.rank, spec["world_size"], store, spec["backend"])
-        self.runner = ModelRunner(spec["hf_config"], spec["model_path"], spec["dtype"], device,
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(spec["model_path"], trust_remote_code=spec["trust_remote_code"])
+        self.runner = ModelRunner(hf_config, spec["model_path"], spec["dtype"], device,
                                   spec["max_model_len"], spec["block_size"], spec["attention_backend"],
                                   spec["model_impl"])
         self.hidden: torch.Tensor | None = None

@@ -16,16 +16,10 @@ import pytest
 from model_fixtures import make_tiny_model
 from pagedllm import LLM, SamplingParams
 from pagedllm.engine.executor import WorkerDiedError
+from tensor_parallel_helpers import TWO_CORES, child_pids
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor_parallel_size=2 needs 2 CPU cores")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TWO_CORES, reason="tensor_parallel_size=2 needs 2 CPU cores")]
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-
-
-def child_pids() -> list[int]:
-    pid = os.getpid()
-    return [int(c) for task in os.listdir(f"/proc/{pid}/task")
-            for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
 
 
 def alive(pid: int) -> bool:
