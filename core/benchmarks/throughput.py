@@ -254,8 +254,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "workload": stats,
         "results": results,
         "ratio_pagedllm_over_hf": ratio,
-        "ratio_tp_over_tp1": (results["pagedllm"]["output_tokens_per_s"] / results["pagedllm_tp1"]["output_tokens_per_s"]
-                              if "pagedllm_tp1" in results else None),
+        "ratio_tp_over_tp1": (results["pagedllm"]["output_tokens_per_s"]
+                              / results["pagedllm_tp1"]["output_tokens_per_s"] if "pagedllm_tp1" in results else None),
         "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

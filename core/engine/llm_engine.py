@@ -140,7 +140,8 @@ class LLMEngine:
             num_blocks = self._num_kv_blocks()
             self._check_fits(num_blocks)
             self.executor.allocate_kv_cache(num_blocks)
-            if self.device.type == "cuda" and not config.enforce_eager and not pooling and self.executor.world_size == 1:
+            one_rank = self.executor.world_size == 1  # decode graphs replay one process's kernels
+            if self.device.type == "cuda" and not config.enforce_eager and not pooling and one_rank:
                 self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
             # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
             self.block_manager = BlockManager(num_blocks, config.block_size,
