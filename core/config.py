@@ -53,7 +53,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, model_dtype: t
 MODEL_IMPLS = ("auto", "native", "transformers")
 TOKENIZER_MODES = ("auto", "slow", "hf")
 DEVICES = ("auto", "cpu", "cuda")
-EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")  # vLLM's names; all run one worker here
+EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")  # vLLM's names
+PARALLEL_BACKENDS = (None, "mp")  # what runs tensor_parallel_size > 1 in this release (ray: a later slice)
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's LoggingStatLogger interval
 
@@ -105,10 +106,11 @@ class EngineConfig:
     attention_backend: str | None = arg(None, help="force an attention backend: triton, cpu or torch (default: "
                                                    "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
     disable_custom_all_reduce: bool = arg(False, help="vLLM's switch off its custom all-reduce kernel (no effect: "
-                                                      "one worker, so nothing is all-reduced)")
-    distributed_executor_backend: str | None = arg(None, help="vLLM's worker launcher: uni, mp, ray or "
-                                                              "external_launcher (no effect: one in-process worker "
-                                                              "in this release)")
+                                                      "ranks all-reduce through torch.distributed)")
+    distributed_executor_backend: str | None = arg(None, help="vLLM's worker launcher: mp (local worker processes, "
+                                                              "the default and only choice for tensor_parallel_size "
+                                                              "> 1); uni, mp, ray or external_launcher with one rank "
+                                                              "(no effect: it runs in-process)")
     cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
                                         "there already; not implemented on GPU)")
     kv_cache_dtype: str = arg("auto", help="KV-cache element type; only auto (the model's dtype) in this release")
@@ -120,7 +122,9 @@ class EngineConfig:
                                       "enable_lora")
     max_cpu_loras: int | None = arg(None, help="adapters kept loaded in host memory, least recently used dropped "
                                                "first (default: max_loras); only with enable_lora")
-    tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel workers (only 1 in this release)")
+    tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel ranks, one local process each (mp "
+                                                             "executor, gloo on CPU, NCCL on CUDA); the model's "
+                                                             "attention heads must divide by it")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
     quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file runs "
                                                              "quantized, its blocks kept as stored); gguf: the same, "
@@ -182,11 +186,13 @@ class EngineConfig:
             raise ValueError(f"device={self.device!r}; choose {_listed(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device='cuda' but {_no_cuda_reason()}; use device='cpu' (--device cpu) or 'auto'")
-        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
+        _positive_int("tensor_parallel_size", self.tensor_parallel_size)
+        _positive_int("pipeline_parallel_size", self.pipeline_parallel_size)
+        if self.pipeline_parallel_size != 1:
             raise ValueError(
-                f"tensor_parallel_size={self.tensor_parallel_size}, pipeline_parallel_size="
-                f"{self.pipeline_parallel_size}: only 1 is supported in this release (one worker); use 1, and "
-                "several servers behind a load balancer to scale out")
+                f"pipeline_parallel_size={self.pipeline_parallel_size}: pipeline parallelism is not supported in "
+                "this release; use pipeline_parallel_size=1 and tensor_parallel_size > 1 to split a model over "
+                "ranks")
         if self.kv_cache_dtype != "auto":
             raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported in this release; use 'auto' "
                              "(the model's dtype) and size the cache with kv_cache_memory")
@@ -208,6 +214,11 @@ class EngineConfig:
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r}; use one of "
                              f"{_listed(EXECUTOR_BACKENDS[1:])} (or leave it unset)")
+        if self.tensor_parallel_size > 1 and self.distributed_executor_backend not in PARALLEL_BACKENDS:
+            raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r} with "
+                             f"tensor_parallel_size={self.tensor_parallel_size}: only the mp executor (local worker "
+                             "processes) runs several ranks in this release; use distributed_executor_backend='mp' "
+                             "or leave it unset")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
@@ -238,11 +249,12 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
     defaults = {f.name: f.default for f in fields(EngineConfig)}
     reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
                              "effect with issue 19"}
-    reasons["distributed_executor_backend"] = "(one worker, run in-process, in this release)"
+    if config.tensor_parallel_size == 1:
+        reasons["distributed_executor_backend"] = "with tensor_parallel_size=1 (one rank, run in-process)"
     reasons["cpu_offload_gb"] = (f"on {device.type} (the weights live in host memory already)" if device.type != "cuda"
                                  else "yet (weight offloading is not implemented; all weights go to the GPU)")
-    reasons["disable_custom_all_reduce"] = ("(one worker: nothing is all-reduced, tensor_parallel_size is 1 in this "
-                                            "release)")
+    reasons["disable_custom_all_reduce"] = ("(there is no custom all-reduce kernel: ranks all-reduce through "
+                                            "torch.distributed)")
     if not config.enable_lora:
         for name in ("max_loras", "max_lora_rank", "max_cpu_loras"):
             reasons[name] = "without enable_lora=True (--enable-lora)"

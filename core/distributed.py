@@ -1,5 +1,19 @@
-"""Tensor-parallel rank and size. One worker for now; layers already shard by these."""
+"""Tensor-parallel rank, size and collectives, over torch.distributed.
+
+Layers read ``get_tp_rank``/``get_tp_world_size`` when they are built and shard by them; their
+forwards call ``tp_all_reduce``/``tp_all_gather_last_dim``. The group is the default process group,
+set up once per process by ``init_tensor_parallel`` (a worker, or the driver as rank 0) and torn
+down by ``destroy_tensor_parallel``; with none, everything is rank 0 of 1 and no collective runs.
+``all_reduced_bytes`` counts the bytes this rank all-reduced (benchmarks report it per step).
+"""
+from __future__ import annotations
+
+import datetime
+
+import torch
 import torch.distributed as dist
+
+all_reduced_bytes = 0  # bytes this rank has passed to all_reduce since the group was made
 
 
 def get_tp_rank() -> int:
@@ -10,18 +24,65 @@ def get_tp_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def tp_all_reduce(x):
+def init_tensor_parallel(rank: int, world_size: int, store: "dist.Store", backend: str,
+                         timeout_s: float = 120.0) -> None:
+    """Join the ranks' group through ``store`` (a TCPStore the driver hosts). The timeout bounds a
+    collective whose peer is gone without closing its sockets; a dead process is seen sooner."""
+    global all_reduced_bytes
+    if dist.is_initialized():
+        raise RuntimeError("a tensor-parallel group exists in this process already: one engine with "
+                           "tensor_parallel_size > 1 per process; shut the other down first")
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    all_reduced_bytes = 0
+
+
+def destroy_tensor_parallel() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
+    global all_reduced_bytes
     if get_tp_world_size() > 1:
+        all_reduced_bytes += x.numel() * x.element_size()
         dist.all_reduce(x)
     return x
 
 
-def tp_all_gather_last_dim(x):
+def tp_all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     size = get_tp_world_size()
     if size == 1:
         return x
-    import torch
-
     parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x)
+    dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=-1)
+
+
+def check_tensor_parallel(hf_config, tp: int) -> None:
+    """Refuse, before any process starts, a model whose heads do not split over ``tp`` ranks
+    (vLLM's rules): query heads must divide, KV heads must divide or be divided (replicated)."""
+    if tp == 1:
+        return
+    cfg = getattr(hf_config, "text_config", None) or hf_config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
+    if heads is None:
+        return
+    if heads % tp:
+        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's num_attention_heads={heads}; "
+                         f"use a tensor_parallel_size that divides {heads}")
+    kv = _num_kv_heads(cfg, heads)
+    if kv % tp and tp % kv:
+        raise ValueError(f"tensor_parallel_size={tp} and the model's num_key_value_heads={kv}: one must divide "
+                         "the other (KV heads are split across ranks, or replicated when fewer than the ranks)")
+
+
+def _num_kv_heads(cfg, heads: int) -> int:
+    """KV heads under each family's name: Falcon (new architecture, or multi-query), ChatGLM, the rest."""
+    if getattr(cfg, "new_decoder_architecture", False):
+        return getattr(cfg, "num_kv_heads", None) or heads
+    if getattr(cfg, "multi_query", False):
+        return 1
+    if getattr(cfg, "multi_query_attention", False):
+        return cfg.multi_query_group_num
+    return getattr(cfg, "num_key_value_heads", None) or heads

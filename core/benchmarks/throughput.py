@@ -4,7 +4,11 @@ Both backends get the same seeded chat workload (identical prompt token ids, out
 16-256 with EOS ignored) in the same process and the same dtype, each after an untimed
 warm-up, so the ratio printed at the end compares engines and not machines or settings.
 ``pagedllm`` sends every request to one ``LLM.generate`` call (continuous batching);
-``hf`` runs static batches through ``model.generate`` (see ``hf_backend``).
+``hf`` runs static batches through ``model.generate`` (see ``hf_backend``). With
+``--tensor-parallel-size N`` (N > 1) pagedllm also runs at one rank in the same run
+(``pagedllm_tp1``, all cores' threads in one process) and the report gives the TP=N/TP=1 ratio and
+the bytes each rank all-reduced per step: on a CPU this prices the machinery (processes, messages,
+collectives), since the ranks share the cores one rank could use.
 """
 from __future__ import annotations
 
@@ -118,11 +122,18 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
     llm.generate(warm, SamplingParams(max_tokens=WARMUP_TOKENS, ignore_eos=True, temperature=0.0), use_tqdm=False)
     profiles = ["greedy", "penalties"] if args.sampling == "compare" else [args.sampling]
     runs = {}
+    engine = llm.llm_engine
     for profile in profiles:
-        llm.llm_engine.block_manager.reset_prefix_cache()
+        engine.block_manager.reset_prefix_cache()
+        steps, reduced = engine.stats.num_steps, engine.executor.stats()[0]["all_reduced_bytes"]
         runs[profile] = rates(run_pagedllm(llm, requests, profile))
         runs[profile]["sampling"] = profile
+        steps = engine.stats.num_steps - steps
+        runs[profile]["all_reduced_bytes_per_step"] = (engine.executor.stats()[0]["all_reduced_bytes"]
+                                                       - reduced) / max(steps, 1)
     result = runs[profiles[0]]
+    result.update(tensor_parallel_size=engine.config.tensor_parallel_size,
+                  torch_threads_per_rank=getattr(engine.executor, "num_threads", None) or _threads())
     if len(runs) == 2:
         result["penalties_run"] = runs["penalties"]
         result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
@@ -131,9 +142,16 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result.update(bench_lora(llm, args, requests, result))
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
-    del llm
+    engine.shutdown()  # worker processes (tensor parallelism) end here, before the next backend runs
+    del llm, engine
     gc.collect()
     return result
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def bench_lora(llm, args, requests: list[SyntheticRequest], base: dict) -> dict:
@@ -217,6 +235,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + "
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
+    if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1:  # the one-rank baseline, first
+        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1})
+        results["pagedllm_tp1"] = _done("pagedllm (TP=1)", bench_pagedllm(one_rank, dtype_name, requests))
     if args.backend in ("pagedllm", "both"):
         results["pagedllm"] = _done("pagedllm", bench_pagedllm(args, dtype_name, requests))
     if args.backend in ("hf", "both"):
@@ -233,6 +254,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "workload": stats,
         "results": results,
         "ratio_pagedllm_over_hf": ratio,
+        "ratio_tp_over_tp1": (results["pagedllm"]["output_tokens_per_s"]
+                              / results["pagedllm_tp1"]["output_tokens_per_s"] if "pagedllm_tp1" in results else None),
         "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -253,6 +276,9 @@ def format_table(report: dict) -> str:
     ]
     for name, r in report["results"].items():
         label = f"hf (batch {r['batch_size']})" if name == "hf" else f"{name} ({r.get('sampling', 'greedy')})"
+        if name.startswith("pagedllm") and r.get("tensor_parallel_size", 1) > 1 or name == "pagedllm_tp1":
+            label = (f"pagedllm TP={r['tensor_parallel_size']} ({r['torch_threads_per_rank']} thread(s) per rank, "
+                     f"{r['all_reduced_bytes_per_step'] / 1024:.0f} KiB all-reduced per step per rank)")
         for row_label, row in [(label, r)] + ([("pagedllm (penalties)", r["penalties_run"])]
                                               if "penalties_run" in r else []):
             lines.append(f"| {row_label} | {row['requests_per_s']:.2f} | {row['output_tokens_per_s']:.1f} | "
@@ -261,6 +287,8 @@ def format_table(report: dict) -> str:
     lines.append("")
     lines.append(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens, "
                  f"{report['model']}, {report['dtype']} on {report['device']}")
+    if report.get("ratio_tp_over_tp1") is not None:
+        lines.append(f"ratio TP={paged_tp(report)}/TP=1 (output tok/s): {report['ratio_tp_over_tp1']:.2f}x")
     if report["ratio_pagedllm_over_hf"] is not None:
         lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
     paged = report["results"].get("pagedllm", {})
@@ -274,6 +302,10 @@ def format_table(report: dict) -> str:
     if "lora_cost_per_extra_adapter" in paged:
         lines.append(f"cost per extra adapter in a batch: {paged['lora_cost_per_extra_adapter']:.1%} of base tok/s")
     return "\n".join(lines)
+
+
+def paged_tp(report: dict) -> int:
+    return report["results"]["pagedllm"]["tensor_parallel_size"]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -272,6 +272,9 @@ class AsyncEngine:
                 self._put_now(stream, err)
             self._streams.clear()
             self._fail_inbox(err)
+        finally:
+            if config is not None:  # an engine built here is stopped here: its worker processes (TP) too
+                self.engine.shutdown()
 
     def _drain(self, block: bool) -> bool:
         """Apply queued adds/aborts (waiting for one when idle); False once asked to stop."""

@@ -18,7 +18,9 @@ import torch
 from transformers import AutoConfig, GenerationConfig
 
 from pagedllm.config import STATS_LOG_INTERVAL_S, EngineConfig, GiB, resolve_dtype, warn_without_effect
+from pagedllm.distributed import check_tensor_parallel
 from pagedllm.engine.block_manager import BlockManager, NoKVCache
+from pagedllm.engine.executor import RunnerSpec, make_executor
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.engine.sequence import Sequence
@@ -34,7 +36,6 @@ from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import IncrementalDetokenizer, load_tokenizer
 from pagedllm.worker.cache_engine import DEFAULT_CPU_KV_CACHE_BYTES, bytes_per_block
-from pagedllm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 POOLING_TOKEN_BUDGET = 2048  # default tokens per step of a pooling model: MiniLM on 2 cores peaked there (bench embed: 1024-8192 tried)
@@ -105,30 +106,18 @@ class LLMEngine:
         self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         gguf_file = quantized_gguf(config, resolved, self.device)
-        self.runner = ModelRunner(self.hf_config, resolved.path, self.dtype, self.device, self.max_model_len,
-                                  config.block_size, config.attention_backend, config.model_impl, model_cls,
-                                  gguf_file=gguf_file)
-        self.lora_manager = self._init_lora()
-        pooling = self.runner_type == "pooling"
-        self.pooler = (resolve_pooler(config.pooler_config, resolved.path,
-                                      getattr(model_cls, "default_pooling_type", "LAST")) if pooling else None)
-        if self.runner.needs_kv_cache:
-            num_blocks = self._num_kv_blocks()
-            self._check_fits(num_blocks)
-            self.runner.allocate_kv_cache(num_blocks)
-            if self.device.type == "cuda" and not config.enforce_eager and not pooling:
-                self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
-            # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
-            self.block_manager = BlockManager(num_blocks, config.block_size,
-                                              config.enable_prefix_caching and not pooling)
-        else:
-            num_blocks = 0
-            self.block_manager = NoKVCache(config.block_size)
-        chunked = config.enable_chunked_prefill and not pooling
-        self.max_num_batched_tokens = budget = self._token_budget(chunked)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, chunked)
-        if self.lora_manager is not None:
-            self.scheduler.max_loras = self.config.max_loras
+        self._check_parallel(model_cls, gguf_file)
+        # the executor builds the model runner(s): in this process for one rank, plus worker processes for more
+        self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
+                                                         self.max_model_len, config.block_size,
+                                                         config.attention_backend, config.model_impl,
+                                                         config.trust_remote_code, gguf_file), model_cls)
+        self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
+        try:
+            num_blocks = self._set_up_cache_and_scheduler(model_cls, resolved.path)
+        except BaseException:
+            self.executor.shutdown()  # a failed start leaves no worker process behind
+            raise
         self.eos_token_ids = self._eos_token_ids()
         self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
         self.sequences: dict[str, Sequence] = {}
@@ -141,6 +130,58 @@ class LLMEngine:
                     num_blocks * config.block_size, self.max_model_len)
 
     # ---- set-up --------------------------------------------------------------------
+    def _set_up_cache_and_scheduler(self, model_cls, model_path: str) -> int:
+        """LoRA, pooler, KV cache (sized, checked, allocated on every rank), block manager and scheduler;
+        returns the number of KV blocks."""
+        config = self.config
+        self.lora_manager = self._init_lora()
+        pooling = self.runner_type == "pooling"
+        self.pooler = (resolve_pooler(config.pooler_config, model_path,
+                                      getattr(model_cls, "default_pooling_type", "LAST")) if pooling else None)
+        if self.runner.needs_kv_cache:
+            num_blocks = self._num_kv_blocks()
+            self._check_fits(num_blocks)
+            self.executor.allocate_kv_cache(num_blocks)
+            one_rank = self.executor.world_size == 1  # decode graphs replay one process's kernels
+            if self.device.type == "cuda" and not config.enforce_eager and not pooling and one_rank:
+                self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
+            # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
+            self.block_manager = BlockManager(num_blocks, config.block_size,
+                                              config.enable_prefix_caching and not pooling)
+        else:
+            num_blocks = 0
+            self.block_manager = NoKVCache(config.block_size)
+        chunked = config.enable_chunked_prefill and not pooling
+        self.max_num_batched_tokens = budget = self._token_budget(chunked)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget, chunked)
+        if self.lora_manager is not None:
+            self.scheduler.max_loras = self.config.max_loras
+        return num_blocks
+
+    def _check_parallel(self, model_cls, gguf_file: str | None) -> None:
+        """What tensor parallelism does not cover yet, refused before any worker starts."""
+        tp = self.config.tensor_parallel_size
+        if tp == 1:
+            return
+        if gguf_file is not None:  # GGUF block matrices are not split into shards yet
+            raise ValueError(f"tensor_parallel_size={tp}: a GGUF file runs quantized on one rank in this release; "
+                             "use tensor_parallel_size=1, or dequantize_gguf=True (--dequantize-gguf) to shard it "
+                             "dense")
+        check_tensor_parallel(self.hf_config, tp)
+        if self.runner_type == "pooling":
+            raise ValueError(f"tensor_parallel_size={tp}: pooling (embedding) models run with one rank in this "
+                             "release; use tensor_parallel_size=1")
+        if self.config.enable_lora:
+            raise ValueError(f"tensor_parallel_size={tp} with enable_lora=True is not supported yet; use "
+                             "tensor_parallel_size=1 for LoRA adapters")
+        if model_cls.__name__.startswith("Transformers"):  # the transformers fallback cannot shard
+            raise ValueError(f"tensor_parallel_size={tp} needs a native model (model_impl='native'); "
+                             f"{type(self.hf_config).__name__} runs through transformers here")
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (tensor parallelism); the engine cannot step afterwards."""
+        self.executor.shutdown()
+
     def _derive_max_model_len(self, model_cls, model_path: str) -> int:
         # ChatGLM configs call the context length `seq_length`, Baichuan-13B `model_max_length` (vLLM reads all)
         key = next((k for k in ("max_position_embeddings", "seq_length", "model_max_length")
@@ -180,7 +221,12 @@ class LLMEngine:
             budget = self._profile_gpu_budget(per_block)
         else:
             budget = DEFAULT_CPU_KV_CACHE_BYTES
-        return max(int(budget // per_block), 0)
+        blocks = max(int(budget // per_block), 0)
+        if self.executor.world_size == 1:
+            return blocks
+        on_gpu = self.device.type == "cuda" and self.config.kv_cache_memory is None
+        return self.executor.num_kv_blocks(blocks, per_block, None if on_gpu else budget,
+                                           self.config.gpu_memory_utilization, self._activation_reserve())
 
     def _profile_gpu_budget(self, per_block: int) -> int:
         """Bytes for KV under the utilization cap, after weights and an activation reserve.
@@ -193,10 +239,7 @@ class LLMEngine:
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
-        n = self.config.max_num_batched_tokens or 2048
-        cfg = self.hf_config
-        width = cfg.hidden_size * 8 + getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 3
-        reserve = n * width * self.dtype.itemsize + self.config.max_num_seqs * cfg.vocab_size * 4 * 3
+        reserve = self._activation_reserve()
         cap = total * self.config.gpu_memory_utilization
         budget = int(cap - (total - free) - reserve)
         if budget < per_block:
@@ -207,6 +250,13 @@ class LLMEngine:
                 f"or allocations) and one step needs ~{reserve / GiB:.2f} GiB of activations: no room is left for "
                 "the KV cache; raise gpu_memory_utilization, or free the device")
         return budget
+
+    def _activation_reserve(self) -> int:
+        """Bytes one step of ``max_num_batched_tokens`` tokens may need for activations (GPU sizing)."""
+        n = self.config.max_num_batched_tokens or 2048
+        cfg = self.hf_config
+        width = cfg.hidden_size * 8 + getattr(cfg, "intermediate_size", 4 * cfg.hidden_size) * 3
+        return n * width * self.dtype.itemsize + self.config.max_num_seqs * cfg.vocab_size * 4 * 3
 
     def _check_fits(self, num_blocks: int) -> None:
         bs = self.config.block_size
@@ -410,7 +460,7 @@ class LLMEngine:
                 s.seq.metrics.first_scheduled_time = now
         if self.runner_type == "pooling":
             return self._pooling_step(scheduled)
-        out = self.runner.execute(scheduled)
+        out = self.executor.execute_model(scheduled)
         stats = self.stats
         stats.num_steps += 1
         stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
@@ -456,7 +506,7 @@ class LLMEngine:
 
     def _pooling_step(self, scheduled) -> list[PoolingRequestOutput]:
         """Every scheduled input is whole: pool it, free it, report it."""
-        vectors = self.runner.execute_pooling(scheduled, self.pooler)
+        vectors = self.executor.execute_pooling(scheduled, self.pooler)
         stats, now = self.stats, time.time()
         stats.num_steps += 1
         stats.max_batch_size = max(stats.max_batch_size, len(scheduled))
@@ -479,7 +529,7 @@ class LLMEngine:
     def _finish(self, seq: Sequence) -> None:
         """Free a finished or aborted sequence's blocks and its runner-side generator."""
         self.scheduler.finish(seq)
-        self.runner.release(((seq.request_id, seq.index),))
+        self.executor.release(((seq.request_id, seq.index),))
 
     # ---- request set-up and stop rules ----------------------------------------------
     def _check_params(self, params: SamplingParams) -> None:

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 class ModelRunner:
     lora_manager = None  # a pagedllm.lora.manager.LoRAManager when the engine serves adapters
+    # the other tensor-parallel ranks (``MultiprocExecutor``) when this is rank 0 of several: told each
+    # step's batch before the forward and the rows before each LM-head call, so every rank joins the
+    # same collectives; None with one rank
+    peers = None
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
@@ -181,9 +185,17 @@ class ModelRunner:
                 and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
         else:
+            if self.peers is not None:
+                self.peers.broadcast_forward(input_ids, positions, md)
             with set_forward_context(md, lora):
                 hidden = self.model(input_ids, positions)
         return order, ordered, hidden, last_idx
+
+    def _logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM head over ``hidden[rows]`` (or all of ``hidden``); the other ranks run it on the same rows."""
+        if self.peers is not None:
+            self.peers.broadcast_logits(hidden if rows is None else rows)
+        return self.model.compute_logits(hidden if rows is None else hidden[rows.to(self.device)])
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> SamplerOutput:
@@ -191,12 +203,12 @@ class ModelRunner:
         order, ordered, hidden, last_idx = self._forward_paged(scheduled)
         prompt_logprobs = None
         if any(s.seq.params.prompt_logprobs is not None for s in ordered):
-            prompt_logprobs = compute_prompt_logprobs(self.model.compute_logits, hidden, ordered, order, last_idx)
+            prompt_logprobs = compute_prompt_logprobs(self._logits, hidden, ordered, order, last_idx)
         rows = [i for i, s in enumerate(ordered) if s.samples]
         if not rows:
             return SamplerOutput.empty(prompt_logprobs)
         seqs = [ordered[i].seq for i in rows]
-        logits = self.model.compute_logits(hidden[last_idx[rows].to(self.device)]).float()
+        logits = self._logits(hidden, last_idx[rows]).float()
         generators = [None if s.params.seed is None else self._generator(s) for s in seqs]
         batch = SamplingBatch.build([s.params for s in seqs], generators, self.vocab_size, self.device, seqs=seqs)
         token_ids, logprobs, top_logprobs = self.sampler(logits, batch)

@@ -35,8 +35,10 @@ def test_engine_args_validation(tmp_path):
         LLM("whatever", block_size=7)
     with pytest.raises(ValueError, match="dtype"):
         LLM("whatever", dtype="float8")
-    with pytest.raises(ValueError, match="tensor_parallel_size"):
-        LLM("whatever", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="pipeline_parallel_size"):
+        LLM("whatever", pipeline_parallel_size=2)
+    with pytest.raises(ValueError, match="distributed_executor_backend='ray' with tensor_parallel_size=2"):
+        LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="ray")
 
 
 def test_generate_validation(llm):

@@ -35,3 +35,14 @@ def test_architecture_whose_tensors_transformers_rewrites(monkeypatch):
     monkeypatch.setattr(gguf_tensors, "read_gguf_index", lambda path: ("bloom", []))
     with pytest.raises(ValueError, match="GGUF architecture 'bloom' needs tensor rewriting.*dequantize_gguf=True"):
         list(gguf_tensors.iterate_gguf_tensors("x.gguf", LlamaConfig(**TINY), "folder"))
+
+
+def test_tensor_parallel_over_a_quantized_gguf_file():
+    """GGUF block matrices are not split into shards: TP over a quantized file is refused before any worker
+    starts, naming the dense switch."""
+    from model_fixtures import BUNDLED
+    from pagedllm import LLM
+
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2: a GGUF file runs quantized on one rank.*"
+                                         r"dequantize_gguf=True"):
+        LLM(BUNDLED, tensor_parallel_size=2)

@@ -1,0 +1,246 @@
+"""``mp``: tensor parallelism over local processes, rank 0 in the engine's process (as vLLM runs it).
+
+Start-up: the driver hosts a torch.distributed TCPStore and a socket listener, starts ranks
+1..N-1 as fresh interpreters (``pagedllm.worker.worker``), sends each its ``RunnerSpec``, joins the
+group itself as rank 0 and builds its own shard while they build theirs. Collectives are gloo on
+CPU and NCCL on CUDA. Each rank runs ``torch.set_num_threads(max(1, cores // N))`` so the ranks do
+not oversubscribe the machine (the driver's previous setting is restored at shutdown).
+
+Each step the driver's runner sends the flat batch to the workers before its own forward
+(``ModelRunner.peers``); nothing comes back but the collectives. A worker that dies is seen at
+the next send, or by the collective it leaves (gloo closes its sockets): the step raises
+``WorkerDiedError`` naming the rank and exit code, and the other workers are shut down (as on
+any error in a step: the ranks may be left waiting in different collectives). Shutdown
+(``shutdown``, the engine's garbage collection, interpreter exit) stops every worker: asked
+first, killed after a grace period.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import pickle
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+
+import torch
+import torch.distributed as dist
+
+from pagedllm import distributed
+from pagedllm.attention.backend import StepState
+from pagedllm.engine.executor import Executor, RunnerSpec, WorkerDiedError, runner_param_bytes
+from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.worker import ADDRESS_ENV, KEY_ENV, RANK_ENV
+from pagedllm.worker.worker_protocol import recv, send
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0  # loading a large shard can take minutes; a dead worker is seen at once
+STOP_GRACE_S = 5.0
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_placeable(world_size: int, device: torch.device) -> None:
+    """Fail before starting anything when the machine cannot place ``world_size`` ranks."""
+    if device.type == "cuda":
+        have = torch.cuda.device_count()
+        if have < world_size:
+            raise ValueError(f"tensor_parallel_size={world_size} needs {world_size} CUDA devices, one per rank; "
+                             f"{have} visible (CUDA_VISIBLE_DEVICES); use tensor_parallel_size <= {have}")
+        return
+    have = available_cores()
+    if have < world_size:
+        raise ValueError(f"tensor_parallel_size={world_size} needs {world_size} CPU cores, one per rank; this process "
+                         f"may use {have} (os.sched_getaffinity); use tensor_parallel_size <= {have}")
+
+
+class MultiprocExecutor(Executor):
+    def __init__(self, spec: RunnerSpec, world_size: int, model_cls=None):
+        check_placeable(world_size, spec.device)
+        self.world_size = world_size
+        self.procs: list[subprocess.Popen] = []
+        self.conns: list[Connection] = []
+        self._previous_threads = torch.get_num_threads()
+        self.num_threads = max(1, available_cores() // world_size)
+        self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.conns, self._previous_threads)
+        backend = "nccl" if spec.device.type == "cuda" and dist.is_nccl_available() else "gloo"
+        store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=START_TIMEOUT_S))
+        try:
+            self._start_workers(spec, store.port, backend)
+            torch.set_num_threads(self.num_threads)
+            distributed.init_tensor_parallel(0, world_size, store, backend)
+            device = torch.device("cuda", 0) if spec.device.type == "cuda" else spec.device
+            self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, device,
+                                             spec.max_model_len, spec.block_size, spec.attention_backend,
+                                             spec.model_impl, model_cls)
+            self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
+            infos = [self._expect(rank, "ready") for rank in range(1, world_size)]
+        except BaseException:
+            self.shutdown()
+            raise
+        self.store = store
+        self.worker_param_bytes = [info["param_bytes"] for info in infos]
+        logger.info("tensor parallel: %d ranks (%s), %d torch thread(s) per rank", world_size, backend,
+                    self.num_threads)
+
+    # ---- start-up ------------------------------------------------------------------------
+    def _start_workers(self, spec: RunnerSpec, store_port: int, backend: str) -> None:
+        key = secrets.token_bytes(32)
+        server = socket.create_server(("127.0.0.1", 0))
+        server.settimeout(0.2)
+        address = "127.0.0.1:%d" % server.getsockname()[1]
+        try:
+            for rank in range(1, self.world_size):
+                env = {**os.environ, ADDRESS_ENV: address, KEY_ENV: key.hex(), RANK_ENV: str(rank)}
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-P", "-c", "from pagedllm.worker.worker import main; main()"],
+                    env=env, stdin=subprocess.DEVNULL))
+            by_rank: dict[int, Connection] = {}
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while len(by_rank) < len(self.procs):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tensor-parallel workers did not connect within {START_TIMEOUT_S:.0f} s")
+                try:
+                    sock, _ = server.accept()
+                except (socket.timeout, BlockingIOError):
+                    continue
+                sock.setblocking(True)
+                conn = Connection(sock.detach())
+                deliver_challenge(conn, key)
+                answer_challenge(conn, key)
+                kind, rank, _pid = recv(conn)
+                by_rank[rank] = conn
+            self.conns.extend(by_rank[rank] for rank in range(1, self.world_size))
+        finally:
+            server.close()
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "hf_config"}
+        common = dict(fields, world_size=self.world_size, store_host="127.0.0.1",
+                      store_port=store_port, backend=backend, num_threads=self.num_threads)
+        for rank, conn in enumerate(self.conns, start=1):
+            send(conn, {**common, "rank": rank})
+
+    def _expect(self, rank: int, kind: str, timeout: float = START_TIMEOUT_S):
+        """The next message of ``rank``, which must be ``kind``; a dead worker or an error it sent raises."""
+        conn, proc = self.conns[rank - 1], self.procs[rank - 1]
+        deadline = time.monotonic() + timeout
+        while not conn.poll(0.2):
+            if proc.poll() is not None:
+                raise self._died(rank)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tensor-parallel rank {rank} did not answer {kind!r} within {timeout:.0f} s")
+        try:
+            message = recv(conn)
+        except (EOFError, ConnectionError):
+            proc.wait(STOP_GRACE_S)
+            raise self._died(rank) from None
+        if message[0] == "error":
+            raise RuntimeError(f"tensor-parallel rank {rank} failed to start:\n{message[1]}")
+        if message[0] != kind:
+            raise RuntimeError(f"tensor-parallel rank {rank} answered {message[0]!r}, expected {kind!r}")
+        return message[1] if len(message) > 1 else None
+
+    def _died(self, rank: int) -> WorkerDiedError:
+        proc = self.procs[rank - 1]
+        return WorkerDiedError(f"tensor-parallel worker rank {rank} (pid {proc.pid}) died with exit code "
+                               f"{proc.returncode}; the engine has stopped its other workers and cannot run more "
+                               "steps: start a new one")
+
+    def _check_alive(self) -> None:
+        for rank, proc in enumerate(self.procs, start=1):
+            if proc.poll() is not None:
+                raise self._died(rank)
+
+    # ---- what the driver's runner calls every step -------------------------------------------
+    def _broadcast(self, message: tuple) -> None:
+        self._check_alive()
+        data = pickle.dumps(message, protocol=5)
+        for rank, conn in enumerate(self.conns, start=1):
+            try:
+                conn.send_bytes(data)
+            except (BrokenPipeError, ConnectionError, OSError):
+                self.procs[rank - 1].wait(STOP_GRACE_S)
+                raise self._died(rank) from None
+
+    def broadcast_forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> None:
+        shipped = dataclasses.replace(metadata, backend_state=StepState())  # each rank prepares its own
+        self._broadcast(("forward", input_ids, positions, shipped))
+
+    def broadcast_logits(self, rows: torch.Tensor) -> None:
+        self._broadcast(("logits", rows.cpu()))
+
+    # ---- the executor interface --------------------------------------------------------------
+    def num_kv_blocks(self, driver_blocks: int, per_block: int, budget_bytes: int | None,
+                      gpu_utilization: float, reserve: int) -> int:
+        self._broadcast(("num_blocks", per_block, budget_bytes, gpu_utilization, reserve))
+        return min([driver_blocks] + [self._expect(rank, "num_blocks") for rank in range(1, self.world_size)])
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self._broadcast(("allocate", num_blocks))
+        self.driver_runner.allocate_kv_cache(num_blocks)
+        for rank in range(1, self.world_size):
+            self._expect(rank, "allocated")
+
+    def execute_model(self, scheduled):
+        if not self._finalizer.alive:
+            raise WorkerDiedError("the tensor-parallel workers were shut down (a worker died, or the engine was shut "
+                                  "down): this engine cannot run more steps; start a new one")
+        try:
+            return self.driver_runner.execute(scheduled)
+        except WorkerDiedError:
+            self.shutdown()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a collective fails when a peer died: say which
+            dead = [rank for rank, proc in enumerate(self.procs, start=1) if proc.poll() is not None]
+            if not dead:
+                time.sleep(0.5)  # the peer's exit may trail the broken socket
+                dead = [rank for rank, proc in enumerate(self.procs, start=1) if proc.poll() is not None]
+            if dead:
+                error = self._died(dead[0])
+                self.shutdown()
+                raise error from exc
+            self.shutdown()  # the ranks may now wait in different collectives: none of them can step again
+            raise
+
+    def stats(self) -> list[dict]:
+        self._broadcast(("stats",))
+        rank0 = {"param_bytes": runner_param_bytes(self.driver_runner),
+                 "all_reduced_bytes": distributed.all_reduced_bytes}
+        return [rank0] + [self._expect(rank, "stats") for rank in range(1, self.world_size)]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def shutdown(self) -> None:
+        self._finalizer()
+
+
+def _stop_workers(procs: list[subprocess.Popen], conns: list[Connection], previous_threads: int) -> None:
+    """Ask every worker to stop, kill the ones still running after the grace period, leave the group."""
+    for conn in conns:
+        try:
+            send(conn, ("stop",))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for conn in conns:
+        conn.close()
+    distributed.destroy_tensor_parallel()
+    torch.set_num_threads(previous_threads)

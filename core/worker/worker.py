@@ -1,0 +1,139 @@
+"""A tensor-parallel worker process: one rank's model shard and KV-cache shard.
+
+The driver (rank 0, in the engine's process) keeps the scheduler, the block manager and the
+sampler; it sends each step's flat batch here (``worker_protocol``) and every rank runs the same
+forward, meeting in the layers' all-reduces. Only the driver samples: a worker computes its logits
+shard (the LM head's all-gather needs every rank) and drops the result.
+
+Started by ``MultiprocExecutor`` as ``python -P -c "from pagedllm.worker.worker import main; main()"``:
+a fresh interpreter with no repository root on ``sys.path`` and no re-import of the user's script
+(which multiprocessing's spawn would do). It connects back to the driver with the address and key
+given in its environment, and exits when the driver says stop or its connection closes.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+import traceback
+from multiprocessing.connection import Client
+
+import torch
+
+from pagedllm import distributed
+from pagedllm.worker.worker_protocol import recv, send
+
+logger = logging.getLogger("pagedllm.worker")
+
+ADDRESS_ENV, KEY_ENV, RANK_ENV = "PAGEDLLM_WORKER_ADDRESS", "PAGEDLLM_WORKER_AUTHKEY", "PAGEDLLM_WORKER_RANK"
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get(RANK_ENV)}] %(levelname)s %(message)s")
+    host, port = os.environ[ADDRESS_ENV].rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ[KEY_ENV]))
+    send(conn, ("hello", int(os.environ[RANK_ENV]), os.getpid()))
+    try:
+        worker = Worker(conn, recv(conn))
+    except Exception:  # noqa: BLE001 - tell the driver why, then exit
+        send(conn, ("error", traceback.format_exc()))
+        sys.exit(1)
+    worker.serve()
+
+
+class Worker:
+    def __init__(self, conn, spec: dict):
+        from pagedllm.worker.model_runner import ModelRunner
+
+        self.conn = conn
+        self.rank = spec["rank"]
+        torch.set_num_threads(spec["num_threads"])
+        device = spec["device"]
+        if device.type == "cuda":
+            device = torch.device("cuda", self.rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        store = torch.distributed.TCPStore(spec["store_host"], spec["store_port"], spec["world_size"],
+                                           is_master=False, timeout=datetime.timedelta(seconds=120))
+        distributed.init_tensor_parallel(self.rank, spec["world_size"], store, spec["backend"])
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(spec["model_path"], trust_remote_code=spec["trust_remote_code"])
+        self.runner = ModelRunner(hf_config, spec["model_path"], spec["dtype"], device,
+                                  spec["max_model_len"], spec["block_size"], spec["attention_backend"],
+                                  spec["model_impl"])
+        self.hidden: torch.Tensor | None = None
+        send(conn, ("ready", {"kv_shape": self.runner.kv_shape, "param_bytes": self.param_bytes()}))
+
+    def param_bytes(self) -> int:
+        from pagedllm.engine.executor import runner_param_bytes
+
+        return runner_param_bytes(self.runner)
+
+    def serve(self) -> None:
+        """Answer the driver until it says stop or goes away (EOF: the driver died)."""
+        try:
+            while True:
+                message = recv(self.conn)
+                kind = message[0]
+                if kind == "forward":
+                    self.forward(*message[1:])
+                elif kind == "logits":
+                    self.logits(message[1])
+                elif kind == "num_blocks":
+                    send(self.conn, ("num_blocks", self.num_blocks(*message[1:])))
+                elif kind == "allocate":
+                    self.runner.allocate_kv_cache(message[1])
+                    send(self.conn, ("allocated",))
+                elif kind == "stats":
+                    send(self.conn, ("stats", {"param_bytes": self.param_bytes(),
+                                               "all_reduced_bytes": distributed.all_reduced_bytes}))
+                elif kind == "stop":
+                    break
+                else:
+                    raise ValueError(f"unknown message {kind!r}")
+        except (EOFError, ConnectionError):
+            pass  # the driver is gone: nothing to answer
+        finally:
+            distributed.destroy_tensor_parallel()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> None:
+        from pagedllm.forward_context import set_forward_context
+
+        input_ids, positions, metadata = (to_device(x, self.device) for x in (input_ids, positions, metadata))
+        self.runner.backend_cls.prepare(metadata)
+        with set_forward_context(metadata):
+            self.hidden = self.runner.model(input_ids, positions)
+
+    @torch.inference_mode()
+    def logits(self, rows) -> None:
+        """Rows of this step's hidden states (an index tensor, or hidden rows themselves): the LM
+        head's gather needs this rank's shard; the driver keeps the result."""
+        hidden = self.hidden[rows.to(self.device)] if not rows.is_floating_point() else rows.to(self.device)
+        self.runner.model.compute_logits(hidden)
+
+    def num_blocks(self, per_block: int, budget_bytes: int | None, gpu_utilization: float, reserve: int) -> int:
+        """How many KV blocks fit on this rank: the driver allocates the minimum over ranks."""
+        if budget_bytes is None and self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget_bytes = int(total * gpu_utilization - (total - free) - reserve)
+        return max(int((budget_bytes or 0) // per_block), 0)
+
+
+def to_device(value, device: torch.device):
+    """A tensor, or a dataclass of tensors (the step's attention metadata), on this rank's device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if device.type == "cpu":
+        return value
+    for name in value.__slots__:
+        field = getattr(value, name)
+        if isinstance(field, torch.Tensor):
+            setattr(value, name, field.to(device))
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`pagedllm serve -tp 2` as users start it: it answers, and when its worker is killed a request fails
+with an error (no hang), /health answers 503, and stopping the server leaves no process. ``slow``."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+from live_server import free_port, tiny_model_dir  # noqa: F401 - fixtures
+from process_group import stop_group
+from tensor_parallel_helpers import TWO_CORES
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TWO_CORES, reason="tensor_parallel_size=2 needs 2 CPU cores")]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_worker_fails_requests_and_health(tiny_model_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "pagedllm.entrypoints.cli", "serve", tiny_model_dir, "--port", str(port),
+         "-tp", "2", "--dtype", "float32", "--kv-cache-memory", "8M", "--max-model-len", "512",
+         "--served-model-name", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        deadline = time.time() + 180
+        while not any("OpenAI(" in ln for ln in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            assert time.time() < deadline, "".join(lines)
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        base = f"http://127.0.0.1:{port}"
+        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        assert requests.post(base + "/v1/completions", json=body, timeout=60).status_code == 200
+        assert requests.get(base + "/health", timeout=10).status_code == 200
+        (worker,) = children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        started = time.monotonic()
+        failed = requests.post(base + "/v1/completions", json={**body, "max_tokens": 64}, timeout=60)
+        assert failed.status_code >= 500 and time.monotonic() - started < 30, failed.text
+        assert "rank 1" in failed.text, failed.text
+        assert requests.get(base + "/health", timeout=10).status_code == 503
+    finally:
+        stop_group(proc)
+    assert not alive(worker)

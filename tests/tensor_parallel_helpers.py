@@ -1,0 +1,71 @@
+"""Shared by the tensor-parallel tests (``tests/engine``, ``tests/models``): run an engine at TP=1 or
+TP=2 and compare, list this process's children, save a tiny random model."""
+from __future__ import annotations
+
+import os
+import zlib
+
+import torch
+
+from model_fixtures import tokenizer_path
+from pagedllm import LLM, SamplingParams
+
+TWO_CORES = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
+LOGPROB_TOLERANCE = 1e-4
+
+
+def child_pids() -> list[int]:
+    """This process's live children (a worker left behind would be one)."""
+    pid = os.getpid()
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return children
+
+
+def save_model(path, config) -> str:
+    """A tiny random HF model of ``config`` (larger weights than the init, so logits are not flat)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(zlib.crc32(type(config).__name__.encode()))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.08)
+            elif "norm" in name or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.normal_(0, 0.05)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
+    return str(path)
+
+
+def run(path: str, tp: int, prompts, max_tokens: int, prompt_logprobs: int | None = None, **engine_args):
+    """Greedy outputs of an engine with ``tp`` ranks, its per-rank stats, then the engine shut down."""
+    llm = LLM(path, dtype="float32", kv_cache_memory=16 << 20, tensor_parallel_size=tp, **engine_args)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, logprobs=1,
+                            prompt_logprobs=prompt_logprobs)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    stats = llm.llm_engine.executor.stats()
+    llm.llm_engine.shutdown()
+    return outs, stats
+
+
+def assert_same_generation(reference, got) -> float:
+    """Same tokens; logprobs of the chosen tokens within tolerance. Returns the largest logprob difference."""
+    worst = 0.0
+    for ref, out in zip(reference, got):
+        a, b = ref.outputs[0], out.outputs[0]
+        assert b.token_ids == a.token_ids, ref.prompt
+        for ids, pos_ref, pos_got in zip(a.token_ids, a.logprobs, b.logprobs):
+            worst = max(worst, abs(pos_ref[ids].logprob - pos_got[ids].logprob))
+        for k, (p_ref, p_got) in enumerate(zip(ref.prompt_logprobs or [], out.prompt_logprobs or [])):
+            if p_ref is None:
+                continue
+            token = ref.prompt_token_ids[k]
+            worst = max(worst, abs(p_ref[token].logprob - p_got[token].logprob))
+    assert worst <= LOGPROB_TOLERANCE, worst
+    return worst
