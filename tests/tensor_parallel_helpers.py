@@ -15,13 +15,23 @@ LOGPROB_TOLERANCE = 1e-4
 
 
 def child_pids() -> list[int]:
-    """This process's live children (a worker left behind would be one)."""
+    """This process's live children (a worker left behind would be one), but multiprocessing's resource
+    tracker: the first spawn-context pool of the session (bench models/adapters) starts it, and it lives
+    as long as this process."""
     pid = os.getpid()
     children = []
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as f:
             children += [int(c) for c in f.read().split()]
-    return children
+    return [c for c in children if not _is_resource_tracker(c)]
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:  # ended meanwhile
+        return False
 
 
 def save_model(path, config) -> str:

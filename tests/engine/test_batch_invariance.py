@@ -8,7 +8,7 @@ from pagedllm import LLM, SamplingParams
 MAX_TOKENS = 24
 
 
-def mixed_prompts(n: int = 32) -> list[str]:
+def mixed_prompts(n: int = 16) -> list[str]:
     """Mixed lengths (about 5 to 150 tokens), sharing prefixes so the prefix cache has work."""
     prompts = []
     for i in range(n):
@@ -39,7 +39,7 @@ def test_batch_equals_alone_and_prefix_cache_hits(bundled_llm_fp32, alone):
 
 
 def test_batch_equals_alone_under_preemption(alone):
-    # 48 blocks hold far less than 32 running sequences; the block size comes from the model's shapes.
+    # 48 blocks hold far less than 16 running sequences; the block size comes from the model's shapes.
     from transformers import AutoConfig
 
     from pagedllm.worker.cache_engine import bytes_per_block
