@@ -2,9 +2,14 @@
 by the call grammar) against the same prompts decoded freely, same engine, same run (issue 18: >= 0.8x).
 
 Both runs render the same chat prompts with the same tools in them (``tool_calling.messages_for_template``,
-as the server does) and decode greedily with the same ``max_tokens``; the rate is generated tokens per
-second of wall time, best of ``--repeats`` alternating runs. The forced answers are also parsed and
-validated against their functions' JSON schemas, so a fast wrong grammar cannot pass for a result.
+as the server does) and decode greedily. A forced call is shorter than a free answer, and fewer tokens per
+prompt would charge its prefill to fewer tokens: so each forced run fixes each prompt's answer length,
+and the free run after it decodes exactly as many tokens per prompt (``ignore_eos``; a cached prefix can
+change a greedy answer's length between runs, so the lengths are taken afresh each time). The two runs do the same
+prefills and decode steps, and differ only by the grammar's masks. The rate is generated tokens per second
+of wall time, best of ``--repeats`` alternating runs. The forced answers are also parsed and validated
+against their functions' JSON schemas, so a fast wrong grammar cannot pass for a result; answers cut by
+``max_tokens`` are counted apart.
 """
 from __future__ import annotations
 
@@ -75,25 +80,31 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for text in prompts(args.num_prompts, args.seed):
         messages = messages_for_template([{"role": "user", "content": text}], TOOLS, tokenizer.chat_template)
         prompt_ids.append(tokenizer.encode(render_chat(tokenizer, messages, tools=TOOLS), add_special_tokens=False))
-    free = SamplingParams(temperature=0, max_tokens=args.max_tokens, frequency_penalty=0.5)
     forced = SamplingParams(temperature=0, max_tokens=args.max_tokens, frequency_penalty=0.5,
                             structured_outputs=StructuredOutputsParams(
                                 json=forced_call_schema(TOOLS, parallel=True), disable_any_whitespace=True,
                                 disable_additional_properties=True))
-    _run(llm, prompt_ids[:4], free)  # warm-up: kernels, the grammar engine's tokenizer view
-    _run(llm, prompt_ids[:4], forced)
+    def free_like(outs):  # as many tokens per prompt as the forced run gave it
+        return [SamplingParams(temperature=0, max_tokens=len(o.outputs[0].token_ids), ignore_eos=True,
+                               frequency_penalty=0.5) for o in outs]
+
+    warm, _ = _run(llm, prompt_ids[:4], forced)  # warm-up: kernels, the grammar engine's tokenizer view
+    _run(llm, prompt_ids[:4], free_like(warm))
     best = {"free": None, "forced": None}
     outputs = {}
-    for _ in range(args.repeats):
-        for name, params in (("free", free), ("forced", forced)):
-            outs, seconds = _run(llm, prompt_ids, params)
+    for _ in range(args.repeats):  # each free run follows the forced run whose lengths it copies
+        outputs["forced"], seconds = _run(llm, prompt_ids, forced)
+        timed = {"forced": (outputs["forced"], seconds), "free": _run(llm, prompt_ids, free_like(outputs["forced"]))}
+        for name, (outs, seconds) in timed.items():
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
             if best[name] is None or tokens / seconds > best[name]["tok_s"]:
                 best[name] = {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
-            outputs[name] = outs
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-    valid = 0
+    valid = cut = 0
     for out in outputs["forced"]:
+        if out.outputs[0].finish_reason == "length":
+            cut += 1
+            continue
         calls = ForcedToolParser().extract_tool_calls(out.outputs[0].text).calls
         try:
             for call in calls:
@@ -105,7 +116,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "max_tokens": args.max_tokens, "machine": machine_info(llm.llm_engine.device, load_before),
             "free": best["free"], "forced": best["forced"],
             "ratio": best["forced"]["tok_s"] / best["free"]["tok_s"],
-            "forced_valid_calls": f"{valid}/{len(outputs['forced'])}"}
+            "forced_valid_calls": f"{valid}/{len(outputs['forced']) - cut}", "forced_cut_by_max_tokens": cut}
 
 
 def format_table(report: dict) -> str:
@@ -113,8 +124,8 @@ def format_table(report: dict) -> str:
     for name, label in (("free", "unconstrained"), ("forced", 'tool_choice="required"')):
         r = report[name]
         rows.append(f"{label:<28}{r['tok_s']:>10.1f}{r['tokens']:>10}{r['seconds']:>10.2f}")
-    rows.append(f"forced / unconstrained: {report['ratio']:.2f}x; forced answers that are valid calls: "
-                f"{report['forced_valid_calls']}")
+    rows.append(f"forced / unconstrained: {report['ratio']:.2f}x; finished forced answers that are valid calls: "
+                f"{report['forced_valid_calls']} ({report['forced_cut_by_max_tokens']} cut by --max-tokens)")
     return "\n".join(rows)
 
 
