@@ -37,8 +37,9 @@ def test_engine_args_validation(tmp_path):
         LLM("whatever", dtype="float8")
     with pytest.raises(ValueError, match="pipeline_parallel_size"):
         LLM("whatever", pipeline_parallel_size=2)
-    with pytest.raises(ValueError, match="distributed_executor_backend='ray' with tensor_parallel_size=2"):
-        LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="ray")
+    with pytest.raises(ValueError, match="distributed_executor_backend='external_launcher' with "
+                                         "tensor_parallel_size=2: several ranks run on mp .* or ray"):
+        LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="external_launcher")
 
 
 def test_generate_validation(llm):
