@@ -112,8 +112,8 @@ class RayWorkerHandle:
             self.returncode = ray.get(self.serving, timeout=CAUSE_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             self.returncode, self.cause = -1, f"its process (pid {self.pid}) is gone"
-        except Exception as exc:  # noqa: BLE001 - ActorDiedError and kin: keep Ray's words, on one line
-            self.returncode, self.cause = -1, re.sub(r"\s+", " ", str(exc)).strip()[:400]
+        except Exception as exc:  # noqa: BLE001 - ActorDiedError and kin: Ray's reason, in one line
+            self.returncode, self.cause = -1, _death_reason(exc)
 
 
 class RayExecutor(MultiprocExecutor):
@@ -215,6 +215,13 @@ def _kill_actors(actors: list) -> None:
         for actor in actors:
             ray.kill(actor, no_restart=True)
     actors.clear()
+
+
+def _death_reason(exc: Exception) -> str:
+    """Ray's one-sentence reason from its long ActorDiedError text (``it was killed by `ray.kill```)."""
+    text = re.sub(r"\s+", " ", str(exc)).strip()
+    found = re.search(r"The actor is dead because (.*?)\.(?: |$)", text)
+    return found.group(1) if found else text.split(". ")[0][:200]
 
 
 def _pid_alive(pid: int) -> bool:

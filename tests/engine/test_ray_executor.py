@@ -51,6 +51,16 @@ def live_placement_groups() -> list[dict]:
     return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
 
 
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` ends within the time (a zombie counts as ended: Ray's raylet reaps it)."""
+    from pagedllm.engine.ray_executor import _pid_alive
+
+    deadline = time.monotonic() + within
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _pid_alive(pid)
+
+
 def assert_nothing_left() -> None:
     deadline = time.monotonic() + 10  # the GCS records a killed actor's death a moment later
     while (alive_actors() or live_placement_groups()) and time.monotonic() < deadline:
@@ -68,7 +78,7 @@ def test_an_engine_that_started_ray_shuts_it_down_with_itself(tiny_llama):
     llm.generate(["Hello"], SamplingParams(max_tokens=2), use_tqdm=False)
     del llm  # no garbage collection needed: nothing of the executor sits in a reference cycle
     assert not ray.is_initialized()
-    assert not os.path.exists(f"/proc/{worker}") and child_pids() == []  # the actor and Ray's own processes
+    assert gone(worker) and child_pids() == []  # the actor and Ray's own processes
 
 
 def test_tp2_over_ray_matches_tp1_and_leaves_nothing(tiny_llama, ray_cluster):
@@ -97,7 +107,8 @@ def test_killed_actor_fails_the_generation_naming_the_rank(tiny_llama, ray_clust
     (actor,), (pid,) = executor.actors, executor.worker_pids
     killer = kill_soon(lambda: ray.kill(actor) if how == "ray.kill" else os.kill(pid, signal.SIGKILL))
     started = time.monotonic()
-    with pytest.raises(WorkerDiedError, match=rf"worker rank 1 \(Ray actor \w+, pid {pid}\) died"):
+    reason = "it was killed by `ray.kill`" if how == "ray.kill" else "its worker process has died"
+    with pytest.raises(WorkerDiedError, match=rf"worker rank 1 \(Ray actor \w+, pid {pid}\) died: {reason};"):
         llm.generate(["Hello"] * 8, LONG, use_tqdm=False)  # 8 x 400 tokens: still running at the kill
     killer.join()
     assert time.monotonic() - started < 30  # an error, not a hang
@@ -143,6 +154,6 @@ def test_del_llm_leaves_no_actor_and_no_placement_group(tiny_llama, ray_cluster)
     llm.generate(["Hello"], SamplingParams(max_tokens=2), use_tqdm=False)
     started = time.monotonic()
     del llm
-    assert time.monotonic() - started < 10  # the actor stops when asked: no kill after a grace period
+    assert time.monotonic() - started < 3  # the actor stops when asked: no kill after a grace period
     assert_nothing_left()
-    assert not os.path.exists(f"/proc/{pid}")
+    assert gone(pid)
