@@ -8,9 +8,12 @@ the default suite; the failure and shutdown cases start more engines and are ``s
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,6 +82,45 @@ def test_an_engine_that_started_ray_shuts_it_down_with_itself(tiny_llama):
     del llm  # no garbage collection needed: nothing of the executor sits in a reference cycle
     assert not ray.is_initialized()
     assert gone(worker) and child_pids() == []  # the actor and Ray's own processes
+
+
+@pytest.mark.slow
+def test_killed_driver_takes_its_actor_with_it(tiny_llama, tmp_path):
+    """Ray's fate sharing: an actor dies with the process that owns it (here one that started Ray)."""
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import time\n"
+        "from pagedllm import LLM\n"
+        f"llm = LLM({tiny_llama!r}, tensor_parallel_size=2, distributed_executor_backend='ray', dtype='float32', "
+        "kv_cache_memory=16 << 20)\n"
+        "print(*llm.llm_engine.executor.worker_pids, flush=True)\n"
+        "time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, "-P", str(script)], stdout=subprocess.PIPE, text=True)
+    ray_processes = []
+    try:
+        worker = int(driver.stdout.readline())
+        ray_processes = descendants(driver.pid)  # the local Ray the driver started: GCS, raylet, agents
+        assert worker in ray_processes and not gone(worker, within=0)
+        driver.kill()
+        driver.wait()
+        assert gone(worker, within=20), "the actor outlived its driver"
+    finally:
+        driver.kill()
+        for pid in ray_processes:  # Ray's node agents notice their raylet is gone only after a minute or two
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.exists(f"/proc/{parent}") else []:
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/{parent}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+                found += children
+                todo += children
+    return found
 
 
 def test_tp2_over_ray_matches_tp1_and_leaves_nothing(tiny_llama, ray_cluster):
