@@ -108,6 +108,9 @@ class RayWorkerHandle:
         """The serve loop's exit code (0 after stop, 1 after a failed start), or -1 and Ray's reason."""
         import ray
 
+        if not ray.is_initialized():
+            self.returncode, self.cause = -1, "Ray was shut down"
+            return
         try:
             self.returncode = ray.get(self.serving, timeout=CAUSE_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
