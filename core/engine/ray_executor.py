@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 PLACEMENT_TIMEOUT_S = 30.0  # a group that fits the cluster but not its free resources: wait this long for them
 OBJECT_STORE_BYTES = 128 << 20  # a local instance's object store: nothing but start-up calls pass through it
 CAUSE_TIMEOUT_S = 2.0  # how long to ask Ray why an actor whose process is gone died
+# An actor gets its node's environment, not the driver's (an mp worker inherits it): these travel, as
+# vLLM's own variables do to its Ray workers, so every rank loads the same plugins and files.
+CARRIED_ENV_PREFIXES = ("PAGEDLLM_", "HF_", "TRANSFORMERS_", "TRITON_")
 
 
 def import_ray():
@@ -142,10 +145,12 @@ class RayExecutor(MultiprocExecutor):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         resources = dict(num_cpus=0, num_gpus=1) if self.device_type == "cuda" else dict(num_cpus=1)
+        env = {name: value for name, value in os.environ.items() if name.startswith(CARRIED_ENV_PREFIXES)}
         actor_cls = ray.remote(RayWorker)
         for rank in ranks:
             strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
-            self.actors.append(actor_cls.options(scheduling_strategy=strategy, max_restarts=0, **resources).remote())
+            self.actors.append(actor_cls.options(scheduling_strategy=strategy, max_restarts=0,
+                                                 runtime_env={"env_vars": env}, **resources).remote())
         described = ray.get([actor.describe.remote() for actor in self.actors], timeout=START_TIMEOUT_S)
         here = ray.get_runtime_context().get_node_id()
         handles = []
