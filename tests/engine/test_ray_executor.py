@@ -85,6 +85,29 @@ def test_an_engine_that_started_ray_shuts_it_down_with_itself(tiny_llama):
 
 
 @pytest.mark.slow
+def test_an_engine_joins_the_cluster_of_ray_address_and_leaves_it_running(tiny_llama, monkeypatch):
+    """A cluster started by `ray start` (2 CPUs): the engine joins it through RAY_ADDRESS, and its shutdown
+    removes its actor and placement group but leaves the cluster up."""
+    assert not ray.is_initialized()  # runs before the module's cluster fixture starts
+    cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([cli, "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        monkeypatch.setenv("RAY_ADDRESS", "auto")  # the cluster this machine started last
+        llm = LLM(tiny_llama, tensor_parallel_size=2, **RAY)
+        (worker,) = llm.llm_engine.executor.worker_pids
+        llm.generate(["Hello"], SamplingParams(max_tokens=2), use_tqdm=False)
+        del llm
+        assert not ray.is_initialized() and gone(worker)  # the engine left the cluster, and its actor ended
+        ray.init()  # the cluster is still there, with nothing of the engine's
+        assert ray.cluster_resources()["CPU"] == 2
+        assert_nothing_left()
+        ray.shutdown()
+    finally:
+        subprocess.run([cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
 def test_killed_driver_takes_its_actor_with_it(tiny_llama, tmp_path):
     """Ray's fate sharing: an actor dies with the process that owns it (here one that started Ray)."""
     script = tmp_path / "driver.py"
