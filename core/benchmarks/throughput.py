@@ -239,7 +239,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
     if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1:  # the one-rank baseline, first
-        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1})
+        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1, "distributed_executor_backend": None})
         results["pagedllm_tp1"] = _done("pagedllm (TP=1)", bench_pagedllm(one_rank, dtype_name, requests))
     if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1 and _on_ray(args):  # its peer: mp
         local = argparse.Namespace(**{**vars(args), "distributed_executor_backend": "mp"})
