@@ -134,6 +134,7 @@ class RayExecutor(MultiprocExecutor):
             start_ray(self.world_size, spec.device)
             self.cleanups.append(ray.shutdown)  # released last: the group and the actors go first
         self.placement_group = place_ranks(self.world_size, self.device_type)
+        # removing the group ends the actors in it too; killing them first does not depend on that
         self.cleanups.append(functools.partial(_remove_group, self.placement_group))
         self.cleanups.append(functools.partial(_kill_actors, self.actors))
 
