@@ -42,6 +42,17 @@ def test_engine_args_validation(tmp_path):
         LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="external_launcher")
 
 
+def test_ray_backend_without_ray_names_the_extra(monkeypatch):
+    import sys
+
+    from pagedllm.engine.ray_executor import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match=r"distributed_executor_backend='ray' needs Ray: pip install "
+                                          r"'pagedllm\[ray\]'"):
+        import_ray()
+
+
 def test_generate_validation(llm):
     with pytest.raises(ValueError, match="prompts"):
         llm.generate([], SamplingParams())

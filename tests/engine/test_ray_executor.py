@@ -185,6 +185,23 @@ def test_killed_actor_fails_the_generation_naming_the_rank(tiny_llama, ray_clust
 
 
 @pytest.mark.slow
+def test_killed_actor_fails_in_flight_async_requests(tiny_llama, ray_cluster):
+    from pagedllm.config import EngineConfig
+    from pagedllm.engine.async_engine import AsyncEngine, EngineDeadError
+
+    engine = AsyncEngine(config=EngineConfig.from_kwargs(tiny_llama, tensor_parallel_size=2, **RAY))
+    (actor,) = engine.engine.executor.actors
+    killer = kill_soon(lambda: ray.kill(actor))
+    with pytest.raises(EngineDeadError, match="WorkerDiedError.*rank 1"):
+        for _ in engine.generate_sync("Hello", LONG):
+            pass
+    killer.join()
+    assert not engine.healthy  # what /health answers 503 for
+    assert_nothing_left()
+    engine.shutdown()
+
+
+@pytest.mark.slow
 def test_more_ranks_than_the_cluster_has_fail_at_once(tiny_llama, ray_cluster):
     started = time.monotonic()
     with pytest.raises(ValueError, match=r"tensor_parallel_size=4 with distributed_executor_backend='ray' needs 4 "
