@@ -54,7 +54,7 @@ MODEL_IMPLS = ("auto", "native", "transformers")
 TOKENIZER_MODES = ("auto", "slow", "hf")
 DEVICES = ("auto", "cpu", "cuda")
 EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")  # vLLM's names
-PARALLEL_BACKENDS = (None, "mp")  # what runs tensor_parallel_size > 1 in this release (ray: a later slice)
+PARALLEL_BACKENDS = (None, "mp", "ray")  # what runs tensor_parallel_size > 1 (None: mp)
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's LoggingStatLogger interval
 
@@ -107,10 +107,11 @@ class EngineConfig:
                                                    "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
     disable_custom_all_reduce: bool = arg(False, help="vLLM's switch off its custom all-reduce kernel (no effect: "
                                                       "ranks all-reduce through torch.distributed)")
-    distributed_executor_backend: str | None = arg(None, help="vLLM's worker launcher: mp (local worker processes, "
-                                                              "the default and only choice for tensor_parallel_size "
-                                                              "> 1); uni, mp, ray or external_launcher with one rank "
-                                                              "(no effect: it runs in-process)")
+    distributed_executor_backend: str | None = arg(None, help="vLLM's worker launcher for tensor_parallel_size > 1: "
+                                                              "mp (local worker processes, the default) or ray (Ray "
+                                                              "actors, on RAY_ADDRESS's cluster or a local one; "
+                                                              "pagedllm[ray]); uni, mp, ray or external_launcher "
+                                                              "with one rank (no effect: it runs in-process)")
     cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
                                         "there already; not implemented on GPU)")
     kv_cache_dtype: str = arg("auto", help="KV-cache element type; only auto (the model's dtype) in this release")
@@ -216,9 +217,8 @@ class EngineConfig:
                              f"{_listed(EXECUTOR_BACKENDS[1:])} (or leave it unset)")
         if self.tensor_parallel_size > 1 and self.distributed_executor_backend not in PARALLEL_BACKENDS:
             raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r} with "
-                             f"tensor_parallel_size={self.tensor_parallel_size}: only the mp executor (local worker "
-                             "processes) runs several ranks in this release; use distributed_executor_backend='mp' "
-                             "or leave it unset")
+                             f"tensor_parallel_size={self.tensor_parallel_size}: several ranks run on mp (local "
+                             "processes) or ray (Ray actors) in this release; use one of them, or leave it unset (mp)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name

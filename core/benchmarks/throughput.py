@@ -8,7 +8,9 @@ warm-up, so the ratio printed at the end compares engines and not machines or se
 ``--tensor-parallel-size N`` (N > 1) pagedllm also runs at one rank in the same run
 (``pagedllm_tp1``, all cores' threads in one process) and the report gives the TP=N/TP=1 ratio and
 the bytes each rank all-reduced per step: on a CPU this prices the machinery (processes, messages,
-collectives), since the ranks share the cores one rank could use.
+collectives), since the ranks share the cores one rank could use. With
+``--distributed-executor-backend ray`` the mp executor runs at the same N too (``pagedllm_mp``), the
+peer the Ray executor is measured against (ray/mp ratio).
 """
 from __future__ import annotations
 
@@ -133,7 +135,8 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
                                                        - reduced) / max(steps, 1)
     result = runs[profiles[0]]
     result.update(tensor_parallel_size=engine.config.tensor_parallel_size,
-                  torch_threads_per_rank=getattr(engine.executor, "num_threads", None) or _threads())
+                  torch_threads_per_rank=getattr(engine.executor, "num_threads", None) or _threads(),
+                  executor=type(engine.executor).__name__)
     if len(runs) == 2:
         result["penalties_run"] = runs["penalties"]
         result["penalties_over_greedy"] = (runs["penalties"]["output_tokens_per_s"]
@@ -236,8 +239,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
     if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1:  # the one-rank baseline, first
-        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1})
+        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1, "distributed_executor_backend": None})
         results["pagedllm_tp1"] = _done("pagedllm (TP=1)", bench_pagedllm(one_rank, dtype_name, requests))
+    if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1 and _on_ray(args):  # its peer: mp
+        local = argparse.Namespace(**{**vars(args), "distributed_executor_backend": "mp"})
+        results["pagedllm_mp"] = _done("pagedllm (mp)", bench_pagedllm(local, dtype_name, requests))
     if args.backend in ("pagedllm", "both"):
         results["pagedllm"] = _done("pagedllm", bench_pagedllm(args, dtype_name, requests))
     if args.backend in ("hf", "both"):
@@ -256,9 +262,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "ratio_pagedllm_over_hf": ratio,
         "ratio_tp_over_tp1": (results["pagedllm"]["output_tokens_per_s"]
                               / results["pagedllm_tp1"]["output_tokens_per_s"] if "pagedllm_tp1" in results else None),
+        "ratio_ray_over_mp": (results["pagedllm"]["output_tokens_per_s"]
+                              / results["pagedllm_mp"]["output_tokens_per_s"] if "pagedllm_mp" in results else None),
         "machine": machine_info(device, load_before),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _on_ray(args) -> bool:
+    return getattr(args, "distributed_executor_backend", None) == "ray"
 
 
 def _done(name: str, result: dict) -> dict:
@@ -277,8 +289,9 @@ def format_table(report: dict) -> str:
     for name, r in report["results"].items():
         label = f"hf (batch {r['batch_size']})" if name == "hf" else f"{name} ({r.get('sampling', 'greedy')})"
         if name.startswith("pagedllm") and r.get("tensor_parallel_size", 1) > 1 or name == "pagedllm_tp1":
-            label = (f"pagedllm TP={r['tensor_parallel_size']} ({r['torch_threads_per_rank']} thread(s) per rank, "
-                     f"{r['all_reduced_bytes_per_step'] / 1024:.0f} KiB all-reduced per step per rank)")
+            label = (f"pagedllm TP={r['tensor_parallel_size']}{_executor_label(r)} ({r['torch_threads_per_rank']} "
+                     f"thread(s) per rank, {r['all_reduced_bytes_per_step'] / 1024:.0f} KiB all-reduced per step "
+                     "per rank)")
         for row_label, row in [(label, r)] + ([("pagedllm (penalties)", r["penalties_run"])]
                                               if "penalties_run" in r else []):
             lines.append(f"| {row_label} | {row['requests_per_s']:.2f} | {row['output_tokens_per_s']:.1f} | "
@@ -289,6 +302,8 @@ def format_table(report: dict) -> str:
                  f"{report['model']}, {report['dtype']} on {report['device']}")
     if report.get("ratio_tp_over_tp1") is not None:
         lines.append(f"ratio TP={paged_tp(report)}/TP=1 (output tok/s): {report['ratio_tp_over_tp1']:.2f}x")
+    if report.get("ratio_ray_over_mp") is not None:
+        lines.append(f"ratio ray/mp at TP={paged_tp(report)} (output tok/s): {report['ratio_ray_over_mp']:.2f}x")
     if report["ratio_pagedllm_over_hf"] is not None:
         lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
     paged = report["results"].get("pagedllm", {})
@@ -302,6 +317,11 @@ def format_table(report: dict) -> str:
     if "lora_cost_per_extra_adapter" in paged:
         lines.append(f"cost per extra adapter in a batch: {paged['lora_cost_per_extra_adapter']:.1%} of base tok/s")
     return "\n".join(lines)
+
+
+def _executor_label(result: dict) -> str:
+    names = {"MultiprocExecutor": " mp", "RayExecutor": " ray"}
+    return names.get(result.get("executor"), "") if result.get("tensor_parallel_size", 1) > 1 else ""
 
 
 def paged_tp(report: dict) -> int:

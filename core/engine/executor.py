@@ -4,7 +4,8 @@ caches, run a step, shut them down.
 ``UniProcExecutor`` (``uni``, the default for one rank): the model runner lives in the engine's
 process. ``MultiprocExecutor`` (``mp``, the default for tensor_parallel_size > 1, in
 ``mp_executor``): rank 0 runs in the engine's process as the driver and ranks 1..N-1 in local
-worker processes. Either way the engine keeps the scheduler and the block manager and reads the
+worker processes. ``RayExecutor`` (``ray``, in ``ray_executor``): the same, ranks 1..N-1 as Ray
+actors in a placement group (this machine or a cluster). Either way the engine keeps the scheduler and the block manager and reads the
 step's result (``SamplerOutput``) from the driver's runner.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ class RunnerSpec:
 
 
 class WorkerDiedError(RuntimeError):
-    """A worker process ended while the engine needed it; the engine's other workers are shut down."""
+    """A worker (process or Ray actor) ended while the engine needed it; the engine's other workers are shut down."""
 
 
 class Executor:
@@ -86,9 +87,14 @@ def runner_param_bytes(runner: ModelRunner) -> int:
 
 
 def make_executor(config, spec: RunnerSpec, model_cls=None) -> Executor:
-    """``uni`` for one rank; ``mp`` (local processes) for tensor_parallel_size > 1."""
+    """``uni`` for one rank; for tensor_parallel_size > 1 ``mp`` (local processes, the default) or
+    ``ray`` (Ray actors)."""
     if config.tensor_parallel_size == 1:
         return UniProcExecutor(spec, model_cls)
+    if config.distributed_executor_backend == "ray":
+        from pagedllm.engine.ray_executor import RayExecutor
+
+        return RayExecutor(spec, config.tensor_parallel_size, model_cls)
     from pagedllm.engine.mp_executor import MultiprocExecutor
 
     return MultiprocExecutor(spec, config.tensor_parallel_size, model_cls)

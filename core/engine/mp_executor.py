@@ -64,19 +64,25 @@ def check_placeable(world_size: int, device: torch.device) -> None:
 
 
 class MultiprocExecutor(Executor):
+    """Ranks 1..N-1 as local processes. Subclasses change only where the workers run (``_reserve``,
+    ``_host``, ``_launch``, ``_died``): the step protocol and the collective set-up stay here."""
+
     def __init__(self, spec: RunnerSpec, world_size: int, model_cls=None):
-        check_placeable(world_size, spec.device)
         self.world_size = world_size
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list = []  # subprocess.Popen, or anything with its pid / poll / wait / kill
         self.conns: list[Connection] = []
+        self.cleanups: list = []  # called (last first) once the workers are stopped: what _reserve took
         self._previous_threads = torch.get_num_threads()
         self.num_threads = max(1, available_cores() // world_size)
-        self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.conns, self._previous_threads)
+        self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.conns, self._previous_threads,
+                                           self.cleanups)
         backend = "nccl" if spec.device.type == "cuda" and dist.is_nccl_available() else "gloo"
-        store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
-                              timeout=datetime.timedelta(seconds=START_TIMEOUT_S))
         try:
-            self._start_workers(spec, store.port, backend)
+            self._reserve(spec)
+            host = self._host()
+            store = dist.TCPStore(host, 0, world_size, is_master=True, wait_for_workers=False,
+                                  timeout=datetime.timedelta(seconds=START_TIMEOUT_S))
+            self._start_workers(spec, host, store.port, backend)
             torch.set_num_threads(self.num_threads)
             distributed.init_tensor_parallel(0, world_size, store, backend)
             device = torch.device("cuda", 0) if spec.device.type == "cuda" else spec.device
@@ -93,18 +99,34 @@ class MultiprocExecutor(Executor):
         logger.info("tensor parallel: %d ranks (%s), %d torch thread(s) per rank", world_size, backend,
                     self.num_threads)
 
+    # ---- start-up: where the workers run (what a subclass changes) ---------------------------
+    def _reserve(self, spec: RunnerSpec) -> None:
+        """Fail before starting anything when the ranks cannot be placed."""
+        check_placeable(self.world_size, spec.device)
+
+    def _host(self) -> str:
+        """The address the workers reach the driver's store and socket at."""
+        return "127.0.0.1"
+
+    def _launch(self, ranks: range, address: str, key: bytes) -> list:
+        """Start ranks 1..N-1; each connects back to ``address`` with ``key``. Returns their handles."""
+        return [subprocess.Popen([sys.executable, "-P", "-c", "from pagedllm.worker.worker import main; main()"],
+                                 env={**os.environ, ADDRESS_ENV: address, KEY_ENV: key.hex(), RANK_ENV: str(rank)},
+                                 stdin=subprocess.DEVNULL)
+                for rank in ranks]
+
+    def _device_index(self, rank: int) -> int:
+        """The CUDA device a worker of ``rank`` uses: its rank, all devices being visible to each process."""
+        return rank
+
     # ---- start-up ------------------------------------------------------------------------
-    def _start_workers(self, spec: RunnerSpec, store_port: int, backend: str) -> None:
+    def _start_workers(self, spec: RunnerSpec, host: str, store_port: int, backend: str) -> None:
         key = secrets.token_bytes(32)
-        server = socket.create_server(("127.0.0.1", 0))
+        server = socket.create_server((host, 0))
         server.settimeout(0.2)
-        address = "127.0.0.1:%d" % server.getsockname()[1]
+        address = "%s:%d" % (host, server.getsockname()[1])
         try:
-            for rank in range(1, self.world_size):
-                env = {**os.environ, ADDRESS_ENV: address, KEY_ENV: key.hex(), RANK_ENV: str(rank)}
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-P", "-c", "from pagedllm.worker.worker import main; main()"],
-                    env=env, stdin=subprocess.DEVNULL))
+            self.procs.extend(self._launch(range(1, self.world_size), address, key))
             by_rank: dict[int, Connection] = {}
             deadline = time.monotonic() + START_TIMEOUT_S
             while len(by_rank) < len(self.procs):
@@ -125,10 +147,10 @@ class MultiprocExecutor(Executor):
         finally:
             server.close()
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "hf_config"}
-        common = dict(fields, world_size=self.world_size, store_host="127.0.0.1",
+        common = dict(fields, world_size=self.world_size, store_host=host,
                       store_port=store_port, backend=backend, num_threads=self.num_threads)
         for rank, conn in enumerate(self.conns, start=1):
-            send(conn, {**common, "rank": rank})
+            send(conn, {**common, "rank": rank, "device_index": self._device_index(rank)})
 
     def _expect(self, rank: int, kind: str, timeout: float = START_TIMEOUT_S):
         """The next message of ``rank``, which must be ``kind``; a dead worker or an error it sent raises."""
@@ -226,8 +248,9 @@ class MultiprocExecutor(Executor):
         self._finalizer()
 
 
-def _stop_workers(procs: list[subprocess.Popen], conns: list[Connection], previous_threads: int) -> None:
-    """Ask every worker to stop, kill the ones still running after the grace period, leave the group."""
+def _stop_workers(procs: list, conns: list[Connection], previous_threads: int, cleanups: list) -> None:
+    """Ask every worker to stop, kill the ones still running after the grace period, leave the group,
+    then release what the executor reserved (``cleanups``, last first)."""
     for conn in conns:
         try:
             send(conn, ("stop",))
@@ -242,5 +265,12 @@ def _stop_workers(procs: list[subprocess.Popen], conns: list[Connection], previo
             proc.wait()
     for conn in conns:
         conn.close()
-    distributed.destroy_tensor_parallel()
-    torch.set_num_threads(previous_threads)
+    if procs:  # the driver joins the group after starting its workers: before that, a group here is another's
+        distributed.destroy_tensor_parallel()
+        torch.set_num_threads(previous_threads)
+    while cleanups:
+        release = cleanups.pop()
+        try:
+            release()
+        except Exception:  # noqa: BLE001 - release the rest; shutdown must not raise
+            logger.warning("tensor-parallel shutdown: %r failed", release, exc_info=True)

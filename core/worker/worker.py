@@ -8,7 +8,8 @@ shard (the LM head's all-gather needs every rank) and drops the result.
 Started by ``MultiprocExecutor`` as ``python -P -c "from pagedllm.worker.worker import main; main()"``:
 a fresh interpreter with no repository root on ``sys.path`` and no re-import of the user's script
 (which multiprocessing's spawn would do). It connects back to the driver with the address and key
-given in its environment, and exits when the driver says stop or its connection closes.
+given in its environment, and exits when the driver says stop or its connection closes. A Ray
+actor (``RayExecutor``) runs the same loop through ``connect_and_serve``.
 """
 from __future__ import annotations
 
@@ -31,15 +32,25 @@ ADDRESS_ENV, KEY_ENV, RANK_ENV = "PAGEDLLM_WORKER_ADDRESS", "PAGEDLLM_WORKER_AUT
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get(RANK_ENV)}] %(levelname)s %(message)s")
-    host, port = os.environ[ADDRESS_ENV].rsplit(":", 1)
-    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ[KEY_ENV]))
-    send(conn, ("hello", int(os.environ[RANK_ENV]), os.getpid()))
+    sys.exit(connect_and_serve(os.environ[ADDRESS_ENV], bytes.fromhex(os.environ[KEY_ENV]), int(os.environ[RANK_ENV])))
+
+
+def connect_and_serve(address: str, key: bytes, rank: int) -> int:
+    """Connect to the driver at ``address`` ("host:port"), build this rank's runner from the spec it
+    sends, answer until it says stop or goes away. Returns the exit code: 1 when the start failed."""
+    host, port = address.rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=key)
     try:
-        worker = Worker(conn, recv(conn))
-    except Exception:  # noqa: BLE001 - tell the driver why, then exit
-        send(conn, ("error", traceback.format_exc()))
-        sys.exit(1)
-    worker.serve()
+        send(conn, ("hello", rank, os.getpid()))
+        try:
+            worker = Worker(conn, recv(conn))
+        except Exception:  # noqa: BLE001 - tell the driver why, then exit
+            send(conn, ("error", traceback.format_exc()))
+            return 1
+        worker.serve()
+        return 0
+    finally:
+        conn.close()
 
 
 class Worker:
@@ -50,8 +61,8 @@ class Worker:
         self.rank = spec["rank"]
         torch.set_num_threads(spec["num_threads"])
         device = spec["device"]
-        if device.type == "cuda":
-            device = torch.device("cuda", self.rank)
+        if device.type == "cuda":  # mp: the rank's device; a Ray actor sees only the one Ray gave it
+            device = torch.device("cuda", spec.get("device_index", self.rank))
             torch.cuda.set_device(device)
         self.device = device
         store = torch.distributed.TCPStore(spec["store_host"], spec["store_port"], spec["world_size"],

@@ -43,6 +43,24 @@ def test_table_shows_penalties_run_and_its_share_of_greedy():
     assert "penalties/greedy (output tok/s): 80.0%" in table
 
 
+def test_table_names_the_executor_and_gives_ray_over_mp():
+    report = fake_report()
+    counts = {"num_requests": 8, "prompt_tokens": 400, "output_tokens": 1000}
+    tp = dict(tensor_parallel_size=2, torch_threads_per_rank=1, all_reduced_bytes_per_step=2048)
+    report["results"] = {
+        "pagedllm_tp1": {**rates({**counts, "elapsed_s": 4.0}), "tensor_parallel_size": 1,
+                         "torch_threads_per_rank": 2, "all_reduced_bytes_per_step": 0, "executor": "UniProcExecutor"},
+        "pagedllm_mp": {**rates({**counts, "elapsed_s": 2.0}), **tp, "executor": "MultiprocExecutor"},
+        "pagedllm": {**rates({**counts, "elapsed_s": 2.5}), **tp, "executor": "RayExecutor"},
+    }
+    report.update(ratio_pagedllm_over_hf=None, ratio_tp_over_tp1=1.6, ratio_ray_over_mp=0.8)
+    table = format_table(report)
+    assert "| pagedllm TP=2 mp (1 thread(s) per rank, 2 KiB all-reduced per step per rank) | 4.00 |" in table
+    assert "| pagedllm TP=2 ray (1 thread(s) per rank, 2 KiB all-reduced per step per rank) | 3.20 |" in table
+    assert "| pagedllm TP=1 (2 thread(s) per rank," in table
+    assert "ratio ray/mp at TP=2 (output tok/s): 0.80x" in table
+
+
 def test_plot_writes_png(tmp_path):
     paths = []
     for i in range(2):

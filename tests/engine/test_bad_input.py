@@ -37,8 +37,20 @@ def test_engine_args_validation(tmp_path):
         LLM("whatever", dtype="float8")
     with pytest.raises(ValueError, match="pipeline_parallel_size"):
         LLM("whatever", pipeline_parallel_size=2)
-    with pytest.raises(ValueError, match="distributed_executor_backend='ray' with tensor_parallel_size=2"):
-        LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="ray")
+    with pytest.raises(ValueError, match="distributed_executor_backend='external_launcher' with "
+                                         "tensor_parallel_size=2: several ranks run on mp .* or ray"):
+        LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="external_launcher")
+
+
+def test_ray_backend_without_ray_names_the_extra(monkeypatch):
+    import sys
+
+    from pagedllm.engine.ray_executor import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match=r"distributed_executor_backend='ray' needs Ray: pip install "
+                                          r"'pagedllm\[ray\]'"):
+        import_ray()
 
 
 def test_generate_validation(llm):

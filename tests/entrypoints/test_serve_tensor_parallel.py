@@ -64,3 +64,51 @@ def test_killed_worker_fails_requests_and_health(tiny_model_dir):
     finally:
         stop_group(proc)
     assert not alive(worker)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (Ray's GCS, raylet, agents and actors when the server started Ray)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = children(parent) if os.path.exists(f"/proc/{parent}") else []
+        found += kids
+        todo += kids
+    return found
+
+
+def test_serve_over_ray_answers_and_stops_clean(tiny_model_dir):
+    """`--distributed-executor-backend ray`: the server starts a local Ray, answers, and SIGTERM (to the server
+    alone) ends its actor and the Ray it started."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "pagedllm.entrypoints.cli", "serve", tiny_model_dir, "--port", str(port),
+         "-tp", "2", "--distributed-executor-backend", "ray", "--dtype", "float32", "--kv-cache-memory", "8M",
+         "--max-model-len", "512", "--served-model-name", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tree = []
+    try:
+        lines = []
+        deadline = time.time() + 180
+        while not any("OpenAI(" in ln for ln in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            assert time.time() < deadline, "".join(lines)
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        tree = descendants(proc.pid)
+        assert len(tree) >= 3  # Ray's GCS and raylet, and the rank-1 actor
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [p for p in tree if alive(p)] == []
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+        for pid in filter(alive, tree):  # what the assertion above found left: not left for the next test
+            os.kill(pid, signal.SIGKILL)
