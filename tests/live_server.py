@@ -14,6 +14,18 @@ from model_fixtures import make_tiny_model
 TINY_MAX_MODEL_LEN = 512
 
 
+def read_until_ready(proc, timeout: float) -> str:
+    """The output of a ``pagedllm serve`` subprocess (text stdout) up to its ready line (the one showing
+    ``OpenAI(...)``); fails with everything it printed if it exits or ``timeout`` seconds pass first."""
+    lines, deadline = [], time.time() + timeout
+    while not any("OpenAI(" in ln for ln in lines):
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "".join(lines)
+        lines.append(line)
+        assert time.time() < deadline, "".join(lines)
+    return "".join(lines)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

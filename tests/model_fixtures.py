@@ -99,3 +99,22 @@ def make_tiny_encoder(path, arch: str = "bert", **overrides) -> str:
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
     return str(path)
+
+
+def save_random_model(path, config, seed: int = 0) -> str:
+    """A tiny random-weight HF model of ``config`` (larger weights than the init, so logits are not flat)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.08)
+            elif "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.normal_(0, 0.05)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
+    return str(path)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import zlib
 
-import torch
-
-from model_fixtures import tokenizer_path
+from model_fixtures import save_random_model
 from pagedllm import LLM, SamplingParams
 
 TWO_CORES = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
@@ -18,12 +16,25 @@ def child_pids() -> list[int]:
     """This process's live children (a worker left behind would be one), but multiprocessing's resource
     tracker: the first spawn-context pool of the session (bench models/adapters) starts it, and it lives
     as long as this process."""
-    pid = os.getpid()
-    children = []
+    return [c for c in children(os.getpid()) if not _is_resource_tracker(c)]
+
+
+def children(pid: int) -> list[int]:
+    """The live (or not yet reaped) children of ``pid``, from /proc."""
+    found = []
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as f:
-            children += [int(c) for c in f.read().split()]
-    return [c for c in children if not _is_resource_tracker(c)]
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _is_resource_tracker(pid: int) -> bool:
@@ -35,22 +46,8 @@ def _is_resource_tracker(pid: int) -> bool:
 
 
 def save_model(path, config) -> str:
-    """A tiny random HF model of ``config`` (larger weights than the init, so logits are not flat)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(zlib.crc32(type(config).__name__.encode()))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.08)
-            elif "norm" in name or "layernorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.normal_(0, 0.05)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
-    return str(path)
+    """A tiny random HF model of ``config``, seeded by its class (each architecture its own weights)."""
+    return save_random_model(path, config, seed=zlib.crc32(type(config).__name__.encode()))
 
 
 def run(path: str, tp: int, prompts, max_tokens: int, prompt_logprobs: int | None = None, **engine_args):

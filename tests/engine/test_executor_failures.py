@@ -16,18 +16,10 @@ import pytest
 from model_fixtures import make_tiny_model
 from pagedllm import LLM, SamplingParams
 from pagedllm.engine.executor import WorkerDiedError
-from tensor_parallel_helpers import TWO_CORES, child_pids
+from tensor_parallel_helpers import TWO_CORES, alive, child_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TWO_CORES, reason="tensor_parallel_size=2 needs 2 CPU cores")]
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")

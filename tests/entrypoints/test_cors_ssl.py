@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
-from live_server import free_port, start_server, tiny_model_dir  # noqa: F401 - fixtures
+from live_server import free_port, read_until_ready, start_server, tiny_model_dir  # noqa: F401 - fixtures
 
 from pagedllm.entrypoints.cli import build_parser
 from pagedllm.entrypoints.openai.api_server import cors_settings, run_server
@@ -75,13 +74,7 @@ def test_serve_over_https(tiny_model_dir, tmp_path):
          "--ssl-certfile", str(cert)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        lines, deadline = [], time.time() + 120
-        while not any("OpenAI(" in ln for ln in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            assert time.time() < deadline, "".join(lines)
-        assert f"https://127.0.0.1:{port}/v1" in "".join(lines)
+        assert f"https://127.0.0.1:{port}/v1" in read_until_ready(proc, 120)
         r = requests.get(f"https://localhost:{port}/v1/models", verify=str(cert), timeout=10)
         assert r.status_code == 200 and r.json()["data"]
         with pytest.raises(requests.exceptions.ConnectionError):

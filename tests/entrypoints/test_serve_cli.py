@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import requests
-from live_server import free_port, tiny_model_dir  # noqa: F401 - fixtures
+from live_server import free_port, read_until_ready, tiny_model_dir  # noqa: F401 - fixtures
 
 
 def test_serve_with_api_key(tiny_model_dir):
@@ -19,14 +18,7 @@ def test_serve_with_api_key(tiny_model_dir):
          "--max-model-len", "256", "--disable-log-requests"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines = []
-        deadline = time.time() + 120
-        while not any("OpenAI(" in ln for ln in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            assert time.time() < deadline, "".join(lines)
-        ready = "".join(lines)
+        ready = read_until_ready(proc, 120)
         assert f"http://127.0.0.1:{port}/v1" in ready and "Bearer s3cret" in ready and "OpenAI(" in ready
         base = f"http://127.0.0.1:{port}"
         body = {"model": "alias", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -11,27 +11,11 @@ import time
 
 import pytest
 import requests
-from live_server import free_port, tiny_model_dir  # noqa: F401 - fixtures
+from live_server import free_port, read_until_ready, tiny_model_dir  # noqa: F401 - fixtures
 from process_group import stop_group
-from tensor_parallel_helpers import TWO_CORES
+from tensor_parallel_helpers import TWO_CORES, alive, children
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TWO_CORES, reason="tensor_parallel_size=2 needs 2 CPU cores")]
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(c) for c in f.read().split()]
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_killed_worker_fails_requests_and_health(tiny_model_dir):
@@ -42,13 +26,7 @@ def test_killed_worker_fails_requests_and_health(tiny_model_dir):
          "--served-model-name", "tiny"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines = []
-        deadline = time.time() + 180
-        while not any("OpenAI(" in ln for ln in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            assert time.time() < deadline, "".join(lines)
+        read_until_ready(proc, 180)
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         base = f"http://127.0.0.1:{port}"
         body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
@@ -88,13 +66,7 @@ def test_serve_over_ray_answers_and_stops_clean(tiny_model_dir):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     tree = []
     try:
-        lines = []
-        deadline = time.time() + 180
-        while not any("OpenAI(" in ln for ln in lines):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            assert time.time() < deadline, "".join(lines)
+        read_until_ready(proc, 180)
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
         answer = requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)

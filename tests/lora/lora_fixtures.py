@@ -6,29 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from model_fixtures import SEED_PROMPTS, hf_greedy, tokenizer_path
+from model_fixtures import SEED_PROMPTS, hf_greedy, save_random_model  # noqa: F401 - save_random_model re-exported
 
 VOCAB = 49152  # the bundled tokenizer's vocabulary
 PROMPTS = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]  # 6..~50 tokens, crossing blocks
-
-
-def save_random_model(path, config, seed: int = 0) -> str:
-    """A tiny random-weight HF model of ``config`` (larger weights than the init, so logits are not flat)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.08)
-            elif "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.normal_(0, 0.05)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(path)
-    return str(path)
 
 
 def make_peft_adapter(base_path, out_dir, target_modules, *, r: int = 8, alpha: float = 16, seed: int = 0,
