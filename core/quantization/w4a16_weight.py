@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pagedllm.kernels import cpu_w4a16
+
+KERNEL_MAX_ROWS = 16  # from 17 rows a per-call dequantize + GEMM beats the row kernel (as for GGUF)
+
 
 @dataclass
 class W4A16Weight:
@@ -96,8 +100,20 @@ class W4A16Weight:
         return weight.to(dtype)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for x [n, in]: the activations are reordered to the weight's columns, and the weight is
-        dequantized to the activations' dtype for this call only."""
+        """``x @ W.T`` for x [n, in], the activations reordered to the weight's columns first.
+
+        On CPU: up to ``KERNEL_MAX_ROWS`` rows (decode) the C kernel multiplies row by row from the codes;
+        more rows (prefill, batches) dequantize the layer once for this call and use torch's GEMM, which is
+        faster there. Without the C kernel (or off CPU) the weight is dequantized in torch per call."""
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
+        if x.device.type == "cpu":
+            if x.shape[0] <= KERNEL_MAX_ROWS:
+                out = cpu_w4a16.matmul(x, self)
+                if out is not None:
+                    return out
+            else:
+                weight = cpu_w4a16.dequantize(self)
+                if weight is not None:
+                    return F.linear(x, weight.to(x.dtype))
         return F.linear(x, self.dequantize(x.dtype, checkpoint_order=False))

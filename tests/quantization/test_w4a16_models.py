@@ -9,7 +9,7 @@ from model_fixtures import SEED_PROMPTS, make_tiny_model
 from pagedllm import LLM, SamplingParams
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.quantization.w4a16_linear import W4A16LinearMethod
-from test_w4a16_format import reference_awq, reference_gptq
+from w4a16_reference import reference_awq, reference_gptq
 from w4a16_files import write_quantized
 
 SIZES = dict(hidden_size=128, intermediate_size=256)
