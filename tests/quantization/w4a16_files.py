@@ -20,6 +20,7 @@ import torch
 
 AWQ_PACK_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ: bit slot p holds column AWQ_PACK_ORDER[p] of eight
 LINEAR = re.compile(r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+SHARED_INPUT = re.compile(r"\.(self_attn\.[qkv]_proj|mlp\.(gate|up)_proj)\.weight$")  # layers that read one input
 
 
 def round_to_nearest(weight: np.ndarray, bits: int, groups_of_column: np.ndarray, n_groups: int, sym: bool,
@@ -73,13 +74,15 @@ def pack_awq_cols(values: np.ndarray) -> torch.Tensor:
 
 
 def quantize_linear(weight: torch.Tensor, method: str, bits: int, group_size: int, sym: bool, desc_act: bool,
-                    checkpoint_format: str, rng: np.random.Generator):
-    """(tensors under their checkpoint suffixes, the dequantized float32 weight [out, in])."""
+                    checkpoint_format: str, rng: np.random.Generator, order: np.ndarray | None = None):
+    """(tensors under their checkpoint suffixes, the dequantized float32 weight [out, in]); ``order``: the
+    desc_act column order (default: a random one)."""
     w = weight.double().numpy()
     out_features, in_features = w.shape
     group = in_features if group_size == -1 else group_size
     n_groups = -(-in_features // group)
-    order = rng.permutation(in_features) if desc_act else np.arange(in_features)
+    if order is None:
+        order = rng.permutation(in_features) if desc_act else np.arange(in_features)
     groups_of_column = np.empty(in_features, np.int64)
     groups_of_column[order] = np.arange(in_features) // group  # desc_act: groups follow a column order
     v1 = method == "gptq" and checkpoint_format == "gptq"
@@ -107,17 +110,23 @@ def quantization_config(method: str, bits: int, group_size: int, sym: bool, desc
 
 def write_quantized(source: str | Path, quantized: str | Path, dense: str | Path, method: str, bits: int = 4,
                     group_size: int = 32, sym: bool = True, desc_act: bool = False,
-                    checkpoint_format: str = "gptq", seed: int = 0) -> tuple[str, str]:
-    """Quantize the float checkpoint folder ``source`` into ``quantized`` and its dequantized twin ``dense``."""
+                    checkpoint_format: str = "gptq", seed: int = 0, shared_order: bool = True) -> tuple[str, str]:
+    """Quantize the float checkpoint folder ``source`` into ``quantized`` and its dequantized twin ``dense``.
+
+    ``shared_order``: desc_act layers that read the same input (q/k/v, gate/up) share one column order, as
+    GPTQ's (their Hessians are the same); False gives each its own, so a fused layer's shards differ."""
     from safetensors.torch import load_file, save_file
 
     rng = np.random.default_rng(seed)
     state = load_file(str(Path(source) / "model.safetensors"))
-    packed, dequantized = {}, {}
+    packed, dequantized, orders = {}, {}, {}
     for name, tensor in state.items():
         if LINEAR.search(name):
+            same_input = SHARED_INPUT.sub(lambda m: ".attention_input" if "attn" in m[0] else ".mlp_input", name)
+            if shared_order and desc_act and same_input not in orders:
+                orders[same_input] = rng.permutation(tensor.shape[1])
             tensors, dense_weight = quantize_linear(tensor, method, bits, group_size, sym, desc_act,
-                                                    checkpoint_format, rng)
+                                                    checkpoint_format, rng, orders.get(same_input))
             prefix = name.removesuffix(".weight")
             packed.update({f"{prefix}.{k}": v for k, v in tensors.items()})
             dequantized[name] = dense_weight
