@@ -10,12 +10,14 @@
  * a float32 matmul of those weights only in summation order.
  *
  * The row is dequantized into a float32 buffer that stays in L1 and dotted with every activation
- * row, so one call reads the packed weight once whatever the row count. Each (row, output) dot sums
- * in the same order whatever the batch. Built at first use by kernels/cpu_w4a16.py (-O3
+ * row, so one call reads the packed weight once whatever the row count; for one activation row
+ * (decode) with groups on multiples of 8 columns (every real checkpoint) the codes are dequantized in
+ * registers and never stored. Each (row, output) dot sums in the same order whatever the batch. Built at first use by kernels/cpu_w4a16.py (-O3
  * -march=native, OpenMP); AVX2+FMA for the dot where the CPU has them, plain C otherwise.
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -80,6 +82,66 @@ static inline float dot(const float *restrict a, const float *restrict b, long k
     return total;
 }
 
+#ifdef W4A16_AVX2
+/* Eight weights from column c (a multiple of 8) of one row, dequantized in registers. */
+static inline __m256 dequantize8(const uint8_t *restrict codes, int bits, long c, __m256 scale, __m256 zero) {
+    __m128i bytes;
+    if (bits == 4) {
+        uint32_t packed;
+        memcpy(&packed, codes + (c >> 1), 4);
+        const __m128i b = _mm_cvtsi32_si128((int)packed), mask = _mm_set1_epi8(15);
+        /* low nibbles are the even columns, high nibbles the odd ones: interleave back to column order */
+        bytes = _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
+    } else {
+        uint64_t packed;
+        memcpy(&packed, codes + c, 8);
+        bytes = _mm_cvtsi64_si128((long long)packed);
+    }
+    const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+    return _mm256_mul_ps(_mm256_sub_ps(q, zero), scale);
+}
+
+/* One row . x without the buffer (decode), for rows whose groups start on multiples of 8 and k % 8 == 0:
+ * the same weights, vectors and accumulation order as dequantize_row + dot, so the same bits. */
+static inline float fused_dot(const uint8_t *restrict codes, int bits, const float *restrict scales,
+                              const float *restrict zeros, const int32_t *restrict starts, const float *restrict x,
+                              long k) {
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    long g = 0, i = 0;
+    __m256 scale = _mm256_set1_ps(scales[0]), zero = _mm256_set1_ps(zeros[0]);
+#define W4A16_GROUP_OF(c)                                                                  \
+    if (starts[g + 1] <= (c)) {                                                            \
+        while (starts[g + 1] <= (c)) g++;                                                  \
+        scale = _mm256_set1_ps(scales[g]);                                                 \
+        zero = _mm256_set1_ps(zeros[g]);                                                   \
+    }
+    for (; i + 32 <= k; i += 32)
+        for (int j = 0; j < 4; j++) {
+            const long c = i + 8 * j;
+            W4A16_GROUP_OF(c)
+            s[j] = _mm256_fmadd_ps(dequantize8(codes, bits, c, scale, zero), _mm256_loadu_ps(x + c), s[j]);
+        }
+    for (; i + 8 <= k; i += 8) {
+        W4A16_GROUP_OF(i)
+        s[0] = _mm256_fmadd_ps(dequantize8(codes, bits, i, scale, zero), _mm256_loadu_ps(x + i), s[0]);
+    }
+#undef W4A16_GROUP_OF
+    const __m256 t = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
+/* Whether every group starts on a multiple of 8 (and k is one): what fused_dot reads in whole vectors. */
+static int aligned8(const int32_t *starts, long groups, long k) {
+    if (k % 8) return 0;
+    for (long g = 0; g <= groups; g++)
+        if (starts[g] % 8) return 0;
+    return 1;
+}
+
 static int check(int bits, long row_bytes, long k, const int32_t *starts, long groups) {
     if (bits != 4 && bits != 8) return 1;
     if (k <= 0 || groups <= 0) return 2;
@@ -110,6 +172,8 @@ int w4a16_matmul(const float *x, long x_stride, long m, const uint8_t *codes, lo
     const int status = check(bits, row_bytes, k, starts, groups);
     if (status) return status;
     const int team = rows * k * m >= PARALLEL_MIN_WORK ? (threads > 0 ? threads : 1) : 1;
+    const int fused = aligned8(starts, groups, k);
+    (void)fused;
     float *buffers = (float *)malloc((size_t)team * (size_t)k * sizeof(float)); /* one dequantized row per thread */
     if (buffers == NULL) return 4;
 #pragma omp parallel num_threads(team)
@@ -117,6 +181,12 @@ int w4a16_matmul(const float *x, long x_stride, long m, const uint8_t *codes, lo
         float *row = buffers + (long)omp_get_thread_num() * k;
 #pragma omp for schedule(static)
         for (long n = 0; n < rows; n++) {
+#ifdef W4A16_AVX2
+            if (m == 1 && fused) { /* decode: no round trip through the buffer */
+                out[n] = fused_dot(codes + n * row_bytes, bits, scales + n * groups, zeros + n * groups, starts, x, k);
+                continue;
+            }
+#endif
             dequantize_row(codes + n * row_bytes, bits, scales + n * groups, zeros + n * groups, starts, groups, row);
             for (long i = 0; i < m; i++) out[i * out_stride + n] = dot(row, x + i * x_stride, k);
         }
