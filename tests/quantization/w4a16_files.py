@@ -143,3 +143,26 @@ def write_quantized(source: str | Path, quantized: str | Path, dense: str | Path
                                                                 checkpoint_format)
         (folder / "config.json").write_text(json.dumps(config, indent=2))
     return str(quantized), str(dense)
+
+
+def main(argv=None) -> None:
+    """``python -P tests/quantization/w4a16_files.py SOURCE QUANTIZED DENSE {gptq,awq} [--group-size N] ...``:
+    the checkpoints docs/benchmarks.md times (a real model's folder quantized round-to-nearest)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source")
+    parser.add_argument("quantized")
+    parser.add_argument("dense")
+    parser.add_argument("method", choices=("gptq", "awq"))
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--asym", action="store_true", help="GPTQ: sym=False")
+    parser.add_argument("--desc-act", action="store_true")
+    args = parser.parse_args(argv)
+    write_quantized(args.source, args.quantized, args.dense, args.method, bits=args.bits,
+                    group_size=args.group_size, sym=not args.asym, desc_act=args.desc_act)
+
+
+if __name__ == "__main__":
+    main()
