@@ -1,4 +1,5 @@
-"""GPTQ and AWQ checkpoints for tests, written by a small round-to-nearest quantizer.
+"""GPTQ and AWQ checkpoints for tests, written by a small round-to-nearest quantizer (shared by
+tests/quantization and tests/lora: a uniquely named module, as ``model_fixtures``).
 
 It follows the published packings (AutoGPTQ's ``QuantLinear.pack``, AutoAWQ's ``WQLinear_GEMM``)
 written out slot by slot here, independently of ``pagedllm.quantization.w4a16_format``; the real
@@ -146,7 +147,7 @@ def write_quantized(source: str | Path, quantized: str | Path, dense: str | Path
 
 
 def main(argv=None) -> None:
-    """``python -P tests/quantization/w4a16_files.py SOURCE QUANTIZED DENSE {gptq,awq} [--group-size N] ...``:
+    """``python -P tests/w4a16_files.py SOURCE QUANTIZED DENSE {gptq,awq} [--group-size N] ...``:
     the checkpoints docs/benchmarks.md times (a real model's folder quantized round-to-nearest)."""
     import argparse
 
