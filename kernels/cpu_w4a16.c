@@ -12,8 +12,9 @@
  * The row is dequantized into a float32 buffer that stays in L1 and dotted with every activation
  * row, so one call reads the packed weight once whatever the row count; for one activation row
  * (decode) with groups on multiples of 8 columns (every real checkpoint) the codes are dequantized in
- * registers and never stored. Each (row, output) dot sums in the same order whatever the batch. Built at first use by kernels/cpu_w4a16.py (-O3
- * -march=native, OpenMP); AVX2+FMA for the dot where the CPU has them, plain C otherwise.
+ * registers and never stored. Each (row, output) dot sums in the same order whatever the batch.
+ * Built at first use by kernels/cpu_w4a16.py (-O3 -march=native, OpenMP); AVX2+FMA for the dot where
+ * the CPU has them, plain C otherwise.
  */
 #include <stdint.h>
 #include <stdlib.h>

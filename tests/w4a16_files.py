@@ -111,11 +111,14 @@ def quantization_config(method: str, bits: int, group_size: int, sym: bool, desc
 
 def write_quantized(source: str | Path, quantized: str | Path, dense: str | Path, method: str, bits: int = 4,
                     group_size: int = 32, sym: bool = True, desc_act: bool = False,
-                    checkpoint_format: str = "gptq", seed: int = 0, shared_order: bool = True) -> tuple[str, str]:
+                    checkpoint_format: str = "gptq", seed: int = 0, shared_order: bool = True,
+                    write_g_idx: bool = True, zero_biases: bool = False) -> tuple[str, str]:
     """Quantize the float checkpoint folder ``source`` into ``quantized`` and its dequantized twin ``dense``.
 
     ``shared_order``: desc_act layers that read the same input (q/k/v, gate/up) share one column order, as
-    GPTQ's (their Hessians are the same); False gives each its own, so a fused layer's shards differ."""
+    GPTQ's (their Hessians are the same); False gives each its own, so a fused layer's shards differ.
+    ``write_g_idx=False``: GPTQ without g_idx tensors (older checkpoints without desc_act);
+    ``zero_biases``: a zero bias for every quantized layer without one (what AutoGPTQ before 0.5 wrote)."""
     from safetensors.torch import load_file, save_file
 
     rng = np.random.default_rng(seed)
@@ -129,6 +132,10 @@ def write_quantized(source: str | Path, quantized: str | Path, dense: str | Path
             tensors, dense_weight = quantize_linear(tensor, method, bits, group_size, sym, desc_act,
                                                     checkpoint_format, rng, orders.get(same_input))
             prefix = name.removesuffix(".weight")
+            if not write_g_idx:
+                tensors.pop("g_idx", None)
+            if zero_biases and f"{prefix}.bias" not in state:
+                tensors["bias"] = torch.zeros(tensor.shape[0], dtype=torch.float16)
             packed.update({f"{prefix}.{k}": v for k, v in tensors.items()})
             dequantized[name] = dense_weight
         else:

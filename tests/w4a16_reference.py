@@ -49,15 +49,16 @@ def gptq_tensors(in_features, out_features, bits, group_size, desc_act, seed=0):
     if desc_act:
         g_idx = g_idx[torch.randperm(in_features, generator=gen)]
     scales = (torch.rand(groups, out_features, generator=gen) * 0.02 + 1e-3).half()
-    return (random_words(in_features // pack, out_features, gen=gen), random_words(groups, out_features // pack, gen=gen),
-            scales, g_idx)
+    qweight = random_words(in_features // pack, out_features, gen=gen)
+    return qweight, random_words(groups, out_features // pack, gen=gen), scales, g_idx
 
 
 def awq_tensors(in_features, out_features, group_size, seed=0):
     gen = torch.Generator().manual_seed(seed)
     groups = -(-in_features // (in_features if group_size == -1 else group_size))
     scales = (torch.rand(groups, out_features, generator=gen) * 0.02 + 1e-3).half()
-    return random_words(in_features, out_features // 8, gen=gen), random_words(groups, out_features // 8, gen=gen), scales
+    qweight = random_words(in_features, out_features // 8, gen=gen)
+    return qweight, random_words(groups, out_features // 8, gen=gen), scales
 
 
 def product_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:

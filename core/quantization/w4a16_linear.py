@@ -17,16 +17,18 @@ from pagedllm.quantization.w4a16_format import unpack_awq, unpack_gptq
 from pagedllm.quantization.w4a16_weight import W4A16Weight
 
 
-def packed_names(config: W4A16Config) -> tuple[str, ...]:
-    """The tensor names a quantized layer has in the checkpoint (besides an optional bias)."""
-    return ("qweight", "qzeros", "scales", "g_idx") if config.method == "gptq" else ("qweight", "qzeros", "scales")
+PACKED_NAMES = ("qweight", "qzeros", "scales")  # what every quantized layer has in the checkpoint
+# GPTQ's g_idx is optional (checkpoints without desc_act may lack it: each column's group is then
+# column // group_size); it reaches the method through ``keep``, not a parameter, so that its absence is no
+# missing weight.
 
 
 class W4A16LinearMethod(LinearMethod):
     """Keeps a layer's GPTQ or AWQ weight packed (``weights``) and multiplies by it."""
 
-    def __init__(self, config: W4A16Config):
+    def __init__(self, config: W4A16Config, name: str = ""):
         self.config = config
+        self.name = name  # the layer's name in the model, for messages
         self.received: dict[object, dict[str, torch.Tensor]] = {}  # shard -> tensor name -> tensor
         self.weights: list[tuple[int, W4A16Weight]] | None = None  # (first output row, weight)
         self.input_size = self.output_size = 0
@@ -37,7 +39,7 @@ class W4A16LinearMethod(LinearMethod):
         self.input_size, self.output_size = input_size, output_size
         if hasattr(layer, "weight"):
             del layer.weight
-        for name in packed_names(self.config):
+        for name in PACKED_NAMES:
             param = nn.Parameter(torch.empty(0, dtype=torch.int32), requires_grad=False)
             param.weight_loader = self._keeper(layer, name)
             layer.register_parameter(name, param)
@@ -45,21 +47,26 @@ class W4A16LinearMethod(LinearMethod):
             layer.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
             layer.bias.weight_loader = layer.weight_loader
 
+    def keep(self, layer: nn.Module, name: str, loaded: torch.Tensor, shard=None) -> None:
+        """Keep one checkpoint tensor of a shard until all have arrived (unpacked after loading)."""
+        shard_rows(layer, shard, self.output_size)  # an unknown shard is refused here
+        self.received.setdefault(shard, {})[name] = loaded
+
     def _keeper(self, layer: nn.Module, name: str):
-        def load(param, loaded: torch.Tensor, shard=None) -> None:
-            shard_rows(layer, shard, self.output_size)  # an unknown shard is refused here
-            self.received.setdefault(shard, {})[name] = loaded
-        return load
+        return lambda param, loaded, shard=None: self.keep(layer, name, loaded, shard)
 
     def _unpack(self, layer: nn.Module, shard, tensors: dict[str, torch.Tensor]) -> tuple[int, W4A16Weight]:
         cfg = self.config
         start, rows = shard_rows(layer, shard, self.output_size)
-        what = f"{cfg.method} {type(layer).__name__} shard {shard!r}"
-        missing = [n for n in packed_names(cfg) if n not in tensors]
+        what = f"{cfg.method} layer {self.name or type(layer).__name__}"
+        what += "" if shard is None else f" shard {shard!r}"
+        missing = [n for n in PACKED_NAMES if n not in tensors]
+        if cfg.method == "gptq" and cfg.desc_act and "g_idx" not in tensors:
+            missing.append("g_idx (desc_act=True needs each column's group)")
         if missing:
             raise ValueError(f"{what}: the checkpoint lacks {', '.join(missing)}")
         if cfg.method == "gptq":
-            unpacked = unpack_gptq(tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"],
+            unpacked = unpack_gptq(tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors.get("g_idx"),
                                    cfg.bits, cfg.group_size, cfg.zero_offset, what)
         else:
             unpacked = unpack_awq(tensors["qweight"], tensors["qzeros"], tensors["scales"], cfg.group_size, what)
@@ -86,7 +93,7 @@ class W4A16LinearMethod(LinearMethod):
         if next_row != self.output_size:
             raise ValueError(f"{type(layer).__name__}: quantized tensors cover {next_row} of {self.output_size} rows")
         self.weights, self.received = joined, {}
-        for name in packed_names(self.config):  # the checkpoint's packed copies are not kept
+        for name in PACKED_NAMES:  # the checkpoint's packed copies are not kept
             setattr(layer, name, nn.Parameter(torch.empty(0, dtype=torch.int32), requires_grad=False))
         for i, (_, weight) in enumerate(joined):  # buffers: counted with the model's tensors, moved with it
             for j, tensor in enumerate(weight.tensors()):

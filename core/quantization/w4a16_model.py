@@ -60,9 +60,12 @@ def checkpoint_names(folder: str | os.PathLike) -> list[str]:
 def load_w4a16_weights(model: nn.Module, model_path: str | os.PathLike, config: W4A16Config) -> None:
     """Give every linear layer with a ``qweight`` in the checkpoint a ``W4A16LinearMethod`` and load."""
     if not isinstance(model, CausalLM) or type(model).split_fused is not CausalLM.split_fused:
-        raise ValueError(f"{type(model).__name__} cannot run {config.method} weights in this release (its loader "
-                         "re-lays fused tensors, which packed int32 tensors do not allow); supported: Llama-family "
-                         "models whose checkpoints store q/k/v and gate/up separately (llama, mistral, qwen2, ...)")
+        native = isinstance(model, CausalLM)
+        why = "its loader re-lays fused tensors, which packed int32 tensors do not allow" if native else (
+            "it is not a native decoder")
+        raise ValueError(f"{type(model).__name__} cannot run {config.method} weights in this release ({why}); "
+                         "supported: native Llama-family models whose checkpoints store q/k/v and gate/up "
+                         "separately (llama, mistral, qwen2, ...)")
     quantized = set()
     for name in checkpoint_names(model_path):
         if name.endswith(".qweight"):
@@ -79,8 +82,23 @@ def load_w4a16_weights(model: nn.Module, model_path: str | os.PathLike, config: 
                              f"{type(module).__name__ if module is not None else 'not a module'} here; only the "
                              "decoder's linear layers run quantized in this release")
         has_bias = getattr(module, "bias", None) is not None
-        module.linear_method = W4A16LinearMethod(config)
+        module.linear_method = W4A16LinearMethod(config, name)
         module.linear_method.create_weights(module, module.input_size, module.output_size, has_bias)
-    load_mapped(model, iterate_weights(model_path), model.checkpoint_targets)
-    for name in quantized:
+    params = dict(model.named_parameters(remove_duplicate=False))
+
+    def targets(name, tensor):
+        for target, part, shard in model.checkpoint_targets(name, tensor):
+            module_name, _, leaf = target.rpartition(".")
+            if module_name in quantized and leaf == "g_idx":
+                modules[module_name].linear_method.keep(modules[module_name], "g_idx", part, shard)
+                continue
+            if module_name in quantized and leaf == "bias" and target not in params:
+                if torch.count_nonzero(part):  # a real bias the model has no place for
+                    raise ValueError(f"checkpoint tensor {name!r} is a non-zero bias, but {type(model).__name__}'s "
+                                     f"{module_name} has no bias")
+                continue  # AutoGPTQ (before 0.5) writes a zero bias for every quantized layer, as vLLM skips it
+            yield target, part, shard
+
+    load_mapped(model, iterate_weights(model_path), targets)
+    for name in sorted(quantized):
         modules[name].linear_method.process_weights_after_loading(modules[name])

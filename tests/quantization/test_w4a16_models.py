@@ -83,3 +83,16 @@ def test_quantization_argument_matching_the_checkpoint_is_accepted(tiny_sources,
     llm = LLM(quantized_dir, quantization="awq", dtype="float32", kv_cache_memory=16 << 20)
     qkv = llm.llm_engine.runner.model.model.layers[0].self_attn.qkv_proj
     assert qkv.linear_method.config.method == "awq" and len(qkv.linear_method.weights) == 1  # q|k|v stacked
+
+
+def test_older_gptq_layouts_without_g_idx_and_with_zero_biases(tiny_sources, tmp_path):
+    """Checkpoints without g_idx (no desc_act: group = column // group_size) and with the zero bias old
+    AutoGPTQ wrote for every layer load as the others (the zero biases are skipped, as vLLM does)."""
+    quantized_dir, dense_dir = write_quantized(tiny_sources["llama"], tmp_path / "q", tmp_path / "d", "gptq",
+                                               group_size=64, write_g_idx=False, zero_biases=True)
+    names = load_file(f"{quantized_dir}/model.safetensors").keys()
+    assert "model.layers.0.mlp.down_proj.bias" in names and not any(n.endswith("g_idx") for n in names)
+    quantized = LLM(quantized_dir, dtype="float32", kv_cache_memory=16 << 20)
+    assert quantized.llm_engine.runner.model.model.layers[0].mlp.down_proj.bias is None
+    got = greedy(quantized)
+    assert got == greedy(LLM(dense_dir, dtype="float32", kv_cache_memory=16 << 20))

@@ -96,7 +96,8 @@ def test_tensor_parallel_over_a_gptq_checkpoint(gptq_checkpoint):
 def test_model_whose_loader_relays_fused_tensors():
     config = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0)
-    with pytest.raises(ValueError, match=r"Phi3ForCausalLM cannot run gptq weights in this release.*llama, "
+    with pytest.raises(ValueError, match=r"Phi3ForCausalLM cannot run gptq weights in this release \(its loader "
+                                         r"re-lays fused tensors.*llama, "
                                          r"mistral, qwen2"):
         load_w4a16_weights(Phi3ForCausalLM(config), "folder", read_w4a16_config(GPTQ))
 
@@ -108,3 +109,21 @@ def test_config_without_packed_tensors(gptq_checkpoint):
     with pytest.raises(ValueError, match=r"quantization_config says gptq \(bits=4, group_size=128.*but it has no "
                                          r"'.qweight' tensors"):
         load_w4a16_weights(LlamaForCausalLM(config), gptq_checkpoint[1], read_w4a16_config(GPTQ))
+
+
+def test_desc_act_without_g_idx_and_a_real_bias_without_a_place(tmp_path):
+    source = make_tiny_model(tmp_path / "source", "llama", hidden_size=64, intermediate_size=128)
+    quantized, _ = write_quantized(source, tmp_path / "q", tmp_path / "d", "gptq", group_size=32, desc_act=True,
+                                   write_g_idx=False)
+    with pytest.raises(ValueError, match=r"gptq layer model.layers.0.mlp.down_proj: the checkpoint lacks g_idx "
+                                         r"\(desc_act=True needs"):
+        LLM(quantized, dtype="float32", kv_cache_memory=16 << 20)
+    from safetensors.torch import load_file, save_file
+
+    quantized, _ = write_quantized(source, tmp_path / "q2", tmp_path / "d2", "gptq", group_size=32, zero_biases=True)
+    tensors = load_file(f"{quantized}/model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.bias"][3] = 0.5
+    save_file(tensors, f"{quantized}/model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"'model.layers.1.mlp.up_proj.bias' is a non-zero bias, but "
+                                         r"LlamaForCausalLM's model.layers.1.mlp.gate_up_proj has no bias"):
+        LLM(quantized, dtype="float32", kv_cache_memory=16 << 20)
