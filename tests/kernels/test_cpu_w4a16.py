@@ -82,12 +82,18 @@ def test_groups_with_odd_boundaries():
                   <= product_bound(x.double().numpy(), reference))
 
 
-def test_a_row_gives_the_same_result_in_any_batch():
-    weight, _ = weight_and_reference(CASES[1])
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], ("gptq", 4, 16, False, 120, 16), ("gptq", 8, 24, True, 96, 8)],
+                         ids=["32-column-chunks", "8-bit", "groups-of-16", "8-bit-groups-of-24"])
+def test_a_row_gives_the_same_result_in_any_batch(case):
+    """One row (decode: dequantized in registers, 32 or 8 columns at a time) gives the bits of the same row
+    in a batch (dequantized into the buffer): the same values summed in the same order."""
+    weight, reference = weight_and_reference(case)
     x = torch.randn(9, weight.cols, generator=torch.Generator().manual_seed(0))
-    batch = cpu_w4a16.matmul(x, weight)
+    batch = cpu_w4a16.matmul(in_group_order(weight, x), weight)
+    assert np.all(np.abs(batch.double().numpy() - x.double().numpy() @ reference.T)
+                  <= product_bound(x.double().numpy(), reference))
     for i in range(9):
-        assert torch.equal(cpu_w4a16.matmul(x[i:i + 1], weight)[0], batch[i])
+        assert torch.equal(cpu_w4a16.matmul(in_group_order(weight, x[i:i + 1]), weight)[0], batch[i])
 
 
 def test_bad_layouts_are_refused():
