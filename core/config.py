@@ -127,9 +127,10 @@ class EngineConfig:
                                                              "executor, gloo on CPU, NCCL on CUDA); the model's "
                                                              "attention heads must divide by it")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
-    quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file runs "
-                                                             "quantized, its blocks kept as stored); gguf: the same, "
-                                                             "and an error if the model is not a GGUF file")
+    quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file or a "
+                                                             "GPTQ/AWQ checkpoint runs quantized, its weights kept "
+                                                             "packed); gguf, gptq, awq: the same, and an error if the "
+                                                             "checkpoint is not of that format")
     dequantize_gguf: bool = arg(False, help="load a GGUF file's weights dequantized to dense float tensors (the "
                                             "pre-issue-22 path, read by the Hugging Face parity tests) instead of "
                                             "running them quantized")
@@ -206,9 +207,10 @@ class EngineConfig:
                                  "(every adapter in a step is also kept in host memory)")
         if float(self.cpu_offload_gb) < 0:
             raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb} must be >= 0 (GiB)")
-        if self.quantization not in (None, "gguf"):
+        if self.quantization not in (None, "gguf", "gptq", "awq"):
             raise ValueError(f"quantization={self.quantization!r} is not supported in this release; use None (the "
-                             "checkpoint decides) or 'gguf' (a GGUF file, run quantized)")
+                             "checkpoint decides), 'gguf' (a GGUF file, run quantized), 'gptq' or 'awq' (a "
+                             "checkpoint whose quantization_config says so, run quantized on CPU)")
         if self.quantization == "gguf" and self.dequantize_gguf:
             raise ValueError("quantization='gguf' and dequantize_gguf=True contradict each other: the first runs the "
                              "GGUF blocks quantized, the second dense; leave quantization=None to load it dense")

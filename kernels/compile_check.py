@@ -17,15 +17,16 @@ import os
 import torch
 
 _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-          torch.int32: "i32", torch.int64: "i64"}
+          torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
 
 
 def _kernel_table():
-    from pagedllm.kernels import decode_attention, fused_ops, prefill_attention, store_kv
+    from pagedllm.kernels import decode_attention, fused_ops, prefill_attention, store_kv, w4a16_matmul
 
     return {decode_attention: ["_decode_kernel", "_reduce_kernel"],
             prefill_attention: ["_prefill_kernel"], store_kv: ["_store_kv_kernel"],
-            fused_ops: ["_rms_norm_kernel", "_rotary_kernel", "_silu_and_mul_kernel"]}
+            fused_ops: ["_rms_norm_kernel", "_rotary_kernel", "_silu_and_mul_kernel"],
+            w4a16_matmul: ["_w4a16_matmul_kernel"]}
 
 
 class _Recorder:
@@ -72,6 +73,15 @@ def _launch_all(dtype: torch.dtype) -> None:
     for rotary_dim, neox in ((32, True), (16, False)):
         fused_ops.rotary(pos, x.view(4, 3, 32)[:, :2], x.view(4, 3, 32)[:, 2:],
                          torch.zeros(10, rotary_dim, dtype=dtype), 32, rotary_dim, neox)
+    from pagedllm.kernels import w4a16_matmul
+    from pagedllm.quantization.w4a16_weight import W4A16Weight
+
+    starts = torch.tensor([0, 32, 64, 96], dtype=torch.int32)
+    for bits in (4, 8):
+        weight = W4A16Weight(torch.zeros(64, 96 * bits // 8, dtype=torch.uint8), torch.ones(64, 3), torch.zeros(64, 3),
+                             starts, None, bits, 64, 96)
+        for rows in (3, 40):  # decode-sized and prefill-sized row tiles
+            w4a16_matmul.matmul(torch.zeros(rows, 96, dtype=dtype), weight)
 
 
 def compile_all(arch: int = 90, dtypes=(torch.bfloat16, torch.float32, torch.float16)) -> list:

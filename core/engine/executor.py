@@ -33,6 +33,7 @@ class RunnerSpec:
     trust_remote_code: bool = False  # workers read the config again from model_path: a remote-code class
     # (transformers_modules.*) is importable only where transformers loaded it, so it does not unpickle there
     gguf_file: str | None = None  # a GGUF file whose blocks load quantized (one rank only)
+    w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
 
 
 class WorkerDiedError(RuntimeError):
@@ -75,7 +76,8 @@ class UniProcExecutor(Executor):
     def __init__(self, spec: RunnerSpec, model_cls=None):
         self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, spec.device,
                                          spec.max_model_len, spec.block_size, spec.attention_backend,
-                                         spec.model_impl, model_cls, gguf_file=spec.gguf_file)
+                                         spec.model_impl, model_cls, gguf_file=spec.gguf_file,
+                                         w4a16=spec.w4a16)
 
 
 def runner_param_bytes(runner: ModelRunner) -> int:

@@ -30,6 +30,7 @@ from pagedllm.loader import resolve_model
 from pagedllm.sampling_params import generation_config_defaults
 from pagedllm.models.registry import resolve_model_class
 from pagedllm.quantization.gguf_model import quantized_gguf
+from pagedllm.quantization.w4a16_model import checkpoint_w4a16
 from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling.config import resolve_pooler, resolve_runner, sentence_transformers_max_length
 from pagedllm.pooling.params import PoolingParams
@@ -106,12 +107,13 @@ class LLMEngine:
         self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         gguf_file = quantized_gguf(config, resolved, self.device)
-        self._check_parallel(model_cls, gguf_file)
+        w4a16 = checkpoint_w4a16(config, self.hf_config, resolved, self.device)
+        self._check_parallel(model_cls, gguf_file, w4a16)
         # the executor builds the model runner(s): in this process for one rank, plus worker processes for more
         self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
                                                          self.max_model_len, config.block_size,
                                                          config.attention_backend, config.model_impl,
-                                                         config.trust_remote_code, gguf_file), model_cls)
+                                                         config.trust_remote_code, gguf_file, w4a16), model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
             num_blocks = self._set_up_cache_and_scheduler(model_cls, resolved.path)
@@ -158,7 +160,7 @@ class LLMEngine:
             self.scheduler.max_loras = self.config.max_loras
         return num_blocks
 
-    def _check_parallel(self, model_cls, gguf_file: str | None) -> None:
+    def _check_parallel(self, model_cls, gguf_file: str | None, w4a16=None) -> None:
         """What tensor parallelism does not cover yet, refused before any worker starts."""
         tp = self.config.tensor_parallel_size
         if tp == 1:
@@ -167,6 +169,9 @@ class LLMEngine:
             raise ValueError(f"tensor_parallel_size={tp}: a GGUF file runs quantized on one rank in this release; "
                              "use tensor_parallel_size=1, or dequantize_gguf=True (--dequantize-gguf) to shard it "
                              "dense")
+        if w4a16 is not None:  # packed GPTQ/AWQ matrices are not split into shards yet
+            raise ValueError(f"tensor_parallel_size={tp}: a {w4a16.method} checkpoint runs quantized on one rank in "
+                             "this release; use tensor_parallel_size=1")
         check_tensor_parallel(self.hf_config, tp)
         if self.runner_type == "pooling":
             raise ValueError(f"tensor_parallel_size={tp}: pooling (embedding) models run with one rank in this "
