@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "cpu_dot.h"
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -184,14 +185,6 @@ static inline void deq32(int type, const uint8_t *b, __m256 v[4]) {
     }
 }
 
-static inline float hsum(__m256 s0, __m256 s1, __m256 s2, __m256 s3) { /* dot()'s reduction order */
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
-
 /* One quantized row . x without a buffer: the same vectors and the same accumulation as
  * dequantize_row followed by dot, so a row alone gives the bits it gives in a batch. */
 static inline float fused_dot(int type, const uint8_t *row, const float *x, long k) {
@@ -218,29 +211,6 @@ static inline void dequantize_row(int type, const uint8_t *row, long k, float *r
     }
 #endif
     for (long i = 0; i < k / bs; i++) dequantize_block(type, row + i * bb, y + i * bs);
-}
-
-/* sum a[i] * b[i] over k (a multiple of 8): four 8-lane accumulators, one fixed order. */
-static inline float dot(const float *restrict a, const float *restrict b, long k) {
-    long i = 0;
-#ifdef GGUF_AVX2
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    for (; i + 32 <= k; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float total = hsum(s0, s1, s2, s3);
-#else
-    float lanes[8] = {0};
-    for (; i + 8 <= k; i += 8)
-        for (int j = 0; j < 8; j++) lanes[j] += a[i + j] * b[i + j];
-    float total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-#endif
-    for (; i < k; i++) total += a[i] * b[i];
-    return total;
 }
 
 /* Whether the library has a kernel for `type` (the Python side asks before it keeps a weight quantized). */

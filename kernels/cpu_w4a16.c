@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "cpu_dot.h"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define W4A16_AVX2 1
@@ -55,32 +56,6 @@ static inline void dequantize_row(const uint8_t *restrict codes, int bits, const
         c += 2 * pairs;
         if (c < end) row[c] = ((float)(codes[c >> 1] & 15) - z) * s;
     }
-}
-
-static inline float dot(const float *restrict a, const float *restrict b, long k) {
-    long i = 0;
-#ifdef W4A16_AVX2
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    for (; i + 32 <= k; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float total = _mm_cvtss_f32(h);
-#else
-    float lanes[8] = {0};
-    for (; i + 8 <= k; i += 8)
-        for (int j = 0; j < 8; j++) lanes[j] += a[i + j] * b[i + j];
-    float total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-#endif
-    for (; i < k; i++) total += a[i] * b[i];
-    return total;
 }
 
 #ifdef W4A16_AVX2
@@ -156,11 +131,7 @@ static inline float fused_dot(const uint8_t *restrict codes, int bits, const flo
         s[0] = _mm256_fmadd_ps(dequantize8(codes, bits, i, scale, zero), _mm256_loadu_ps(x + i), s[0]);
     }
 #undef W4A16_GROUP_OF
-    const __m256 t = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum(s[0], s[1], s[2], s[3]);
 }
 #endif
 
