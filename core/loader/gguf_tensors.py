@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pagedllm.loader.gguf_index import read_gguf_index
+from pagedllm.loader.weights import checkpoint_names
 from pagedllm.quantization.gguf_weight import FLOAT_TYPES, GGUFWeight
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config,
                          "do yet (quantized GGUF runs for architectures stored row for row, e.g. llama, mistral, "
                          "qwen2); load it with dequantize_gguf=True (--dequantize-gguf)")
     processor = processor_cls(config=hf_config.to_dict())
-    mapping = _name_map(architecture, hf_config, _checkpoint_names(converted))
+    mapping = _name_map(architecture, hf_config, checkpoint_names(converted))
     skipped = []
     for tensor in tensors:
         if tensor.name not in mapping:
@@ -59,18 +60,6 @@ def iterate_gguf_tensors(gguf_file: str | os.PathLike, hf_config,
             yield name, GGUFWeight(value, qtype, value.shape[0], tensor.shape[0], tensor.name)  # ggml: row length first
     if skipped:
         logger.info("GGUF tensors without a parameter, not loaded: %s", ", ".join(skipped))
-
-
-def _checkpoint_names(folder: str | os.PathLike) -> list[str]:
-    from safetensors import safe_open
-
-    from pagedllm.loader.weights import checkpoint_files
-
-    names = []
-    for file in checkpoint_files(folder):
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            names.extend(handle.keys())
-    return names
 
 
 def _name_map(architecture: str, hf_config, hf_names: list[str]) -> dict[str, str]:

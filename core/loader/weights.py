@@ -77,3 +77,17 @@ def _iterate_bin(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from state.items()
     finally:
         del state
+
+
+def checkpoint_names(folder: str | os.PathLike) -> list[str]:
+    """The tensor names of a checkpoint (safetensors: read from the header, no tensor data)."""
+    files = checkpoint_files(folder)
+    if any(file.suffix != ".safetensors" for file in files):
+        return [name for name, _ in iterate_weights(folder)]
+    from safetensors import safe_open
+
+    names: list[str] = []
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            names.extend(handle.keys())
+    return names

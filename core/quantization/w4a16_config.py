@@ -30,11 +30,6 @@ class W4A16Config:
     sym: bool = True
     zero_offset: int = 0
 
-    @property
-    def pack_factor(self) -> int:
-        """Values per int32 of ``qweight`` and ``qzeros``."""
-        return 32 // self.bits
-
     def describe(self) -> str:
         extra = f", desc_act={self.desc_act}, sym={self.sym}" if self.method == "gptq" else ""
         return f"{self.method} (bits={self.bits}, group_size={self.group_size}{extra})"

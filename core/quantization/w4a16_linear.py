@@ -30,7 +30,7 @@ class W4A16LinearMethod(LinearMethod):
         self.config = config
         self.name = name  # the layer's name in the model, for messages
         self.received: dict[object, dict[str, torch.Tensor]] = {}  # shard -> tensor name -> tensor
-        self.weights: list[tuple[int, W4A16Weight]] | None = None  # (first output row, weight)
+        self.weights: list[W4A16Weight] | None = None  # shards stacked where their columns are grouped alike
         self.input_size = self.output_size = 0
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int, bias: bool) -> None:
@@ -92,10 +92,8 @@ class W4A16LinearMethod(LinearMethod):
             joined.append((start, weight))
         if next_row != self.output_size:
             raise ValueError(f"{type(layer).__name__}: quantized tensors cover {next_row} of {self.output_size} rows")
-        self.weights, self.received = joined, {}
-        for name in PACKED_NAMES:  # the checkpoint's packed copies are not kept
-            setattr(layer, name, nn.Parameter(torch.empty(0, dtype=torch.int32), requires_grad=False))
-        for i, (_, weight) in enumerate(joined):  # buffers: counted with the model's tensors, moved with it
+        self.weights, self.received = [weight for _, weight in joined], {}
+        for i, weight in enumerate(self.weights):  # buffers: counted with the model's tensors, moved with it
             for j, tensor in enumerate(weight.tensors()):
                 layer.register_buffer(f"w4a16_{i}_{j}", tensor, persistent=False)
 
@@ -103,13 +101,9 @@ class W4A16LinearMethod(LinearMethod):
         if self.weights is None:
             self.process_weights_after_loading(layer)
         x2 = x.reshape(-1, self.input_size)
-        outs = [w.matmul(x2) for _, w in self.weights]
+        outs = [w.matmul(x2) for w in self.weights]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         bias = getattr(layer, "bias", None)
         if bias is not None:
             out = out + bias
         return out.to(x.dtype).view(*x.shape[:-1], self.output_size)
-
-    def dequantized(self) -> torch.Tensor:
-        """The layer's dense weight [out, in] in float32 (tests, diagnostics)."""
-        return torch.cat([w.dequantize() for _, w in self.weights])

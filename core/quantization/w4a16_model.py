@@ -12,15 +12,12 @@ import os
 import torch
 from torch import nn
 
-from pagedllm.loader.weights import checkpoint_files, iterate_weights
+from pagedllm.loader.weights import checkpoint_names, iterate_weights
 from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.weight_utils import load_mapped
 from pagedllm.quantization.w4a16_config import W4A16Config, read_w4a16_config
 from pagedllm.quantization.w4a16_linear import W4A16LinearMethod
-
-QUANTIZATION_CHOICES = (None, "gguf", "gptq", "awq")
-
 
 def checkpoint_w4a16(config, hf_config, resolved, device: torch.device) -> W4A16Config | None:
     """The GPTQ/AWQ config to load the checkpoint with, or None (dense, or a GGUF file).
@@ -41,20 +38,6 @@ def checkpoint_w4a16(config, hf_config, resolved, device: torch.device) -> W4A16
         raise ValueError(f"quantization={found.method!r} has no {torch.device(device).type} kernels in this release "
                          "(CPU only: device='cpu')")
     return found
-
-
-def checkpoint_names(folder: str | os.PathLike) -> list[str]:
-    """The tensor names of a checkpoint (safetensors: read from the header, no tensor data)."""
-    files = checkpoint_files(folder)
-    if any(file.suffix != ".safetensors" for file in files):
-        return [name for name, _ in iterate_weights(folder)]
-    from safetensors import safe_open
-
-    names: list[str] = []
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            names.extend(handle.keys())
-    return names
 
 
 def load_w4a16_weights(model: nn.Module, model_path: str | os.PathLike, config: W4A16Config) -> None:

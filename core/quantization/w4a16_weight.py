@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.kernels import cpu_w4a16
+from pagedllm.quantization.gguf_weight import SMALL_BATCH  # rows up to which the row kernel beats dequantize + GEMM
 
-KERNEL_MAX_ROWS = 16  # from 17 rows a per-call dequantize + GEMM beats the row kernel (as for GGUF)
 
 
 @dataclass
@@ -102,13 +102,13 @@ class W4A16Weight:
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for x [n, in], the activations reordered to the weight's columns first.
 
-        On CPU: up to ``KERNEL_MAX_ROWS`` rows (decode) the C kernel multiplies row by row from the codes;
+        On CPU: up to ``SMALL_BATCH`` rows (decode) the C kernel multiplies row by row from the codes;
         more rows (prefill, batches) dequantize the layer once for this call and use torch's GEMM, which is
         faster there. Without the C kernel (or off CPU) the weight is dequantized in torch per call."""
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         if x.device.type == "cpu":
-            if x.shape[0] <= KERNEL_MAX_ROWS:
+            if x.shape[0] <= SMALL_BATCH:
                 out = cpu_w4a16.matmul(x, self)
                 if out is not None:
                     return out

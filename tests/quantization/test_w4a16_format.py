@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from pagedllm.kernels import cpu_w4a16
 from pagedllm.quantization.w4a16_format import unpack_awq, unpack_gptq
 from pagedllm.quantization.w4a16_weight import W4A16Weight
 from w4a16_reference import awq_tensors, gptq_tensors, product_bound, reference_awq, reference_gptq
@@ -36,7 +37,12 @@ def test_awq_dequantize_matches_reference(group_size):
 @pytest.mark.parametrize("rows", [1, 3, 17, 64, 256])
 @pytest.mark.parametrize("case", [("gptq", 4, 32, True), ("gptq", 8, 64, False), ("gptq", 4, -1, False),
                                   ("awq", 4, 128, False), ("awq", 4, 32, False)])
-def test_matmul_matches_float64(rows, case):
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_matmul_matches_float64(rows, case, path, monkeypatch):
+    """Both ways ``W4A16Weight.matmul`` computes: the C kernel (rows <= 16) or its dequantize + GEMM, and the
+    torch dequantization used where the kernel cannot be built (activations reordered by ``perm`` either way)."""
+    if path == "torch":
+        monkeypatch.setattr(cpu_w4a16, "load", lambda *args: None)
     method, bits, group_size, desc_act = case
     in_features, out_features = (328, 40) if method == "gptq" else (136, 24)
     if method == "gptq":
