@@ -21,15 +21,18 @@ class ToolCallStream:
 
     def feed(self, delta: str, *, final: bool = False) -> tuple[str, list[dict]]:
         """Add ``delta``; return (new content, new tool-call deltas as OpenAI dicts)."""
+        if not delta and not final:  # the detokenizer holding back a partial character: nothing new to parse
+            return "", []
         self.text += delta
-        if self.broken:
-            return self._content(self.text if final else self.text[:self.content_sent]), []
-        try:
-            parsed = self.parser.parse(self.text, final=final)
-        except ToolCallParseError:
-            self.broken = True
-            parsed = ParsedOutput(self.text if final and not self.ids else self.text[:self.content_sent])
-        return self._content(parsed.content), self._calls(parsed)
+        if not self.broken:
+            try:
+                parsed = self.parser.parse(self.text, final=final)
+                return self._content(parsed.content), self._calls(parsed)
+            except ToolCallParseError:
+                self.broken = True
+        # not a valid call after all: at the end, the whole answer is content, unless calls already went out
+        # (they cannot be taken back; the rest is dropped, however the text was chunked)
+        return (self._content(self.text) if final and not self.ids else ""), []
 
     def _content(self, content: str) -> str:
         new = content[self.content_sent:]

@@ -93,6 +93,23 @@ def test_streaming_joins_to_the_whole_answer(name, answer, content, calls, size)
     assert all(streamed[i]["id"].startswith("call_") for i in streamed)
 
 
+@pytest.mark.parametrize("name, answer", [
+    ("hermes", '<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>x'),  # a call, then garbage
+    ("hermes", '<tool_call>\n{"name": "f", "arguments": {"x": 1}\n</tool_call>'),  # broken from the start
+    ("pythonic", "[f(x=1"),
+])
+def test_broken_answers_stream_alike_however_chunked(name, answer):
+    """An answer that turns out invalid: if a call already went out it cannot be taken back, and nothing
+    follows it (not the whole text again as content); if none did, all of it is content, as unstreamed.
+    Which of the two does not depend on where the chunks fall, only on whether a call was complete first."""
+    whole = _parser(name).extract_tool_calls(answer)
+    assert whole.calls == [] and whole.content == answer
+    for size in (1, 2, 5, len(answer) - 1, len(answer)):
+        content, calls = _streamed(_parser(name), answer, size)
+        assert content == ("" if calls else answer), (size, content, calls)
+        assert all(c["name"] == "f" for c in calls.values()), size  # what went out before the answer broke
+
+
 def test_streamed_arguments_arrive_in_fragments():
     """JSON-based parsers send arguments as they are written, not at the end."""
     stream = ToolCallStream(get_tool_parser("hermes")())
