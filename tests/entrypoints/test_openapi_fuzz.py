@@ -54,7 +54,7 @@ def _fuzz(schema, method: str, path: str, mode: str, examples: int) -> None:
 
 def test_every_route_is_documented(schema):
     documented = {(m.upper(), p) for p, ops in schema.raw_schema["paths"].items() for m in ops}
-    assert set(OPERATIONS) <= documented
+    assert documented == set(OPERATIONS)  # a route missing from openapi.ROUTES (undocumented bodies) fails here
     chat = schema.raw_schema["paths"]["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
     assert {"200", "400", "401", "404", "413", "503"} <= set(chat["responses"])
