@@ -39,3 +39,9 @@ def write_json(report: dict, path: str | None) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(f"results written to {path}")
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """A process's resident memory in MiB, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024

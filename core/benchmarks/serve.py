@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from pagedllm.benchmarks.report import write_json
+from pagedllm.benchmarks.report import rss_mib, write_json
 from pagedllm.benchmarks.workload import (DEFAULT_MAX_OUTPUT_LEN, DEFAULT_MIN_OUTPUT_LEN, DEFAULT_NUM_REQUESTS,
                                           build_workload, workload_stats)
 
@@ -116,9 +116,7 @@ async def _sample_rss(pid: int, samples: list, every_s: float = 5.0) -> None:
     """(seconds since start, RSS MiB) of ``pid`` every ``every_s`` from /proc (Linux)."""
     start = time.perf_counter()
     while True:
-        with open(f"/proc/{pid}/status") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        samples.append((round(time.perf_counter() - start, 1), round(kib / 1024, 1)))
+        samples.append((round(time.perf_counter() - start, 1), round(rss_mib(pid), 1)))
         await asyncio.sleep(every_s)
 
 

@@ -22,19 +22,23 @@ def skip_space(text: str, pos: int) -> int:
     return pos
 
 
+def _decode(text: str, pos: int) -> tuple[object, int | None]:
+    """The JSON value at ``pos`` and its end, or (None, None) while it is incomplete."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        return None, None
+
+
 def _value_end(text: str, pos: int) -> int | None:
     """End of the JSON value at ``pos``, or None while it is incomplete."""
-    try:
-        return _DECODER.raw_decode(text, pos)[1]
-    except json.JSONDecodeError:
-        return None
+    return _decode(text, pos)[1]
 
 
 def parse_call_object(text: str, pos: int) -> tuple[ParsedCall, int | None]:
     """The call object at ``text[pos]`` (a ``{``): ``(call, end)`` once complete, ``(partial call, None)`` before."""
-    end = _value_end(text, pos)
+    obj, end = _decode(text, pos)
     if end is not None:
-        obj = json.loads(text[pos:end])
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             raise ToolCallParseError(f"not a tool call object: {text[pos:end][:80]!r}")
         args = obj.get("arguments", obj.get("parameters", {}))

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from live_server import TINY_MAX_MODEL_LEN, tiny_model_dir  # noqa: F401 - fixture
+from pagedllm.benchmarks.report import rss_mib
 
 MAX_TOKENS = 24
 
@@ -115,11 +116,6 @@ def test_4x_bound_excess_refused_accepted_complete(bounded):
     assert_idle(engine)
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS is read from /proc (Linux)")
 def test_repeated_overload_does_not_grow_memory(bounded):
     """Ten more bursts of 4x the bound after a warm-up one (80 requests, most refused) leave nothing behind:
@@ -127,12 +123,12 @@ def test_repeated_overload_does_not_grow_memory(bounded):
     overload; the KV cache is allocated once at start, so only leaked request state could grow it)."""
     app, engine = bounded
     fire(app, 8)
-    before = _rss_mib()
+    before = rss_mib()
     refused = 0
     for _ in range(10):
         refused += sum(r.status_code == 503 for r in fire(app, 8))
     assert refused >= 10
-    assert _rss_mib() - before < 32, (before, _rss_mib())
+    assert rss_mib() - before < 32, (before, rss_mib())
     assert_idle(engine)
 
 
