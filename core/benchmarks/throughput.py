@@ -19,6 +19,7 @@ import gc
 import sys
 import time
 
+from pagedllm import distributed
 from pagedllm.benchmarks.hf_backend import DEFAULT_HF_BATCH_SIZE
 from pagedllm.benchmarks.report import load_avg, machine_info, write_json
 from pagedllm.benchmarks.workload import (
@@ -127,12 +128,11 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
     engine = llm.llm_engine
     for profile in profiles:
         engine.block_manager.reset_prefix_cache()
-        steps, reduced = engine.stats.num_steps, engine.executor.stats()[0]["all_reduced_bytes"]
+        steps, reduced = engine.stats.num_steps, distributed.all_reduced_bytes  # rank 0's count, this process's
         runs[profile] = rates(run_pagedllm(llm, requests, profile))
         runs[profile]["sampling"] = profile
         steps = engine.stats.num_steps - steps
-        runs[profile]["all_reduced_bytes_per_step"] = (engine.executor.stats()[0]["all_reduced_bytes"]
-                                                       - reduced) / max(steps, 1)
+        runs[profile]["all_reduced_bytes_per_step"] = (distributed.all_reduced_bytes - reduced) / max(steps, 1)
     result = runs[profiles[0]]
     result.update(tensor_parallel_size=engine.config.tensor_parallel_size,
                   torch_threads_per_rank=getattr(engine.executor, "num_threads", None) or _threads(),

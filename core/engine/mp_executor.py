@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import logging
 import os
-import pickle
 import secrets
 import socket
 import subprocess
@@ -34,10 +33,10 @@ import torch.distributed as dist
 
 from pagedllm import distributed
 from pagedllm.attention.backend import StepState
-from pagedllm.engine.executor import Executor, RunnerSpec, WorkerDiedError, runner_param_bytes
+from pagedllm.engine.executor import Executor, RunnerSpec, WorkerDiedError
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.worker import ADDRESS_ENV, KEY_ENV, RANK_ENV
-from pagedllm.worker.worker_protocol import recv, send
+from pagedllm.worker.worker_protocol import encode, recv, send
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +89,12 @@ class MultiprocExecutor(Executor):
                                              spec.max_model_len, spec.block_size, spec.attention_backend,
                                              spec.model_impl, model_cls)
             self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
-            infos = [self._expect(rank, "ready") for rank in range(1, world_size)]
+            for rank in range(1, world_size):
+                self._expect(rank, "ready")
         except BaseException:
             self.shutdown()
             raise
         self.store = store
-        self.worker_param_bytes = [info["param_bytes"] for info in infos]
         logger.info("tensor parallel: %d ranks (%s), %d torch thread(s) per rank", world_size, backend,
                     self.num_threads)
 
@@ -178,15 +177,18 @@ class MultiprocExecutor(Executor):
                                f"{proc.returncode}; the engine has stopped its other workers and cannot run more "
                                "steps: start a new one")
 
+    def _dead_ranks(self) -> list[int]:
+        return [rank for rank, proc in enumerate(self.procs, start=1) if proc.poll() is not None]
+
     def _check_alive(self) -> None:
-        for rank, proc in enumerate(self.procs, start=1):
-            if proc.poll() is not None:
-                raise self._died(rank)
+        dead = self._dead_ranks()
+        if dead:
+            raise self._died(dead[0])
 
     # ---- what the driver's runner calls every step -------------------------------------------
     def _broadcast(self, message: tuple) -> None:
         self._check_alive()
-        data = pickle.dumps(message, protocol=5)
+        data = encode(message)
         for rank, conn in enumerate(self.conns, start=1):
             try:
                 conn.send_bytes(data)
@@ -223,10 +225,10 @@ class MultiprocExecutor(Executor):
             self.shutdown()
             raise
         except Exception as exc:  # noqa: BLE001 - a collective fails when a peer died: say which
-            dead = [rank for rank, proc in enumerate(self.procs, start=1) if proc.poll() is not None]
+            dead = self._dead_ranks()
             if not dead:
                 time.sleep(0.5)  # the peer's exit may trail the broken socket
-                dead = [rank for rank, proc in enumerate(self.procs, start=1) if proc.poll() is not None]
+                dead = self._dead_ranks()
             if dead:
                 error = self._died(dead[0])
                 self.shutdown()
@@ -236,9 +238,7 @@ class MultiprocExecutor(Executor):
 
     def stats(self) -> list[dict]:
         self._broadcast(("stats",))
-        rank0 = {"param_bytes": runner_param_bytes(self.driver_runner),
-                 "all_reduced_bytes": distributed.all_reduced_bytes}
-        return [rank0] + [self._expect(rank, "stats") for rank in range(1, self.world_size)]
+        return super().stats() + [self._expect(rank, "stats") for rank in range(1, self.world_size)]
 
     @property
     def worker_pids(self) -> list[int]:

@@ -75,12 +75,10 @@ class Worker:
                                   spec["max_model_len"], spec["block_size"], spec["attention_backend"],
                                   spec["model_impl"])
         self.hidden: torch.Tensor | None = None
-        send(conn, ("ready", {"kv_shape": self.runner.kv_shape, "param_bytes": self.param_bytes()}))
-
-    def param_bytes(self) -> int:
         from pagedllm.engine.executor import runner_param_bytes
 
-        return runner_param_bytes(self.runner)
+        self.param_bytes = runner_param_bytes(self.runner)  # the shard's weights do not change
+        send(conn, ("ready",))
 
     def serve(self) -> None:
         """Answer the driver until it says stop or goes away (EOF: the driver died)."""
@@ -98,7 +96,7 @@ class Worker:
                     self.runner.allocate_kv_cache(message[1])
                     send(self.conn, ("allocated",))
                 elif kind == "stats":
-                    send(self.conn, ("stats", {"param_bytes": self.param_bytes(),
+                    send(self.conn, ("stats", {"param_bytes": self.param_bytes,
                                                "all_reduced_bytes": distributed.all_reduced_bytes}))
                 elif kind == "stop":
                     break
