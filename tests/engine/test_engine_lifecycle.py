@@ -113,3 +113,21 @@ def test_cumulative_logprob_only_when_asked(tiny_path):
     assert plain.outputs[0].token_ids == asked.outputs[0].token_ids
     total = sum(entry[t].logprob for t, entry in zip(asked.outputs[0].token_ids, asked.outputs[0].logprobs))
     assert abs(asked.outputs[0].cumulative_logprob - total) < 1e-4
+
+
+def test_chat_shows_tools_to_a_template_without_them(tiny_path):
+    """The bundled chat template has no tools section: ``LLM.chat(tools=...)`` describes them in the system
+    message, as the server and ChatVLLM do, instead of dropping them silently."""
+    from pagedllm.tool_calling import template_renders_tools
+
+    llm = LLM(tiny_path, dtype="float32", kv_cache_memory=16 << 20)
+    assert not template_renders_tools(llm.get_tokenizer().chat_template)
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                             "parameters": {"type": "object",
+                                                            "properties": {"city": {"type": "string"}}}}}
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    params = SamplingParams(temperature=0, max_tokens=2)
+    with_tools = llm.chat(messages, params, tools=[tool], use_tqdm=False)[0].prompt
+    without = llm.chat(messages, params, use_tqdm=False)[0].prompt
+    assert "get_weather" in with_tools and "Current weather in a city" in with_tools and '"city"' in with_tools
+    assert "get_weather" not in without and "Weather in Oslo?" in with_tools
