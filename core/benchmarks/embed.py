@@ -3,9 +3,12 @@
 The workload is seeded English text of mixed lengths (16..256 tokens by default), cut to exact
 token counts with the model's own tokenizer, so every backend embeds the same inputs. Peers:
 ``SentenceTransformer.encode`` (batch 32, fp32: what a RAG user runs instead), ``LLM.embed``
-offline, and optionally a ``pagedllm serve`` subprocess loaded by ``concurrency`` clients of one
-text each through the ``openai`` SDK. The vectors of pagedllm and sentence-transformers are
-compared too (lowest cosine), so a fast wrong answer cannot pass for a result.
+offline at each ``--dtype`` (fp32 and the engine's default, ``auto``: bf16 on CPUs with
+AVX512-BF16/AMX), and optionally a ``pagedllm serve`` subprocess at the default dtype loaded by
+``concurrency`` clients of one text each through the ``openai`` SDK. When a bf16 row runs,
+sentence-transformers runs in bf16 too, so the reader sees how much of a bf16 win is the dtype.
+Every pagedllm row's vectors are compared with sentence-transformers' fp32 ones (lowest cosine),
+so a fast wrong answer cannot pass for a result.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=16, help="served: clients in flight (default: %(default)s)")
     parser.add_argument("--skip", action="append", default=[], choices=("st", "served"),
                         help="leave a backend out (repeatable)")
+    parser.add_argument("--dtype", action="append", choices=("auto", "float32", "bfloat16"),
+                        help="pagedllm's dtype, repeatable (default: float32 and auto; auto is what "
+                             "LLM(...) uses unless told: bf16 on CPUs with AVX512-BF16/AMX, else fp32)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None,
                         help="pagedllm's tokens per step (default: the engine's)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default: %(default)s)")
@@ -62,25 +68,48 @@ def _timed(fn) -> tuple[object, float]:
     return result, time.perf_counter() - start
 
 
-def bench_st(path: str, texts: list[str], batch_size: int):
+def bench_st(path: str, texts: list[str], batch_size: int, dtype: str = "float32"):
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(path, device="cpu")
+    st = SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": getattr(torch, dtype)})
     st.max_seq_length = max(st.max_seq_length or 0, 512)
     st.encode(texts[:64], batch_size=batch_size)  # warm-up
     return _timed(lambda: st.encode(texts, batch_size=batch_size, convert_to_numpy=True))
 
 
-def bench_pagedllm(model: str, texts: list[str], budget: int | None):
+def bench_pagedllm(model: str, texts: list[str], budget: int | None, dtype: str = "float32"):
     import numpy as np
 
     from pagedllm import LLM
 
     kwargs = {"max_num_batched_tokens": budget} if budget else {}
-    llm = LLM(model, dtype="float32", max_model_len=512, **kwargs)
+    llm = LLM(model, dtype=dtype, max_model_len=512, **kwargs)
     llm.embed(texts[:64], use_tqdm=False)  # warm-up
     outs, elapsed = _timed(lambda: llm.embed(texts, use_tqdm=False))
-    return np.array([o.outputs.embedding for o in outs], dtype=np.float32), elapsed, sum(len(o.prompt_token_ids) for o in outs)
+    vectors = np.array([o.outputs.embedding for o in outs], dtype=np.float32)
+    del llm
+    return vectors, elapsed, sum(len(o.prompt_token_ids) for o in outs)
+
+
+def resolved_dtypes(requested: list[str] | None) -> list[str]:
+    """The dtype names pagedllm runs at, ``auto`` resolved as the engine does, without repeats."""
+    import torch
+
+    from pagedllm.config import resolve_dtype
+
+    names = []
+    for dtype in requested or ["float32", "auto"]:
+        name = str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def min_cosine(a, b) -> float:
+    import numpy as np
+
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 async def _serve_clients(base_url: str, model: str, texts: list[str], concurrency: int) -> tuple[int, float]:
@@ -104,7 +133,8 @@ async def _serve_clients(base_url: str, model: str, texts: list[str], concurrenc
     return errors, time.perf_counter() - start
 
 
-def bench_served(model: str, texts: list[str], concurrency: int, budget: int | None) -> tuple[int, float]:
+def bench_served(model: str, texts: list[str], concurrency: int, budget: int | None,
+                 dtype: str = "float32") -> tuple[int, float]:
     """A ``pagedllm serve`` subprocess (its engine alone in its process, as deployed)."""
     import socket
     import urllib.request
@@ -113,7 +143,7 @@ def bench_served(model: str, texts: list[str], concurrency: int, budget: int | N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [os.path.join(os.path.dirname(sys.executable), "pagedllm"), "serve", model, "--port", str(port),
-           "--dtype", "float32", "--max-model-len", "512", "--disable-log-requests"]
+           "--dtype", dtype, "--max-model-len", "512", "--disable-log-requests"]
     if budget:
         cmd += ["--max-num-batched-tokens", str(budget)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,7 +164,6 @@ def bench_served(model: str, texts: list[str], concurrency: int, budget: int | N
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    import numpy as np
     import torch
     from transformers import AutoTokenizer
 
@@ -142,23 +171,33 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     path = resolve_model(args.model).path
     texts = build_texts(AutoTokenizer.from_pretrained(path), args.num_texts, args.min_len, args.max_len, args.seed)
+    dtypes = resolved_dtypes(args.dtype)
     load_before = load_avg()
     results: dict = {}
-    ours, elapsed, tokens = bench_pagedllm(args.model, texts, args.max_num_batched_tokens)
-    results["pagedllm"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed}
-    print(f"pagedllm LLM.embed: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+    vectors = {}
+    for dtype in dtypes:
+        vectors[dtype], elapsed, tokens = bench_pagedllm(args.model, texts, args.max_num_batched_tokens, dtype)
+        results[f"pagedllm {dtype}"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
+                                        "elapsed_s": elapsed, "dtype": dtype}
+        print(f"pagedllm LLM.embed {dtype}: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
     if "st" not in args.skip:
-        theirs, elapsed = bench_st(path, texts, args.batch_size)
-        cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
-        results["sentence-transformers"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
-                                            "elapsed_s": elapsed, "batch_size": args.batch_size,
-                                            "min_cosine_to_pagedllm": float(cos.min())}
-        print(f"sentence-transformers encode: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+        for dtype in ["float32"] + [d for d in dtypes if d != "float32"]:
+            theirs, elapsed = bench_st(path, texts, args.batch_size, dtype)
+            results[f"sentence-transformers {dtype}"] = {"texts_per_s": len(texts) / elapsed,
+                                                         "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed,
+                                                         "batch_size": args.batch_size, "dtype": dtype}
+            if dtype == "float32":
+                for ours_dtype, ours in vectors.items():
+                    results[f"pagedllm {ours_dtype}"]["min_cosine_to_st_fp32"] = min_cosine(ours, theirs)
+            print(f"sentence-transformers encode {dtype}: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr,
+                  flush=True)
     if "served" not in args.skip:
-        errors, elapsed = bench_served(args.model, texts, args.concurrency, args.max_num_batched_tokens)
-        results["pagedllm served"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
-                                      "elapsed_s": elapsed, "concurrency": args.concurrency, "errors": errors}
-        print(f"pagedllm served: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
+        dtype = dtypes[-1]
+        errors, elapsed = bench_served(args.model, texts, args.concurrency, args.max_num_batched_tokens, dtype)
+        results[f"pagedllm served {dtype}"] = {"texts_per_s": len(texts) / elapsed, "tokens_per_s": tokens / elapsed,
+                                               "elapsed_s": elapsed, "concurrency": args.concurrency,
+                                               "errors": errors, "dtype": dtype}
+        print(f"pagedllm served {dtype}: {len(texts) / elapsed:.1f} texts/s", file=sys.stderr, flush=True)
     return {"benchmark": "embed", "model": args.model, "num_texts": len(texts), "tokens": tokens,
             "lengths": [args.min_len, args.max_len], "seed": args.seed, "results": results,
             "machine": machine_info(torch.device("cpu"), load_before),
@@ -166,22 +205,24 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 
 def format_table(report: dict) -> str:
+    """Every row against sentence-transformers fp32 (the issue's peer) and against it at the row's own dtype."""
     results = report["results"]
-    base = results.get("sentence-transformers", {}).get("texts_per_s")
-    lines = ["| backend | texts/s | tokens/s | vs sentence-transformers |", "|---|---:|---:|---:|"]
+    st = {r["dtype"]: r["texts_per_s"] for n, r in results.items() if n.startswith("sentence-transformers")}
+    lines = ["| backend | texts/s | tokens/s | vs sentence-transformers fp32 | vs sentence-transformers same dtype "
+             "| lowest cosine to sentence-transformers fp32 |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        ratio = f"{r['texts_per_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {name} | {r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} | {ratio} |")
+        fp32 = f"{r['texts_per_s'] / st['float32']:.2f}x" if "float32" in st else "-"
+        same = f"{r['texts_per_s'] / st[r['dtype']]:.2f}x" if r["dtype"] in st else "-"
+        cosine = f"{r['min_cosine_to_st_fp32']:.6f}" if "min_cosine_to_st_fp32" in r else "-"
+        lines.append(f"| {name} | {r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} | {fp32} | {same} | {cosine} |")
     lines.append("")
     lines.append(f"{report['num_texts']} texts of {report['lengths'][0]}-{report['lengths'][1]} tokens "
-                 f"({report['tokens']} tokens), {report['model']}, fp32 on CPU")
-    if "pagedllm served" in results:
-        r = results["pagedllm served"]
-        lines.append(f"served/offline: {r['texts_per_s'] / results['pagedllm']['texts_per_s']:.2f}x at concurrency "
-                     f"{r['concurrency']} ({r['errors']} errors)")
-    if "sentence-transformers" in results:
-        lines.append(f"lowest cosine pagedllm vs sentence-transformers: "
-                     f"{results['sentence-transformers']['min_cosine_to_pagedllm']:.6f}")
+                 f"({report['tokens']} tokens), {report['model']}, on CPU")
+    for name, r in results.items():
+        if name.startswith("pagedllm served"):
+            offline = results[f"pagedllm {r['dtype']}"]["texts_per_s"]
+            lines.append(f"served/offline ({r['dtype']}): {r['texts_per_s'] / offline:.2f}x at concurrency "
+                         f"{r['concurrency']} ({r['errors']} errors)")
     return "\n".join(lines)
 
 
