@@ -2,8 +2,9 @@
 tests/quantization and tests/lora: a uniquely named module, as ``model_fixtures``).
 
 It follows the published packings (AutoGPTQ's ``QuantLinear.pack``, AutoAWQ's ``WQLinear_GEMM``)
-written out slot by slot here, independently of ``pagedllm.quantization.w4a16_format``; the real
-tools (gptqmodel, autoawq) are not on this machine's package registry. Like them it quantizes the
+written out slot by slot here, independently of ``pagedllm.quantization.w4a16_format``, with any
+shape, bit width, group or desc_act a test needs (checkpoints of a real library, auto-round, are in
+quantization/autoround_checkpoints). Like them it quantizes the
 decoder's linear layers only (not embeddings, norms or the LM head).
 
 Each call also writes the same weights dequantized to a dense float32 checkpoint (computed here
