@@ -29,8 +29,8 @@ from process_group import stop_group
 from tensor_parallel_helpers import TWO_CORES, alive, children
 
 serve = pytest.importorskip("ray.serve", reason="data parallelism runs on Ray Serve: pip install 'pagedllm[ray]'")
-from pagedllm.entrypoints.openai.ray_serve import (REPLICA_HEADER, ReplicaResources, ServeRun,  # noqa: E402
-                                                   build_openai_app, check_capacity)
+from pagedllm.entrypoints.openai.ray_serve import (REPLICA_HEADER, ServeRun, build_openai_app,  # noqa: E402
+                                                   check_capacity)
 
 ENGINE = dict(dtype="float32", kv_cache_memory=8 << 20, max_model_len=TINY_MAX_MODEL_LEN, seed=0)
 PROMPTS = [f"{p} {k}" for k in range(5) for p in SEED_PROMPTS]  # 20 distinct prompts
@@ -53,6 +53,8 @@ def test_the_application_holds_n_replicas_of_one_engine_each():
     assert config.model == MODEL and names == ["tiny"] and threads == 1
     two_ranks = build_openai_app(MODEL, num_replicas=1, tensor_parallel_size=2, **ENGINE)
     assert two_ranks._bound_deployment.ray_actor_options["num_cpus"] == 2  # one CPU per rank
+    bigger = build_openai_app(MODEL, num_replicas=2, ray_actor_options={"num_cpus": 8}, **ENGINE)
+    assert bigger._bound_deployment.init_args[2] == 8  # a replica's torch threads: its CPUs
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -69,7 +71,7 @@ def test_more_replicas_than_cpus_are_refused_naming_the_flag():
     cores = len(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match=rf"data_parallel_size={cores + 1} needs {cores + 1} CPUs \(1 per replica.*"
                                          rf"this machine has {cores}: use data_parallel_size <= {cores}"):
-        check_capacity(cores + 1, ReplicaResources(num_cpus=1, num_gpus=0, num_threads=1), local=True)
+        check_capacity(cores + 1, {"num_cpus": 1, "num_gpus": 0}, local=True)
 
 
 def test_the_cli_refuses_a_data_parallel_size_below_one():
@@ -167,6 +169,7 @@ def test_serve_dp2_spreads_openai_requests_over_two_replicas_and_stops_clean(tin
         assert np.abs(vectors - np.array(vectors_oracle, dtype=np.float64)).max() <= 1e-5
         assert len(replicas) == 2 and all(n > 0 for n in replicas.values()), replicas  # both served some
         assert replica_counters(url, replicas) == dict(replicas)  # and each counted what the client saw
+        print(f"engine requests per replica: {dict(replicas)}")
         tree = descendants(proc.pid)
         assert len(tree) >= 4  # Ray's GCS and raylet, Serve's controller and proxy, the two replicas
         proc.send_signal(signal.SIGTERM)  # to the server alone: it stops Serve and the Ray it started
@@ -195,7 +198,7 @@ def test_python_api_on_a_running_cluster_leaves_no_actor(tiny_model_dir, oracle)
     try:
         app = build_openai_app(tiny_model_dir, num_replicas=2, served_model_name="tiny", **ENGINE)
         port = free_port()
-        run = ServeRun(app, 2, ReplicaResources(num_cpus=1, num_gpus=0, num_threads=1), port=port)
+        run = ServeRun(app, 2, {"num_cpus": 1, "num_gpus": 0}, port=port)
         assert run.served() == [("tiny", "generate")]
         texts, replicas, streamed = load(f"http://127.0.0.1:{port}")
         assert texts == oracle[0] and streamed == oracle[1] and len(replicas) == 2, replicas

@@ -14,7 +14,6 @@ CPU per tensor-parallel rank on CPU (its torch threads), one GPU per rank on CUD
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -110,23 +109,13 @@ class OpenAIReplica:
         self.shutdown()
 
 
-@dataclasses.dataclass
-class ReplicaResources:
-    """What each replica reserves: one CPU per rank (its torch threads) on CPU, one GPU per rank on CUDA."""
-
-    num_cpus: float
-    num_gpus: float
-    num_threads: int
-
-    @classmethod
-    def of(cls, config: EngineConfig) -> "ReplicaResources":
-        ranks = config.tensor_parallel_size
-        if config.torch_device.type == "cuda":
-            return cls(num_cpus=1, num_gpus=ranks, num_threads=1)
-        return cls(num_cpus=ranks, num_gpus=0, num_threads=1)  # rank 0's threads; mp ranks set their own
-
-    def actor_options(self) -> dict:
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+def replica_actor_options(config: EngineConfig, num_cpus: int | None = None) -> dict:
+    """What each replica reserves: ``num_cpus`` CPUs (default and least: one per tensor-parallel rank), its
+    torch threads; on CUDA one GPU per rank."""
+    ranks = config.tensor_parallel_size
+    if config.torch_device.type == "cuda":
+        return {"num_cpus": num_cpus or 1, "num_gpus": ranks}
+    return {"num_cpus": max(ranks, num_cpus or ranks), "num_gpus": 0}
 
 
 def build_openai_app(model: str | None = None, *, num_replicas: int = 1, also: list[tuple[str, str]] = (),
@@ -138,8 +127,9 @@ def build_openai_app(model: str | None = None, *, num_replicas: int = 1, also: l
     ``engine_kwargs``: ``LLM(...)``'s keywords, checked here (a bad one raises before any replica starts).
     ``also``: (model, served name) pairs of more models each replica serves (``serve --also``).
     ``app_kwargs``: ``build_app``'s keywords (``api_key``, ``chat_template``, ``tool_call_parser``, ...).
-    ``ray_actor_options``: Serve's per-replica resources (default: one CPU per tensor-parallel rank, one GPU
-    per rank on CUDA)."""
+    ``ray_actor_options``: Serve's per-replica resources (default ``replica_actor_options``: one CPU per
+    tensor-parallel rank, one GPU per rank on CUDA); a replica runs as many torch threads per rank as it has
+    CPUs per rank."""
     from pagedllm.entrypoints.cli_args import DEFAULT_MODEL
 
     if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
@@ -150,11 +140,11 @@ def build_openai_app(model: str | None = None, *, num_replicas: int = 1, also: l
               if k in engine_kwargs}
     engines = [(config, _names(config))]
     engines += [(EngineConfig.from_kwargs(model=m, **shared), [name]) for m, name in also]
-    resources = ReplicaResources.of(config)
+    options = dict(ray_actor_options or replica_actor_options(config))
     env = {name: value for name, value in os.environ.items() if name.startswith(CARRIED_ENV_PREFIXES)}
-    options = ray_actor_options or {**resources.actor_options(), "runtime_env": {"env_vars": env}}
-    deployment = make_deployment(num_replicas, options)
-    return deployment.bind(engines, dict(app_kwargs or {}), resources.num_threads)
+    options.setdefault("runtime_env", {"env_vars": env})
+    num_threads = max(1, int(options.get("num_cpus", 1)) // config.tensor_parallel_size)
+    return make_deployment(num_replicas, options).bind(engines, dict(app_kwargs or {}), num_threads)
 
 
 def _names(config: EngineConfig) -> list[str]:
@@ -185,7 +175,7 @@ class ServeRun:
     ``num_replicas`` times the replica's resources. Too few CPUs (GPUs) fail here with ``ValueError``, before
     Serve would wait for them."""
 
-    def __init__(self, app, num_replicas: int, resources: ReplicaResources, *, host: str = "127.0.0.1",
+    def __init__(self, app, num_replicas: int, replica_options: dict, *, host: str = "127.0.0.1",
                  port: int = 8000, ssl_keyfile: str | None = None, ssl_certfile: str | None = None):
         import ray
 
@@ -195,13 +185,13 @@ class ServeRun:
             if os.environ.get("RAY_ADDRESS"):
                 ray.init()
             else:
-                check_capacity(num_replicas, resources, local=True)
-                ray.init(address="local", num_cpus=num_replicas * resources.num_cpus,
-                         num_gpus=num_replicas * resources.num_gpus, include_dashboard=False,
+                check_capacity(num_replicas, replica_options, local=True)
+                ray.init(address="local", num_cpus=num_replicas * replica_options.get("num_cpus", 1),
+                         num_gpus=num_replicas * replica_options.get("num_gpus", 0), include_dashboard=False,
                          object_store_memory=OBJECT_STORE_BYTES)
                 self.started_ray = True
         try:
-            check_capacity(num_replicas, resources, local=False)
+            check_capacity(num_replicas, replica_options, local=False)
             serve.start(http_options={"host": host, "port": port, "ssl_keyfile": ssl_keyfile,
                                       "ssl_certfile": ssl_certfile})
             self.handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
@@ -222,27 +212,27 @@ class ServeRun:
                 ray.shutdown()
 
 
-def check_capacity(num_replicas: int, resources: ReplicaResources, local: bool) -> None:
+def check_capacity(num_replicas: int, replica_options: dict, local: bool) -> None:
     """Fail before Serve waits forever: the replicas' CPUs (GPUs) against this machine (a local Ray) or the
     cluster's total."""
     import ray
 
     from pagedllm.engine.mp_executor import available_cores
 
-    needs = {"CPU": num_replicas * resources.num_cpus, "GPU": num_replicas * resources.num_gpus}
+    per = {"CPU": replica_options.get("num_cpus", 1), "GPU": replica_options.get("num_gpus", 0)}
     if local:
         import torch
 
         have = {"CPU": available_cores(), "GPU": torch.cuda.device_count()}
     else:
-        have = {kind: ray.cluster_resources().get(kind, 0) for kind in needs}
-    for kind, need in needs.items():
-        if need > have[kind]:
+        have = {kind: ray.cluster_resources().get(kind, 0) for kind in per}
+    for kind, each in per.items():
+        if num_replicas * each > have[kind]:
             where = "this machine has" if local else "the Ray cluster has"
-            per = resources.num_cpus if kind == "CPU" else resources.num_gpus
-            raise ValueError(f"data_parallel_size={num_replicas} needs {need:g} {kind}s ({per:g} per replica: one per "
-                             f"tensor-parallel rank); {where} {have[kind]:g}: use data_parallel_size <= "
-                             f"{int(have[kind] // per)}, or add nodes to the Ray cluster (RAY_ADDRESS)")
+            raise ValueError(f"data_parallel_size={num_replicas} needs {num_replicas * each:g} {kind}s ({each:g} per "
+                             f"replica, at least one per tensor-parallel rank); {where} {have[kind]:g}: use "
+                             f"data_parallel_size <= {int(have[kind] // each)}, or add nodes to the Ray cluster "
+                             "(RAY_ADDRESS)")
 
 
 def run_data_parallel(args, model: str, chat_template: str | None) -> int:
@@ -261,10 +251,10 @@ def run_data_parallel(args, model: str, chat_template: str | None) -> int:
     try:
         if args.lora_modules and not kwargs.get("enable_lora"):
             raise ValueError("--lora-modules needs --enable-lora")
+        options = replica_actor_options(EngineConfig.from_kwargs(model=model, **kwargs), _cpus_per_replica(args))
         app = build_openai_app(model, num_replicas=args.data_parallel_size, also=also_models(args),
-                               app_kwargs=app_kwargs, **kwargs)
-        resources = ReplicaResources.of(EngineConfig.from_kwargs(model=model, **kwargs))
-        run = ServeRun(app, args.data_parallel_size, resources, host=args.host, port=args.port,
+                               app_kwargs=app_kwargs, ray_actor_options=options, **kwargs)
+        run = ServeRun(app, args.data_parallel_size, options, host=args.host, port=args.port,
                        ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile)
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         # RuntimeError: Serve's "deploying the application failed" (a replica's engine did not start)
@@ -282,3 +272,13 @@ def run_data_parallel(args, model: str, chat_template: str | None) -> int:
     finally:
         run.shutdown()
     return 0
+
+
+def _cpus_per_replica(args) -> int | None:
+    """A local Ray (no RAY_ADDRESS): this machine's cores shared out over the replicas; a cluster: None (one CPU
+    per rank: nodes differ, ``build_openai_app(ray_actor_options=...)`` sizes them)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    from pagedllm.engine.mp_executor import available_cores
+
+    return max(1, available_cores() // args.data_parallel_size)
