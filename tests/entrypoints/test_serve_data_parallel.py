@@ -211,3 +211,42 @@ def test_python_api_on_a_running_cluster_leaves_no_actor(tiny_model_dir, oracle)
         assert [a for a in state.actors().values() if a["State"] != "DEAD"] == []
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@two_cores
+def test_serve_dp2_joins_the_cluster_of_ray_address_and_leaves_it_running(tiny_model_dir, oracle):
+    """The multi-node recipe on one node: a running Ray cluster (started here, as `ray start --head` would; that
+    command would also stop other users' Ray on a shared machine), then `RAY_ADDRESS=... pagedllm serve -dp 2`
+    joins it. SIGTERM removes Serve and the replicas but leaves the cluster up, with no actor in it."""
+    import ray
+    from ray._private import state
+
+    assert not ray.is_initialized()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 << 20)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "pagedllm.entrypoints.cli", "serve", tiny_model_dir, "--port", str(port),
+         "-dp", "2", "--dtype", "float32", "--kv-cache-memory", "8M", "--max-model-len", str(TINY_MAX_MODEL_LEN),
+         "--seed", "0", "--served-model-name", "tiny"],
+        env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        read_until_ready(proc, 300)
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        texts, replicas, streamed = load(f"http://127.0.0.1:{port}")
+        assert texts == oracle[0] and streamed == oracle[1] and len(replicas) == 2, replicas
+        replica_pids = [a["Pid"] for a in state.actors().values()
+                        if a["State"] == "ALIVE" and "OpenAIReplica" in a.get("Name", "")]
+        assert len(replica_pids) == 2, state.actors()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+        assert ray.cluster_resources()["CPU"] == 2  # the cluster is still there
+        deadline = time.monotonic() + 20
+        while [a for a in state.actors().values() if a["State"] != "DEAD"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [a for a in state.actors().values() if a["State"] != "DEAD"] == []
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+        ray.shutdown()

@@ -169,7 +169,8 @@ HEALTH_CHECK_PERIOD_S = 2.0
 # ---- running it -------------------------------------------------------------------------------
 class ServeRun:
     """A started Serve application and the Ray it runs on; ``shutdown()`` removes the application, stops
-    Serve (its controller and proxies) and the local Ray this process started, leaving no actor.
+    Serve (its controller and proxies) unless it ran before (then its other applications keep running, and so
+    do its proxies, on their own port), and the local Ray this process started: no actor of ours is left.
 
     Ray: ``RAY_ADDRESS``'s cluster, or the one this process joined already, else a local instance of exactly
     ``num_replicas`` times the replica's resources. Too few CPUs (GPUs) fail here with ``ValueError``, before
@@ -190,6 +191,7 @@ class ServeRun:
                          num_gpus=num_replicas * replica_options.get("num_gpus", 0), include_dashboard=False,
                          object_store_memory=OBJECT_STORE_BYTES)
                 self.started_ray = True
+        self.owns_serve = not serve_running()  # a Serve someone else started keeps running, with their apps
         try:
             check_capacity(num_replicas, replica_options, local=False)
             serve.start(http_options={"host": host, "port": port, "ssl_keyfile": ssl_keyfile,
@@ -207,9 +209,20 @@ class ServeRun:
         import ray
 
         if ray.is_initialized():
-            import_serve().shutdown()
+            serve = import_serve()
+            if self.owns_serve:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
             if self.started_ray:
                 ray.shutdown()
+
+
+def serve_running() -> bool:
+    """Whether the Ray cluster runs a Serve instance already (its controller is a named actor)."""
+    import ray
+
+    return {"namespace": "serve", "name": "SERVE_CONTROLLER_ACTOR"} in ray.util.list_named_actors(all_namespaces=True)
 
 
 def check_capacity(num_replicas: int, replica_options: dict, local: bool) -> None:
