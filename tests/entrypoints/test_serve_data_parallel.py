@@ -82,6 +82,18 @@ def test_the_cli_refuses_a_data_parallel_size_below_one():
         build_parser().parse_args(["serve", "m", "--data-parallel-size", "0"])
 
 
+def test_an_unknown_model_fails_in_one_line_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from pagedllm.entrypoints.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["serve", str(tmp_path / "no-such-model"), "--data-parallel-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pagedllm serve: cannot start: model=") and "could not be resolved" in err, err
+    assert not ray.is_initialized()
+
+
 # ---- slow: served ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def oracle(tiny_model_dir):

@@ -264,7 +264,12 @@ def run_data_parallel(args, model: str, chat_template: str | None) -> int:
     try:
         if args.lora_modules and not kwargs.get("enable_lora"):
             raise ValueError("--lora-modules needs --enable-lora")
-        options = replica_actor_options(EngineConfig.from_kwargs(model=model, **kwargs), _cpus_per_replica(args))
+        config = EngineConfig.from_kwargs(model=model, **kwargs)
+        if not os.environ.get("RAY_ADDRESS"):  # the replicas run here: an unknown model fails now, in one line
+            from pagedllm.loader import resolve_model
+
+            resolve_model(config.model, revision=config.revision, download_dir=config.download_dir)
+        options = replica_actor_options(config, _cpus_per_replica(args))
         app = build_openai_app(model, num_replicas=args.data_parallel_size, also=also_models(args),
                                app_kwargs=app_kwargs, ray_actor_options=options, **kwargs)
         run = ServeRun(app, args.data_parallel_size, options, host=args.host, port=args.port,
