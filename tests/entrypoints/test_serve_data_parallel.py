@@ -262,3 +262,39 @@ def test_serve_dp2_joins_the_cluster_of_ray_address_and_leaves_it_running(tiny_m
         if proc.poll() is None:
             stop_group(proc)
         ray.shutdown()
+
+
+@pytest.mark.slow
+@two_cores
+def test_a_replica_that_cannot_start_fails_the_server_naming_its_error(tiny_model_dir):
+    """The engine's refusal is raised in the replicas (the driver loads no model): the server exits 2 with it,
+    and no process of the Ray it started is left (Ray names its session folder after the driver's pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "pagedllm.entrypoints.cli", "serve", tiny_model_dir, "--port", str(free_port()),
+         "-dp", "2", "--dtype", "float32", "--kv-cache-memory", "8M", "--max-model-len", "100000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+    assert proc.returncode == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pagedllm serve: cannot start:") and "(a replica failed: ValueError: max_model_len=100000" \
+        in last, last
+    time.sleep(2)
+    assert ray_processes_of_session(proc.pid) == []
+
+
+def ray_processes_of_session(driver_pid: int) -> list[int]:
+    """Live processes whose command line names the Ray session a driver of this pid started."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if re.search(rb"session_[0-9_-]+_%d\b" % driver_pid, cmdline) and alive(int(pid)):
+            found.append(int(pid))
+    return found

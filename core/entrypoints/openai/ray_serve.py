@@ -197,6 +197,10 @@ class ServeRun:
             serve.start(http_options={"host": host, "port": port, "ssl_keyfile": ssl_keyfile,
                                       "ssl_certfile": ssl_certfile})
             self.handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # Serve's "Deploying application failed": the replica's own error says why
+            reason = replica_error()
+            self.shutdown()
+            raise RuntimeError(f"{exc} {reason}".strip()) from exc
         except BaseException:
             self.shutdown()
             raise
@@ -216,6 +220,17 @@ class ServeRun:
                 serve.delete(APP_NAME)
             if self.started_ray:
                 ray.shutdown()
+
+
+def replica_error() -> str:
+    """The last line of the error a replica's constructor raised (Serve keeps it in the deployment's status), e.g.
+    ``ValueError: max_model_len=100000 is larger than ...``; empty when there is none."""
+    try:
+        deployment = import_serve().status().applications[APP_NAME].deployments[DEPLOYMENT_NAME]
+    except Exception:  # noqa: BLE001 - no status to read: the caller's own message stands
+        return ""
+    lines = [line.strip() for line in deployment.message.splitlines() if line.strip()]
+    return f"(a replica failed: {lines[-1]})" if lines else ""
 
 
 def serve_running() -> bool:
