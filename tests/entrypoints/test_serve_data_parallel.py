@@ -28,7 +28,7 @@ from model_fixtures import SEED_PROMPTS
 from process_group import stop_group
 from tensor_parallel_helpers import TWO_CORES, alive, children
 
-serve = pytest.importorskip("ray.serve", reason="data parallelism runs on Ray Serve: pip install 'pagedllm[ray]'")
+pytest.importorskip("ray.serve", reason="data parallelism runs on Ray Serve: pip install 'pagedllm[ray]'")
 from pagedllm.entrypoints.openai.ray_serve import (REPLICA_HEADER, ServeRun, build_openai_app,  # noqa: E402
                                                    check_capacity)
 

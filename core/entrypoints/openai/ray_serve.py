@@ -14,7 +14,6 @@ CPU per tensor-parallel rank on CPU (its torch threads), one GPU per rank on CUD
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -23,12 +22,13 @@ import threading
 from pagedllm.config import EngineConfig
 from pagedllm.engine.ray_executor import CARRIED_ENV_PREFIXES
 
-logger = logging.getLogger(__name__)
 
 APP_NAME = "pagedllm"
 DEPLOYMENT_NAME = "OpenAIReplica"
 REPLICA_HEADER = "x-pagedllm-replica"
 OBJECT_STORE_BYTES = 128 << 20  # a local instance's: requests go through Serve's proxy, not the object store
+MAX_ONGOING_REQUESTS = 1024  # per replica (Serve's default, 5, would starve the batch); max_waiting_requests bounds it
+HEALTH_CHECK_PERIOD_S = 2.0  # how often Serve asks each replica whether its engine loop lives
 
 
 def import_serve():
@@ -121,8 +121,8 @@ def replica_actor_options(config: EngineConfig, num_cpus: int | None = None) -> 
 def build_openai_app(model: str | None = None, *, num_replicas: int = 1, also: list[tuple[str, str]] = (),
                      app_kwargs: dict | None = None, ray_actor_options: dict | None = None, **engine_kwargs):
     """A Ray Serve application of ``num_replicas`` independent engines of ``model`` behind one OpenAI endpoint,
-    each replica serving what ``pagedllm serve`` serves. Run it with ``serve.run(app, route_prefix="/")``
-    (``serve(...)`` does that, and stops it again).
+    each replica serving what ``pagedllm serve`` serves. Run it with ``serve.run(app, route_prefix="/")``, or
+    ``ServeRun(app, ...)``, which also starts Ray and Serve as ``pagedllm serve -dp`` does and stops them again.
 
     ``engine_kwargs``: ``LLM(...)``'s keywords, checked here (a bad one raises before any replica starts).
     ``also``: (model, served name) pairs of more models each replica serves (``serve --also``).
@@ -160,10 +160,6 @@ def make_deployment(num_replicas: int, ray_actor_options: dict):
     return serve.deployment(ingress, name=DEPLOYMENT_NAME, num_replicas=num_replicas,
                             ray_actor_options=ray_actor_options, max_ongoing_requests=MAX_ONGOING_REQUESTS,
                             max_constructor_retry_count=1, health_check_period_s=HEALTH_CHECK_PERIOD_S)
-
-
-MAX_ONGOING_REQUESTS = 1024  # per replica; the engine batches and queues (max_waiting_requests bounds it)
-HEALTH_CHECK_PERIOD_S = 2.0
 
 
 # ---- running it -------------------------------------------------------------------------------
