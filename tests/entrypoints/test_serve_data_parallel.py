@@ -24,7 +24,7 @@ import pytest
 import requests
 from openai import OpenAI
 from live_server import TINY_MAX_MODEL_LEN, free_port, read_until_ready, tiny_model_dir  # noqa: F401 - fixtures
-from model_fixtures import SEED_PROMPTS
+from model_fixtures import BUNDLED, SEED_PROMPTS
 from process_group import stop_group
 from tensor_parallel_helpers import TWO_CORES, alive, children
 
@@ -91,6 +91,20 @@ def test_an_unknown_model_fails_in_one_line_before_ray_starts(tmp_path, capsys, 
     assert main(["serve", str(tmp_path / "no-such-model"), "--data-parallel-size", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pagedllm serve: cannot start: model=") and "could not be resolved" in err, err
+    assert not ray.is_initialized()
+
+
+def test_tensor_parallel_replicas_reserve_a_cpu_per_rank_and_too_many_are_refused(capsys, monkeypatch):
+    import ray
+
+    from pagedllm.entrypoints.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    dp = len(os.sched_getaffinity(0)) + 1
+    assert main(["serve", BUNDLED, "-dp", str(dp), "-tp", "3", "--dequantize-gguf"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot start: data_parallel_size={dp} needs {3 * dp} CPUs (3 per replica, at least one per " \
+           "tensor-parallel rank)" in err, err
     assert not ray.is_initialized()
 
 
