@@ -61,20 +61,29 @@ def tp_all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
 
 def check_tensor_parallel(hf_config, tp: int) -> None:
     """Refuse, before any process starts, a model whose heads do not split over ``tp`` ranks
-    (vLLM's rules): query heads must divide, KV heads must divide or be divided (replicated)."""
+    (vLLM's rules): query heads must divide, KV heads must divide or be divided (replicated). The
+    message names both head counts and the sizes that do split them."""
     if tp == 1:
         return
     cfg = getattr(hf_config, "text_config", None) or hf_config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
     if heads is None:
         return
-    if heads % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's num_attention_heads={heads}; "
-                         f"use a tensor_parallel_size that divides {heads}")
     kv = _num_kv_heads(cfg, heads)
+    sizes = ", ".join(str(t) for t in tensor_parallel_sizes(heads, kv))
+    if heads % tp:
+        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's num_attention_heads={heads} "
+                         f"(num_key_value_heads={kv}); use a tensor_parallel_size that divides {heads} and splits "
+                         f"its KV heads: one of {sizes}")
     if kv % tp and tp % kv:
         raise ValueError(f"tensor_parallel_size={tp} and the model's num_key_value_heads={kv}: one must divide "
-                         "the other (KV heads are split across ranks, or replicated when fewer than the ranks)")
+                         "the other (KV heads are split across ranks, or replicated when fewer than the ranks); "
+                         f"with num_attention_heads={heads}, use one of {sizes}")
+
+
+def tensor_parallel_sizes(heads: int, kv_heads: int) -> list[int]:
+    """Every tensor_parallel_size that splits ``heads`` query heads and ``kv_heads`` KV heads."""
+    return [t for t in range(1, heads + 1) if heads % t == 0 and (kv_heads % t == 0 or t % kv_heads == 0)]
 
 
 def _num_kv_heads(cfg, heads: int) -> int:

@@ -138,6 +138,7 @@ def test_more_ranks_than_cores_fail_fast_naming_what_is_missing(tiny_llama):
     (dict(num_attention_heads=8, num_key_value_heads=2), 4, None),  # replicated KV heads
     (dict(num_attention_heads=8, multi_query=True), 8, None),
     (dict(num_attention_heads=9, num_key_value_heads=3), 3, None),
+    (dict(num_attention_heads=12, num_key_value_heads=4), 3, "num_key_value_heads=4.*use one of 1, 2, 4, 12"),
 ])
 def test_head_rules(config, tp, message):
     from types import SimpleNamespace
@@ -149,3 +150,50 @@ def test_head_rules(config, tp, message):
         return
     with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp}.*{message}"):
         check_tensor_parallel(SimpleNamespace(**config), tp)
+
+
+def test_tensor_parallel_sizes_split_query_and_kv_heads():
+    from pagedllm.distributed import tensor_parallel_sizes
+
+    assert tensor_parallel_sizes(9, 3) == [1, 3, 9]  # the bundled SmolLM2: 3 KV heads, replicated at 9
+    assert tensor_parallel_sizes(8, 2) == [1, 2, 4, 8]
+    assert tensor_parallel_sizes(32, 8) == [1, 2, 4, 8, 16, 32]
+    assert tensor_parallel_sizes(12, 8) == [1, 2, 4]  # 3, 6 and 12 neither divide 8 nor are divided by it
+
+
+def test_the_bundled_model_at_tp2_is_refused_naming_its_heads_and_the_sizes_that_split_them():
+    """SmolLM2-135M has 9 query heads and 3 KV heads: 2 ranks cannot split it; 3 (or 9) can."""
+    from model_fixtures import BUNDLED
+
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2 does not divide the model's num_attention_heads=9 "
+                                         r"\(num_key_value_heads=3\).*one of 1, 3, 9$"):
+        LLM(BUNDLED, tensor_parallel_size=2, dequantize_gguf=True)  # dense: a quantized GGUF is refused at TP
+    assert child_pids() == []
+
+
+@pytest.mark.slow
+def test_the_bundled_model_at_tp3_matches_tp1(monkeypatch):
+    """The bundled SmolLM2-135M (dense) split over 3 ranks (3 query heads and 1 KV head each) generates what
+    TP=1 generates: 32 greedy tokens x 4 prompts, logprobs within 1e-4. The machine has 2 cores: the 3 ranks
+    (one torch thread each) share them, which the start-up check refuses for speed's sake, so the test lifts it."""
+    from model_fixtures import BUNDLED
+    from pagedllm import SamplingParams
+    from pagedllm.engine import mp_executor
+
+    prompts = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=1, prompt_logprobs=1)
+    engine = dict(dtype="float32", dequantize_gguf=True, kv_cache_memory=64 << 20, max_model_len=512)
+    outputs = {}
+    for tp in (1, 3):
+        if tp == 3:
+            monkeypatch.setattr(mp_executor, "available_cores", lambda: 3)
+        llm = LLM(BUNDLED, tensor_parallel_size=tp, **engine)
+        outputs[tp] = llm.generate(prompts, params, use_tqdm=False)
+        stats = llm.llm_engine.executor.stats()
+        llm.llm_engine.shutdown()
+        del llm
+    assert len(stats) == 3 and all(r["all_reduced_bytes"] > 0 for r in stats)
+    worst = assert_same_generation(outputs[1], outputs[3])
+    print(f"bundled model TP=3 vs TP=1: max logprob difference {worst:.2e}")
+    gc.collect()
+    assert child_pids() == []

@@ -142,6 +142,11 @@ def add_serve_args(parser: argparse.ArgumentParser, *, positional_model: bool) -
                           "`model` (e.g. an embedding model beside the chat model); repeatable. It takes the "
                           "engine flags --device, --dtype, --seed, --download-dir and --trust-remote-code, its "
                           "other engine arguments are defaults. NAME (default: MODEL) is what clients send")
+    srv.add_argument("--data-parallel-size", "-dp", type=positive_int, default=1, metavar="N",
+                     help="serve N independent engines behind one endpoint, as Ray Serve replicas (pagedllm[ray]) "
+                          "on the cluster of RAY_ADDRESS or a local Ray; each replica reserves one CPU (GPU) per "
+                          "tensor-parallel rank; responses name their replica in the x-pagedllm-replica header "
+                          "(default: %(default)s, one engine in this process)")
     srv.add_argument("--lora-modules", nargs="+", type=parse_lora_module, default=None, metavar="NAME=PATH",
                      help="LoRA adapters clients select with model=NAME (with --enable-lora): name=path, or "
                           'JSON {"name": ..., "path": ..., "base_model_name": ...}')
@@ -190,6 +195,10 @@ def run_server(args: argparse.Namespace) -> int:
     if problem:
         print(f"pagedllm serve: cannot start: {problem}", file=sys.stderr)
         return 2
+    if args.data_parallel_size > 1:
+        from pagedllm.entrypoints.openai.ray_serve import run_data_parallel
+
+        return run_data_parallel(args, model, chat_template)
     engines: list[AsyncEngine] = []
     try:
         config = EngineConfig.from_kwargs(**engine_kwargs(args, model=model))
@@ -273,6 +282,16 @@ def tool_flags_problem(args: argparse.Namespace) -> str | None:
         except ValueError as exc:
             return f"--tool-call-parser: {exc}"
     return None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
 
 
 def positive_seconds(text: str) -> float:
