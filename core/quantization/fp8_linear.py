@@ -48,6 +48,7 @@ class Fp8LinearMethod(LinearMethod):
         self.rows: dict[str, set] = {"weight": set(), "weight_scale": set()}  # shards received
         self.weight: Fp8Weight | None = None
         self.device = torch.device("cpu")  # where the layer's weight lives once quantized
+        self.row_amax: torch.Tensor | None = None  # row-parallel ranks: each whole row's amax (online)
 
     def create_weights(self, layer: nn.Module, input_size: int, output_size: int, bias: bool) -> None:
         """Replace the layer's dense ``weight`` (never filled, so never resident) by an empty placeholder whose
@@ -108,6 +109,10 @@ class Fp8LinearMethod(LinearMethod):
         if self.buffer is None:
             dtype = torch.float8_e4m3fn if self.config.serialized else torch.float32
             self.buffer = self._allocate((self.output_size, self.input_size), dtype)
+        if not self.config.serialized and layer.tp_dim == 1 and layer.tp_size > 1 and loaded.dim() == 2:
+            # a row-parallel rank holds a slice of each row: scale by the whole row's amax, so every rank
+            # quantizes as one rank would (tensor_parallel_size changes no weight)
+            self.row_amax = loaded.detach().abs().amax(dim=1).to(torch.float32)
         self._through_layer(layer, param, self.buffer, loaded, shard)
 
     def _load_scale(self, layer, param, loaded: torch.Tensor, shard) -> None:
@@ -136,7 +141,7 @@ class Fp8LinearMethod(LinearMethod):
         if self.config.serialized:
             weight = Fp8Weight(self.buffer, self.scale_buffer.reshape(-1).contiguous())
         else:
-            weight = Fp8Weight.quantize(self.buffer)
+            weight = Fp8Weight.quantize(self.buffer, self.row_amax)
         for buffer in (self.buffer, self.scale_buffer):
             if buffer is not None:
                 Fp8LinearMethod.pending_bytes -= buffer.numel() * buffer.element_size()

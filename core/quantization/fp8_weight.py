@@ -22,11 +22,13 @@ from pagedllm.quantization.gguf_weight import SMALL_BATCH, TILE_WEIGHTS
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_per_channel(weight: torch.Tensor, amax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes float8_e4m3fn [out, in], scales float32 [out]) with ``scale = amax(|row|) / 448`` (1 for an
-    all-zero row); codes are the row divided by its scale, clamped to +-448 and rounded to nearest even."""
+    all-zero row); codes are the row divided by its scale, clamped to +-448 and rounded to nearest even.
+    ``amax``: the rows' amax when ``weight`` holds only some columns of them (a row-parallel shard)."""
     w = weight.detach().to(torch.float32)
-    amax = w.abs().amax(dim=1) if w.shape[1] else torch.zeros(w.shape[0])
+    if amax is None:
+        amax = w.abs().amax(dim=1) if w.shape[1] else torch.zeros(w.shape[0])
     scales = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     codes = (w / scales[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return codes.contiguous(), scales.contiguous()
@@ -38,8 +40,8 @@ class Fp8Weight:
     scales: torch.Tensor
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> "Fp8Weight":
-        return cls(*quantize_per_channel(weight))
+    def quantize(cls, weight: torch.Tensor, amax: torch.Tensor | None = None) -> "Fp8Weight":
+        return cls(*quantize_per_channel(weight, amax))
 
     @property
     def rows(self) -> int:

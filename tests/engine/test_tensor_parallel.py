@@ -149,3 +149,23 @@ def test_head_rules(config, tp, message):
         return
     with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp}.*{message}"):
         check_tensor_parallel(SimpleNamespace(**config), tp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["quantized_at_load", "fp8_checkpoint"])
+def test_tp2_fp8_weights_match_tp1(tiny_llama, tmp_path, source):
+    """fp8 weights shard with their per-channel scales: a row-parallel rank scales its slice by the whole
+    row's amax (online), a per-tensor checkpoint scale fills its shard's rows, so TP=2 runs the weights
+    TP=1 runs and generates the same."""
+    from fp8_files import write_fp8
+
+    path, engine = tiny_llama, dict(quantization="fp8")
+    if source == "fp8_checkpoint":
+        path, _ = write_fp8(tiny_llama, tmp_path / "fp8", tmp_path / "dense", per="tensor")
+        engine = {}
+    prompts = SEED_PROMPTS[:2]
+    ref, _ = run(path, 1, prompts, 6, prompt_logprobs=1, **engine)
+    got, ranks = run(path, 2, prompts, 6, prompt_logprobs=1, **engine)
+    assert_same_generation(ref, got)
+    gc.collect()
+    assert child_pids() == []
