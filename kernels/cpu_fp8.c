@@ -7,21 +7,24 @@
  *     w[n, c] = e4m3(codes[n, c]) * scales[n]
  * rounded once to float32 (e4m3 values are exact in float32), the value a dense float32 checkpoint of
  * the dequantized weights holds; products differ from a float32 matmul of those weights only in
- * summation order. The byte is decoded with integer operations (no table, no subnormal float
- * arithmetic, so flush-to-zero modes cannot change it). The NaN code (0x7f/0xff) is never written by
+ * summation order. No table and no subnormal float arithmetic is involved, so flush-to-zero modes
+ * cannot change a value. The NaN code (0x7f/0xff) is never written by
  * the quantizer (it clamps to +-448) and decodes as 480.
  *
  * The row is dequantized into a float32 buffer that stays in L1 and dotted with every activation row
- * (cpu_dot.h), so one call reads the 1-byte weights once whatever the row count; each (row, output) dot
- * sums in the same order whatever the batch. Built at first use by kernels/cpu_fp8.py (-O3
- * -march=native, OpenMP); AVX2 decoding where the CPU has it, plain C otherwise.
+ * (cpu_dot.h), so one call reads the 1-byte weights once whatever the row count; for one activation
+ * row (decode) the weights are decoded in registers and never stored, in the same accumulation order,
+ * so each (row, output) dot gives the same bits whatever the batch. With AVX2+F16C a byte becomes the
+ * float16 of its value * 2^-8 by two shifts (e4m3 and fp16 share the field layout one bit apart) and
+ * F16C converts 8 at a time; the scale carries the 2^8 back (exact). Built at first use by
+ * kernels/cpu_fp8.py (-O3 -march=native, OpenMP); plain C elsewhere.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 #include "cpu_dot.h"
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define FP8_AVX2 1
 #endif
@@ -43,27 +46,64 @@ static inline float e4m3_to_f32(uint8_t b) {
 }
 
 #ifdef FP8_AVX2
-/* Eight weights from column c of one row, decoded and scaled in registers. */
-static inline __m256 dequantize8(const uint8_t *restrict codes, long c, __m256 scale) {
+/* e4m3 bytes (zero-extended to 16-bit lanes) -> float16 bit patterns of value * 2^-8: the same fields one
+ * position up (exponent bias 15 instead of 7, so every e4m3 value, subnormals included, is an fp16 value
+ * 2^8 smaller); F16C converts those exactly, subnormal halves included, whatever the MXCSR modes. */
+static inline __m256i e4m3_to_f16_bits(__m256i v) {
+    return _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16(0x3F80)),
+                           _mm256_and_si256(_mm256_slli_epi16(v, 8), _mm256_set1_epi16((short)0x8000)));
+}
+
+/* Sixteen weights from column c of one row: e4m3 * scale, one rounding (``scale256`` = scale * 2^8, exact). */
+static inline void dequantize16(const uint8_t *restrict codes, long c, __m256 scale256, __m256 *lo, __m256 *hi) {
+    const __m256i h = e4m3_to_f16_bits(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(codes + c))));
+    *lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), scale256);
+    *hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), scale256);
+}
+
+static inline __m256 dequantize8(const uint8_t *restrict codes, long c, __m256 scale256) {
     uint64_t packed;
     memcpy(&packed, codes + c, 8);
-    const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)packed));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
-    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7f)), 20),
-                                            _mm256_set1_epi32(0x3C000000));
-    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(7))),
-                                     _mm256_set1_ps(0x1p-9f));
-    const __m256i is_sub = _mm256_cmpeq_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x78)), _mm256_setzero_si256());
-    const __m256i bits = _mm256_or_si256(_mm256_blendv_epi8(normal, _mm256_castps_si256(sub), is_sub), sign);
-    return _mm256_mul_ps(_mm256_castsi256_ps(bits), scale);
+    const __m256i h = e4m3_to_f16_bits(_mm256_cvtepu8_epi16(_mm_cvtsi64_si128((long long)packed)));
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), scale256);
+}
+
+/* One row . x without the buffer (decode): the weights, vectors and accumulation order of
+ * dequantize_row + dot (cpu_dot.h), so the same bits as the same row in a batch. */
+static inline float fused_dot(const uint8_t *restrict codes, float scale, const float *restrict x, long k) {
+    const __m256 s256 = _mm256_set1_ps(scale * 256.0f);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m256 w0, w1, w2, w3;
+        dequantize16(codes, i, s256, &w0, &w1);
+        dequantize16(codes, i + 16, s256, &w2, &w3);
+        s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), s0);
+        s1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), s1);
+        s2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + i + 16), s2);
+        s3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + i + 24), s3);
+    }
+    for (; i + 8 <= k; i += 8) s0 = _mm256_fmadd_ps(dequantize8(codes, i, s256), _mm256_loadu_ps(x + i), s0);
+    float total = hsum(s0, s1, s2, s3);
+    for (; i < k; i++) {
+        const float w = e4m3_to_f32(codes[i]) * scale;
+        total += w * x[i];
+    }
+    return total;
 }
 #endif
 
 static inline void dequantize_row(const uint8_t *restrict codes, float scale, long k, float *restrict row) {
     long c = 0;
 #ifdef FP8_AVX2
-    const __m256 s = _mm256_set1_ps(scale);
-    for (; c + 8 <= k; c += 8) _mm256_storeu_ps(row + c, dequantize8(codes, c, s));
+    const __m256 s256 = _mm256_set1_ps(scale * 256.0f);
+    for (; c + 16 <= k; c += 16) {
+        __m256 lo, hi;
+        dequantize16(codes, c, s256, &lo, &hi);
+        _mm256_storeu_ps(row + c, lo);
+        _mm256_storeu_ps(row + c + 8, hi);
+    }
+    for (; c + 8 <= k; c += 8) _mm256_storeu_ps(row + c, dequantize8(codes, c, s256));
 #endif
     for (; c < k; c++) row[c] = e4m3_to_f32(codes[c]) * scale;
 }
@@ -90,6 +130,12 @@ int fp8_matmul(const float *x, long x_stride, long m, const uint8_t *codes, long
         float *row = buffers + (long)omp_get_thread_num() * k;
 #pragma omp for schedule(static)
         for (long n = 0; n < rows; n++) {
+#ifdef FP8_AVX2
+            if (m == 1) { /* decode: no round trip through the buffer */
+                out[n] = fused_dot(codes + n * codes_stride, scales[n], x, k);
+                continue;
+            }
+#endif
             dequantize_row(codes + n * codes_stride, scales[n], k, row);
             for (long i = 0; i < m; i++) out[i * out_stride + n] = dot(row, x + i * x_stride, k);
         }
