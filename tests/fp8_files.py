@@ -41,12 +41,13 @@ def source_tensors(source) -> dict[str, torch.Tensor]:
 
 
 def write_fp8(source, fp8_dir, dense_dir, per: str = "channel", activation_scheme: str = "dynamic",
-              extra_config: dict | None = None) -> tuple[str | None, str]:
+              extra_config: dict | None = None, keep_dense: str | None = None) -> tuple[str | None, str]:
     """Write ``source``'s decoder linear layers in fp8 to ``fp8_dir`` (skipped when None) and their dequantized
-    float32 twin to ``dense_dir``; returns both folders."""
+    float32 twin to ``dense_dir``; returns both folders. ``keep_dense``: a pattern of weights left as they are
+    (vLLM's fp8 leaves MoE routers in float, and this release the experts too)."""
     fp8, dense = {}, {}
     for name, tensor in source_tensors(source).items():
-        if LINEAR.search(name) and tensor.dim() == 2:
+        if LINEAR.search(name) and tensor.dim() == 2 and not (keep_dense and re.search(keep_dense, name)):
             codes, scale = quantize(tensor, per)
             row_scales = scale.reshape(-1).expand(tensor.shape[0]).contiguous()
             dense[name] = torch.from_numpy(reference_weight(codes, row_scales)).to(torch.float32)
