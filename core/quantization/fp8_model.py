@@ -1,8 +1,8 @@
 """Load a model with fp8 weights: a dense checkpoint quantized at load, or an fp8 checkpoint as stored.
 
 Which layers run fp8 (as vLLM): the decoder's linear layers (q/k/v, o, gate/up, down and their fused
-forms). The embeddings, the LM head, norms, MoE routers and MoE experts (``FusedMoE``, not a linear
-layer here) stay in the compute dtype. In an fp8 checkpoint the layers with a ``weight_scale`` are
+forms) and, quantized at load, MoE experts (``fp8_moe``). The embeddings, the LM head, norms and MoE
+routers stay in the compute dtype. In an fp8 checkpoint the layers with a ``weight_scale`` are
 the fp8 ones (layers its quantizer ignored load dense). The family's own name tables route the
 tensors (``checkpoint_targets``), so the dense and fp8 paths load the same names into the same layers.
 """
@@ -20,6 +20,7 @@ from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.weight_utils import load_mapped
 from pagedllm.quantization.fp8_config import Fp8Config, quant_method, read_fp8_config
 from pagedllm.quantization.fp8_linear import Fp8LinearMethod
+from pagedllm.quantization.fp8_moe import Fp8MoEWeights
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ def load_fp8_weights(model: nn.Module, model_path: str | os.PathLike, config: Fp
     """Load the checkpoint with every fp8 layer quantized (or placed) as its rows arrive."""
     names = fp8_layer_names(model, model_path, config)
     install_fp8_methods(model, names, config)
+    experts = {}
+    if not config.serialized:  # MoE experts quantized at load too (an fp8 checkpoint's experts: see fp8_layer_names)
+        experts = {n: Fp8MoEWeights.install(m, n) for n, m in model.named_modules() if hasattr(m, "w13_weight")}
     fp8 = set(names)
     skipped: set[str] = set()
 
@@ -126,11 +130,10 @@ def load_fp8_weights(model: nn.Module, model_path: str | os.PathLike, config: Fp
     modules = dict(model.named_modules())
     for name in names:
         modules[name].linear_method.process_weights_after_loading(modules[name])
+    for name, weights in experts.items():
+        weights.finish(modules[name])
     if skipped:
         logger.info("fp8 checkpoint: %s tensors not used (activations stay in the compute dtype: w8a16)",
                     ", ".join(sorted(skipped)))
-    logger.info("%d linear layers run %s", len(fp8), config.describe())
-    experts = sum(1 for m in model.modules() if hasattr(m, "w13_weight"))
-    if experts:  # said once, not silent: the experts are most of a MoE model's weights
-        logger.warning("quantization='fp8': the MoE experts of %d layers stay in the compute dtype (fp8 experts are "
-                       "not in this release); the attention and dense MLP layers run fp8", experts)
+    logger.info("%d linear layers and the experts of %d MoE layers run %s", len(fp8), len(experts),
+                config.describe())

@@ -152,14 +152,16 @@ def test_head_rules(config, tp, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["quantized_at_load", "fp8_checkpoint"])
+@pytest.mark.parametrize("source", ["quantized_at_load", "fp8_checkpoint", "mixtral_quantized_at_load"])
 def test_tp2_fp8_weights_match_tp1(tiny_llama, tmp_path, source):
-    """fp8 weights shard with their per-channel scales: a row-parallel rank scales its slice by the whole
-    row's amax (online), a per-tensor checkpoint scale fills its shard's rows, so TP=2 runs the weights
-    TP=1 runs and generates the same."""
+    """fp8 weights shard with their per-channel scales: a row-parallel rank (and an MoE down projection)
+    scales its slice by the whole row's amax (online), a per-tensor checkpoint scale fills its shard's rows,
+    so TP=2 runs the weights TP=1 runs and generates the same."""
     from fp8_files import write_fp8
 
     path, engine = tiny_llama, dict(quantization="fp8")
+    if source == "mixtral_quantized_at_load":
+        path = save_model(tmp_path, _configs()["mixtral-moe"])
     if source == "fp8_checkpoint":
         path, _ = write_fp8(tiny_llama, tmp_path / "fp8", tmp_path / "dense", per="tensor")
         engine = {}
