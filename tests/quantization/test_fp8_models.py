@@ -136,3 +136,16 @@ def test_bundled_model_requantized_to_fp8(tmp_path):
     agree = sum(a[0] == b[0] for a, b in pairs) / len(pairs)
     assert agree >= 0.99
     assert max(abs(a[1].logprob - b[1].logprob) for a, b in pairs if a[0] == b[0]) <= 1e-3
+
+
+@pytest.mark.gpu
+def test_quantized_at_load_on_cuda_equals_the_dequantized_dense_model(sources, tmp_path):
+    """On CUDA the Triton kernel (``kernels/fp8_matmul.py``) multiplies: the same tokens as the dense twin."""
+    _, dense_dir = write_fp8(sources["llama"], None, tmp_path / "dense")
+    engine = dict(dtype="float32", device="cuda", gpu_memory_utilization=0.3, enforce_eager=False)
+    llm = LLM(sources["llama"], quantization="fp8", **engine)
+    qkv = llm.llm_engine.runner.model.model.layers[0].self_attn.qkv_proj
+    assert qkv.weight.device.type == "cuda" and qkv.weight.dtype == torch.float8_e4m3fn
+    got = greedy(llm)
+    del llm
+    assert got == greedy(LLM(dense_dir, **engine))
