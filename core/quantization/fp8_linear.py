@@ -9,16 +9,12 @@ of every row of its shard (exact: no requantization, unlike vLLM's max over shar
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from pagedllm.models.layers.linear import LinearMethod, MergedColumnParallelLinear, QKVParallelLinear
 from pagedllm.quantization.fp8_config import Fp8Config
 from pagedllm.quantization.fp8_weight import Fp8Weight
-
-logger = logging.getLogger(__name__)
 
 
 def local_rows(layer: nn.Module, shard) -> tuple[int, int]:
