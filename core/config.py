@@ -56,6 +56,7 @@ DEVICES = ("auto", "cpu", "cuda")
 EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")  # vLLM's names
 PARALLEL_BACKENDS = (None, "mp", "ray")  # what runs tensor_parallel_size > 1 (None: mp)
 BLOCK_SIZES = (8, 16, 32, 64, 128)
+QUANTIZATION_METHODS = (None, "gguf", "gptq", "awq", "fp8")  # vLLM's names; None: the checkpoint decides
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's LoggingStatLogger interval
 
 
@@ -128,9 +129,11 @@ class EngineConfig:
                                                              "attention heads must divide by it")
     pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
     quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file or a "
-                                                             "GPTQ/AWQ checkpoint runs quantized, its weights kept "
-                                                             "packed); gguf, gptq, awq: the same, and an error if the "
-                                                             "checkpoint is not of that format")
+                                                             "GPTQ/AWQ/fp8 checkpoint runs quantized, its weights "
+                                                             "kept packed); gguf, gptq, awq: the same, and an error "
+                                                             "if the checkpoint is not of that format; fp8: an fp8 "
+                                                             "checkpoint, or a bf16/fp16/fp32 one quantized to "
+                                                             "float8_e4m3fn weights (per-channel scales) at load")
     dequantize_gguf: bool = arg(False, help="load a GGUF file's weights dequantized to dense float tensors (the "
                                             "pre-issue-22 path, read by the Hugging Face parity tests) instead of "
                                             "running them quantized")
@@ -207,10 +210,11 @@ class EngineConfig:
                                  "(every adapter in a step is also kept in host memory)")
         if float(self.cpu_offload_gb) < 0:
             raise ValueError(f"cpu_offload_gb={self.cpu_offload_gb} must be >= 0 (GiB)")
-        if self.quantization not in (None, "gguf", "gptq", "awq"):
+        if self.quantization not in QUANTIZATION_METHODS:
             raise ValueError(f"quantization={self.quantization!r} is not supported in this release; use None (the "
                              "checkpoint decides), 'gguf' (a GGUF file, run quantized), 'gptq' or 'awq' (a "
-                             "checkpoint whose quantization_config says so, run quantized on CPU)")
+                             "checkpoint whose quantization_config says so, run quantized on CPU) or 'fp8' (an "
+                             "fp8 checkpoint, or a bf16/fp16/fp32 one quantized to fp8 weights at load)")
         if self.quantization == "gguf" and self.dequantize_gguf:
             raise ValueError("quantization='gguf' and dequantize_gguf=True contradict each other: the first runs the "
                              "GGUF blocks quantized, the second dense; leave quantization=None to load it dense")

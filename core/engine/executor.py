@@ -34,6 +34,7 @@ class RunnerSpec:
     # (transformers_modules.*) is importable only where transformers loaded it, so it does not unpickle there
     gguf_file: str | None = None  # a GGUF file whose blocks load quantized (one rank only)
     w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
+    fp8: object = None  # an Fp8Config: the decoder's linear layers run fp8 weights (quantized at load or stored)
 
 
 class WorkerDiedError(RuntimeError):
@@ -77,7 +78,7 @@ class UniProcExecutor(Executor):
         self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, spec.device,
                                          spec.max_model_len, spec.block_size, spec.attention_backend,
                                          spec.model_impl, model_cls, gguf_file=spec.gguf_file,
-                                         w4a16=spec.w4a16)
+                                         w4a16=spec.w4a16, fp8=spec.fp8)
 
 
 def runner_param_bytes(runner: ModelRunner) -> int:

@@ -30,6 +30,7 @@ from pagedllm.loader import resolve_model
 from pagedllm.sampling_params import generation_config_defaults
 from pagedllm.models.registry import resolve_model_class
 from pagedllm.quantization.gguf_model import quantized_gguf
+from pagedllm.quantization.fp8_model import checkpoint_fp8
 from pagedllm.quantization.w4a16_model import checkpoint_w4a16
 from pagedllm.outputs import PoolingOutput, PoolingRequestOutput, RequestOutput
 from pagedllm.pooling.config import resolve_pooler, resolve_runner, sentence_transformers_max_length
@@ -107,13 +108,15 @@ class LLMEngine:
         self.runner_type = resolve_runner(config.runner, model_cls, resolved.path)
         self.max_model_len = self._derive_max_model_len(model_cls, resolved.path)
         gguf_file = quantized_gguf(config, resolved, self.device)
+        fp8 = checkpoint_fp8(config, self.hf_config, resolved, self.device)
         w4a16 = checkpoint_w4a16(config, self.hf_config, resolved, self.device)
         self._check_parallel(model_cls, gguf_file, w4a16)
         # the executor builds the model runner(s): in this process for one rank, plus worker processes for more
         self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
                                                          self.max_model_len, config.block_size,
                                                          config.attention_backend, config.model_impl,
-                                                         config.trust_remote_code, gguf_file, w4a16), model_cls)
+                                                         config.trust_remote_code, gguf_file, w4a16, fp8),
+                                      model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
             num_blocks = self._set_up_cache_and_scheduler(model_cls, resolved.path)

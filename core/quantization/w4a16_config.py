@@ -44,7 +44,7 @@ def read_w4a16_config(quantization_config: dict | None) -> W4A16Config | None:
     method = str(quantization_config.get("quant_method", "")).lower()
     if method not in SUPPORTED_METHODS:
         raise ValueError(f"the checkpoint's quantization_config has quant_method={method or None!r}, which this "
-                         f"release cannot run; supported: {', '.join(SUPPORTED_METHODS)} (and GGUF files)")
+                         f"release cannot run; supported: {', '.join(SUPPORTED_METHODS)}, fp8 (and GGUF files)")
     return _gptq(quantization_config) if method == "gptq" else _awq(quantization_config)
 
 

@@ -16,6 +16,7 @@ from pagedllm.loader.weights import checkpoint_names, iterate_weights
 from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.weight_utils import load_mapped
+from pagedllm.quantization.fp8_config import quant_method
 from pagedllm.quantization.w4a16_config import W4A16Config, read_w4a16_config
 from pagedllm.quantization.w4a16_linear import W4A16LinearMethod
 
@@ -29,9 +30,12 @@ def checkpoint_w4a16(config, hf_config, resolved, device: torch.device) -> W4A16
             raise ValueError(f"quantization={asked!r} but model={config.model!r} is a GGUF file; leave quantization "
                              "unset (or 'gguf') for it")
         return None
-    found = read_w4a16_config(getattr(hf_config, "quantization_config", None))
+    qc = getattr(hf_config, "quantization_config", None)
+    fp8 = quant_method(qc) == "fp8"  # run by the fp8 path (fp8_model.checkpoint_fp8)
+    found = None if fp8 else read_w4a16_config(qc)
     if asked in ("gptq", "awq") and (found is None or found.method != asked):
         has = "no quantization_config" if found is None else f"quantization_config quant_method={found.method!r}"
+        has = "quantization_config quant_method='fp8'" if fp8 else has
         raise ValueError(f"quantization={asked!r} but the checkpoint at {resolved.path} has {has}; leave "
                          "quantization unset to follow the checkpoint")
     if found is not None and torch.device(device).type != "cpu":

@@ -21,6 +21,7 @@ from pagedllm.forward_context import set_forward_context
 from pagedllm.loader import iterate_weights
 from pagedllm.models.registry import resolve_model_class
 from pagedllm.quantization.gguf_model import load_gguf_weights
+from pagedllm.quantization.fp8_model import load_fp8_weights
 from pagedllm.quantization.w4a16_model import load_w4a16_weights
 from pagedllm.models.layers.attention import Attention
 from pagedllm.models.layers.custom_op import CustomOp
@@ -46,7 +47,7 @@ class ModelRunner:
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
                  model_impl: str = "auto", model_cls: type[nn.Module] | None = None, gguf_file: str | None = None,
-                 w4a16=None):
+                 w4a16=None, fp8=None):
         self.dtype = dtype
         self.device = device
         self.block_size = block_size
@@ -64,6 +65,8 @@ class ModelRunner:
             load_gguf_weights(self.model, gguf_file, model_path, hf_config, dtype)
         elif w4a16 is not None:  # a GPTQ/AWQ checkpoint: its quantized layers keep their weights packed
             load_w4a16_weights(self.model, model_path, w4a16)
+        elif fp8 is not None:  # fp8 weights: a dense checkpoint quantized layer by layer as it loads, or stored
+            load_fp8_weights(self.model, model_path, fp8)
         else:
             self.model.load_weights(iterate_weights(model_path))
         self.model.eval()

@@ -197,3 +197,25 @@ def test_the_bundled_model_at_tp3_matches_tp1(monkeypatch):
     print(f"bundled model TP=3 vs TP=1: max logprob difference {worst:.2e}")
     gc.collect()
     assert child_pids() == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["quantized_at_load", "fp8_checkpoint", "mixtral_quantized_at_load"])
+def test_tp2_fp8_weights_match_tp1(tiny_llama, tmp_path, source):
+    """fp8 weights shard with their per-channel scales: a row-parallel rank (and an MoE down projection)
+    scales its slice by the whole row's amax (online), a per-tensor checkpoint scale fills its shard's rows,
+    so TP=2 runs the weights TP=1 runs and generates the same."""
+    from fp8_files import write_fp8
+
+    path, engine = tiny_llama, dict(quantization="fp8")
+    if source == "mixtral_quantized_at_load":
+        path = save_model(tmp_path, _configs()["mixtral-moe"])
+    if source == "fp8_checkpoint":
+        path, _ = write_fp8(tiny_llama, tmp_path / "fp8", tmp_path / "dense", per="tensor")
+        engine = {}
+    prompts = SEED_PROMPTS[:2]
+    ref, _ = run(path, 1, prompts, 6, prompt_logprobs=1, **engine)
+    got, ranks = run(path, 2, prompts, 6, prompt_logprobs=1, **engine)
+    assert_same_generation(ref, got)
+    gc.collect()
+    assert child_pids() == []

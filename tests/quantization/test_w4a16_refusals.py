@@ -84,8 +84,9 @@ def test_quantization_gptq_on_a_gguf_file_and_on_cuda():
 
 
 def test_unknown_quantization_argument_lists_the_choices():
-    with pytest.raises(ValueError, match=r"quantization='fp8' is not supported in this release.*'gptq' or 'awq'"):
-        EngineConfig.from_kwargs("m", quantization="fp8")
+    with pytest.raises(ValueError, match=r"quantization='bitsandbytes' is not supported in this release.*'gptq' "
+                                         r"or 'awq'.*'fp8'"):
+        EngineConfig.from_kwargs("m", quantization="bitsandbytes")
 
 
 def test_tensor_parallel_over_a_gptq_checkpoint(gptq_checkpoint):

@@ -39,10 +39,13 @@ class FusedMoE(nn.Module):
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
         self.dense = None  # (w13 [experts * 2 * inter, hidden], w2 [hidden, experts * inter]), packed
+        self.fp8 = None  # a quantization.fp8_moe.Fp8MoEWeights when the experts run fp8 weights
 
     def prepack_for_cpu(self) -> None:
         """CPU bf16, after loading, small experts (see DENSE_MAX_WIDTH): both stacks become one
         oneDNN-packed matrix each for ``_dense``; the plain stacks are dropped."""
+        if self.fp8 is not None:
+            return
         E, I, H = self.num_experts, self.inter, self.w13_weight.shape[-1]
         if self.dense is None and cpu_gemm.packable(self.w13_weight[0]) and E * I <= DENSE_MAX_WIDTH * H:
             w2 = self.w2_weight.permute(1, 0, 2).reshape(H, E * I)  # experts side by side
@@ -90,7 +93,10 @@ class FusedMoE(nn.Module):
         out = torch.empty_like(xs)
         start = 0
         for e, n in enumerate(counts):
-            if n:
+            if n and self.fp8 is not None:
+                out[start:start + n] = self.fp8.expert(e, xs[start:start + n], self.act)
+                start += n
+            elif n:
                 out[start:start + n] = F.linear(self.act(F.linear(xs[start:start + n], self.w13_weight[e])),
                                                 self.w2_weight[e])
                 start += n
