@@ -14,7 +14,6 @@ from pagedllm.outputs import CompletionOutput, EmbeddingRequestOutput, PoolingRe
 from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from pagedllm.tokenizer import render_chat
-from pagedllm.tool_calling import messages_for_template
 
 
 class LLM:
@@ -98,8 +97,6 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts = []
         for conversation in conversations:
-            # as the server and ChatVLLM render them: a template without tools gets them in the system message
-            conversation = messages_for_template(conversation, tools, chat_template or tokenizer.chat_template)
             text = render_chat(tokenizer, conversation, chat_template=chat_template,
                                add_generation_prompt=add_generation_prompt,
                                continue_final_message=continue_final_message, tools=tools,

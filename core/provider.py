@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from pagedllm.pooling.params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-from pagedllm.tool_calling import messages_for_template
 
 Request = str | list[dict]
 
@@ -157,9 +156,7 @@ class LocalProvider(Provider):
     def render_chat(self, messages: list[dict], *, tools: list | None = None) -> str:
         from pagedllm.tokenizer import render_chat
 
-        tokenizer = self.engine.tokenizer
-        messages = messages_for_template(messages, tools, tokenizer.chat_template)
-        return render_chat(tokenizer, messages, tools=tools)
+        return render_chat(self.engine.tokenizer, messages, tools=tools)
 
     def _prepare(self, request: Request, params: SamplingParams, tools: list | None):
         if isinstance(request, str):

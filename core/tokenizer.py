@@ -4,6 +4,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from pagedllm.names import did_you_mean
+from pagedllm.tool_calling import messages_for_template
 
 # The chat roles accepted everywhere (LLM.chat, the adapters, the server's ChatMessage): OpenAI's.
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -22,7 +23,12 @@ def load_tokenizer(path: str, *, tokenizer_mode: str = "auto", trust_remote_code
 def render_chat(tokenizer, messages: list[dict], *, chat_template: str | None = None,
                 add_generation_prompt: bool = True, continue_final_message: bool = False,
                 tools: list | None = None, **template_kwargs) -> str:
-    """The model's chat template applied to ``messages`` (a clear error when it has none)."""
+    """The model's chat template applied to ``messages`` (a clear error when it has none).
+
+    Every chat path renders here (LLM.chat, the server, the providers under ChatVLLM, the CLI), so all
+    prompt the model alike: earlier tool calls reach the template in the form it reads, and ``tools``
+    are described in the system message when the template has no tools section
+    (``tool_calling.messages_for_template``)."""
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model's tokenizer has no chat template; pass chat_template= "
                          "(a Jinja template string or file) or use generate() with a plain prompt")
@@ -35,6 +41,7 @@ def render_chat(tokenizer, messages: list[dict], *, chat_template: str | None = 
         if role not in CHAT_ROLES:
             raise ValueError(f"messages[{i}].role={role!r} is not a chat role{did_you_mean(role, CHAT_ROLES)}; "
                              f"accepted: {list(CHAT_ROLES)}")
+    messages = messages_for_template(messages, tools, chat_template or tokenizer.chat_template)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message, tools=tools, **template_kwargs)

@@ -35,7 +35,7 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
 
 def _to_dict(message: BaseMessage) -> dict:
     """A LangChain message as the OpenAI-style dict a chat template reads (``tool_calls`` and ``tool_call_id``
-    included; ``tool_calling.messages_for_template`` shows calls to templates without tool support)."""
+    included; ``tokenizer.render_chat`` shows calls to templates without tool support)."""
     role = getattr(message, "role", None) if message.type == "chat" else _ROLES.get(message.type)
     if role is None:
         raise ValueError(f"message type {message.type!r} cannot be sent to a chat template")

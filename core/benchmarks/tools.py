@@ -1,7 +1,7 @@
 """``pagedllm bench tools``: decoding speed of forced tool calls (``tool_choice="required"``: every token masked
 by the call grammar) against the same prompts decoded freely, same engine, same run (issue 18: >= 0.8x).
 
-Both runs render the same chat prompts with the same tools in them (``tool_calling.messages_for_template``,
+Both runs render the same chat prompts with the same tools in them (``tokenizer.render_chat``,
 as the server does) and decode greedily. A forced call is shorter than a free answer, and fewer tokens per
 prompt would charge its prefill to fewer tokens: so each forced run fixes each prompt's answer length,
 and the free run after it decodes exactly as many tokens per prompt (``ignore_eos``; a cached prefix can
@@ -70,7 +70,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from pagedllm import LLM, SamplingParams
     from pagedllm.sampling_params import StructuredOutputsParams
     from pagedllm.tokenizer import render_chat
-    from pagedllm.tool_calling import forced_call_schema, messages_for_template
+    from pagedllm.tool_calling import forced_call_schema
     from pagedllm.tool_parsers import ForcedToolParser
 
     load_before = load_avg()
@@ -78,7 +78,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     tokenizer = llm.get_tokenizer()
     prompt_ids = []
     for text in prompts(args.num_prompts, args.seed):
-        messages = messages_for_template([{"role": "user", "content": text}], TOOLS, tokenizer.chat_template)
+        messages = [{"role": "user", "content": text}]
         prompt_ids.append(tokenizer.encode(render_chat(tokenizer, messages, tools=TOOLS), add_special_tokens=False))
     forced = SamplingParams(temperature=0, max_tokens=args.max_tokens, frequency_penalty=0.5,
                             structured_outputs=StructuredOutputsParams(

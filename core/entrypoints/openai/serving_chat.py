@@ -13,7 +13,6 @@ from pagedllm.entrypoints.openai.serving_engine import (DONE, OpenAIServing, che
                                                         sse_error, stream_options, usage)
 from pagedllm.entrypoints.openai.tool_use import ToolUse, tool_use
 from pagedllm.tokenizer import render_chat
-from pagedllm.tool_calling import messages_for_template
 from pagedllm.tool_parsers import ToolCallStream, ToolParser, get_tool_parser
 from pagedllm.tool_parsers.ids import new_call_id
 
@@ -33,8 +32,7 @@ class ServingChat(OpenAIServing):
                chat_template_kwargs: dict | None = None, tools: list[dict] | None = None) -> list[int]:
         """Messages (and tools) -> prompt token ids through the model's (or the given) chat template."""
         template = chat_template or self.chat_template
-        conversation = messages_for_template([_as_template_message(i, m) for i, m in enumerate(messages)], tools,
-                                             template or getattr(self.tokenizer, "chat_template", None))
+        conversation = [_as_template_message(i, m) for i, m in enumerate(messages)]
         try:
             text = render_chat(self.tokenizer, conversation, chat_template=template, tools=tools,
                                add_generation_prompt=add_generation_prompt,
@@ -131,8 +129,8 @@ def _answer(text: str, finish_reason: str | None, tools: ToolUse) -> tuple[ChatR
              for c in tools.keep(parsed.calls)]
     if not calls:
         return ChatResponseMessage(content=text), finish_reason
-    reason = "tool_calls" if finish_reason == "stop" else finish_reason
-    return ChatResponseMessage(content=parsed.content or None, tool_calls=calls), reason
+    message = ChatResponseMessage(content=parsed.content or None, tool_calls=calls)
+    return message, tools.finish_reason(True, finish_reason)
 
 
 def _delta(stream: ToolCallStream | None, text: str, finish_reason: str | None,
@@ -141,10 +139,9 @@ def _delta(stream: ToolCallStream | None, text: str, finish_reason: str | None,
     if stream is None:
         return (ChatDelta(content=text) if text else ChatDelta()), finish_reason
     content, calls = stream.feed(text, final=finish_reason is not None)
-    calls = [c for c in calls if tools.parallel or c["index"] == 0]
-    if stream.called and finish_reason == "stop":
-        finish_reason = "tool_calls"
-    return ChatDelta(content=content or None, tool_calls=calls or None), finish_reason
+    calls = [c for c in calls if tools.keeps_fragment(c)]
+    delta = ChatDelta(content=content or None, tool_calls=calls or None)
+    return delta, tools.finish_reason(stream.called, finish_reason)
 
 
 def _as_template_message(i: int, m: ChatMessage) -> dict:

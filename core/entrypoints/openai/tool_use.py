@@ -24,7 +24,17 @@ class ToolUse:
     parallel: bool  # more than one call per answer
 
     def keep(self, calls: list) -> list:
+        """The calls an answer may carry: all, or only the first when parallel calls are off."""
         return calls if self.parallel else calls[:1]
+
+    def keeps_fragment(self, fragment: dict) -> bool:
+        """``keep`` for a streamed call fragment (its ``index`` is the call's place in the answer)."""
+        return self.parallel or fragment["index"] == 0
+
+    @staticmethod
+    def finish_reason(called: bool, reason: str | None) -> str | None:
+        """An answer that made a call and stopped by itself finished with ``tool_calls`` (OpenAI's reason)."""
+        return "tool_calls" if called and reason == "stop" else reason
 
 
 def tool_use(req: ChatCompletionRequest, tokenizer, auto_parser: type[ToolParser] | None) -> ToolUse:
