@@ -34,6 +34,7 @@ class RunnerSpec:
     # (transformers_modules.*) is importable only where transformers loaded it, so it does not unpickle there
     gguf_file: str | None = None  # a GGUF file whose blocks load quantized (one rank only)
     w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
+    kv_cache_dtype: str = "auto"  # "fp8"/"fp8_e4m3": each rank's cache holds e4m3 codes and row scales
 
 
 class WorkerDiedError(RuntimeError):
@@ -77,7 +78,7 @@ class UniProcExecutor(Executor):
         self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, spec.device,
                                          spec.max_model_len, spec.block_size, spec.attention_backend,
                                          spec.model_impl, model_cls, gguf_file=spec.gguf_file,
-                                         w4a16=spec.w4a16)
+                                         w4a16=spec.w4a16, kv_cache_dtype=spec.kv_cache_dtype)
 
 
 def runner_param_bytes(runner: ModelRunner) -> int:
