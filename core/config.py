@@ -115,8 +115,7 @@ class EngineConfig:
                                                               "with one rank (no effect: it runs in-process)")
     cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
                                         "there already; not implemented on GPU)")
-    kv_cache_dtype: str = arg("auto", choices=KV_CACHE_DTYPES,
-                              help="KV-cache element type: auto (the model's dtype); fp8 (alias fp8_e4m3): e4m3 "
+    kv_cache_dtype: str = arg("auto", help="KV-cache element type: auto (the model's dtype); fp8 (alias fp8_e4m3): e4m3 "
                                    "values with one bf16 scale per token and KV head, ~1.9x the tokens in the same "
                                    "kv_cache_memory")
     num_gpu_blocks_override: int | None = arg(None, help="use this many KV-cache blocks instead of sizing the cache "
