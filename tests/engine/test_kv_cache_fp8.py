@@ -61,6 +61,7 @@ def test_prefix_cache_hit_gives_the_tokens_of_no_cache(tiny):
     assert first.outputs[0].token_ids == again.outputs[0].token_ids == fresh.outputs[0].token_ids
 
 
+@pytest.mark.slow  # ~50 s here: many recomputes
 def test_preemption_by_recompute_gives_the_tokens_of_a_roomy_cache(tiny):
     prompts = [f"Story {i}: " + LONG_PROMPT[: 40 * (i % 4 + 1)] + SEED_PROMPTS[i % 4] for i in range(8)]
     longer = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)  # decodes outgrow 16 blocks
