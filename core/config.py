@@ -205,7 +205,7 @@ class EngineConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             unsupported = " (e5m2 is not supported: e4m3's extra mantissa bit is worth more under per-row scales)" \
                 if self.kv_cache_dtype == "fp8_e5m2" else ""
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported{unsupported}; choose "
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported{unsupported}; use "
                              f"{_listed(KV_CACHE_DTYPES)}")
         if self.num_gpu_blocks_override is not None:
             _positive_int("num_gpu_blocks_override", self.num_gpu_blocks_override)
