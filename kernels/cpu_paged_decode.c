@@ -617,27 +617,6 @@ static void quantize_row_fp8(const void *x, long i0, int D, int is_bf16, uint8_t
     memcpy(dst + D, &bits, 2);
 }
 
-/* Returns 0 on success, 1 when the shapes exceed the kernel's fixed buffers (caller falls back). */
-int paged_decode_fp8(const void *q, const uint8_t *k_cache, const uint8_t *v_cache, const int32_t *block_tables,
-                     int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
-                     int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
-                     float soft_cap, const float *alibi_slopes, int is_bf16,
-                     float *scratch, int max_context, int num_threads) {
-    if ((long)num_heads * head_dim > MAX_Q_ROW || head_dim > MAX_HEAD_DIM || num_heads > MAX_HEADS) return 1;
-    const long qrow = (long)num_heads * head_dim;
-    const int elem = is_bf16 ? 2 : 4;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-    for (int b = 0; b < num_seqs; b++) {
-        const int n = context_lens[b];
-        const int first = (sliding_window > 0 && n > sliding_window) ? n - sliding_window : 0;
-        float *s = scratch + (long)omp_get_thread_num() * num_heads * max_context;
-        decode_one_fp8((const char *)q + b * qrow * elem, k_cache, v_cache, block_tables + (long)b * max_blocks,
-                       first, n, (char *)out + b * qrow * elem, num_heads, num_kv_heads, head_dim, block_size, scale,
-                       soft_cap, alibi_slopes, s, max_context, is_bf16);
-    }
-    return 0;
-}
-
 /* store_kv for fp8 caches: token t's K and V (kvh rows of D elements each, bf16 or float32, token rows
  * k_stride / v_stride elements apart) quantized into slot slots[t]; slots < 0 skipped. Returns 2,
  * writing nothing, when a slot is past num_slots. */
@@ -652,6 +631,168 @@ int store_kv_fp8(const void *k, long k_stride, const void *v, long v_stride, uin
             quantize_row_fp8(k, t * k_stride + (long)h * D, D, is_bf16, k_cache + slots[t] * row + (long)h * (D + 2));
             quantize_row_fp8(v, t * v_stride + (long)h * D, D, is_bf16, v_cache + slots[t] * row + (long)h * (D + 2));
         }
+    }
+    return 0;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* fp8 caches with a bf16 model on CPUs with AVX512-BF16: codes widen to bf16 exactly (e4m3 is a subset
+ * of bf16), one KV head's slice of a 16-token chunk at a time into a small buffer, and the dot
+ * products are the bf16 path's vdpbf16ps. Scales stay out of the dots: K's multiply the 16 scores of
+ * a chunk, V's the probabilities before they are rounded to bf16 (after the softmax sum). */
+
+static const uint16_t E4M3_SUBNORMAL_BF16[32] __attribute__((aligned(64))) = {
+    0, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60}; /* m * 2^-9, m = 0..7 */
+
+/* 32 codes -> 32 bf16: exponent bias 7 -> 127 and mantissa 3 -> 7 bits by a shift and an add;
+ * subnormals (exponent 0) from the table; the sign moves up 8 bits. */
+static inline __m512i e4m3x32_bf16(const uint8_t *p) {
+    const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    const __m512i em = _mm512_and_si512(b, _mm512_set1_epi16(0x7F));
+    __m512i r = _mm512_add_epi16(_mm512_slli_epi16(em, 4), _mm512_set1_epi16(120 << 7));
+    const __mmask32 sub = _mm512_cmplt_epu16_mask(em, _mm512_set1_epi16(8));
+    r = _mm512_mask_permutexvar_epi16(r, sub, em, _mm512_load_si512((const void *)E4M3_SUBNORMAL_BF16));
+    return _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(b, _mm512_set1_epi16(0x80)), 8));
+}
+
+/* KV head kh of tokens t .. t+m-1 (m <= 16) as bf16 rows of D into buf, their scales into sc. */
+static inline void chunk_to_bf16(const uint8_t *cache, const int32_t *table, int t, int m, int bs, long row, int kh,
+                                 int D, uint16_t *buf, float *sc) {
+    for (int u = 0; u < m; u++) {
+        const uint8_t *p = cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row + (long)kh * (D + 2);
+        for (int j = 0; j < D; j += 32) _mm512_storeu_si512((void *)(buf + u * D + j), e4m3x32_bf16(p + j));
+        sc[u] = row_scale(p, D);
+    }
+    for (int u = m; u < 16; u++) sc[u] = 0.f;
+}
+
+static void qk_fp8_dpbf16(const uint16_t *q, const uint8_t *kc, const int32_t *table, int first, int n, int bs,
+                          int KVH, int G, int D, float scale, float *s, int max_ctx) {
+    const long row = (long)KVH * (D + 2);
+    uint16_t buf[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float sc[16] __attribute__((aligned(64)));
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        for (int kh = 0; kh < KVH; kh++) {
+            chunk_to_bf16(kc, table, t, m, bs, row, kh, D, buf, sc);
+            const __m512 ks = _mm512_mul_ps(_mm512_load_ps(sc), _mm512_set1_ps(scale));
+            for (int g = 0; g < G; g++) {
+                const int h = kh * G + g;
+                const uint16_t *qh = q + (long)h * D;
+                __m512 a[16];
+                for (int u = 0; u < 16; u++) {
+                    a[u] = _mm512_setzero_ps();
+                    if (u < m)
+                        for (int j = 0; j < D / 32; j++)
+                            a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)load32(buf + u * D + j * 32),
+                                                    (__m512bh)load32(qh + j * 32));
+                }
+                _mm512_mask_storeu_ps(s + (long)h * max_ctx + t - first, (__mmask16)((1u << m) - 1),
+                                      _mm512_mul_ps(sum16x16(a), ks));
+            }
+        }
+    }
+}
+
+/* acc += P.V as pv_dpbf16 (same [lo | hi] accumulator order), V's rows widened per chunk and KV head. */
+static void pv_fp8_dpbf16(const uint8_t *vc, const int32_t *table, int first, int n, int bs, int KVH, int G, int D,
+                          const float *s, int max_ctx, float *acc) {
+    const long row = (long)KVH * (D + 2);
+    uint16_t buf[17 * MAX_HEAD_DIM] __attribute__((aligned(64))); /* row 16: zeros, the odd chunk's partner */
+    float sc[16];
+    memset(buf + 16 * D, 0, D * sizeof(uint16_t));
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        for (int kh = 0; kh < KVH; kh++) {
+            chunk_to_bf16(vc, table, t, m, bs, row, kh, D, buf, sc);
+            for (int h0 = kh * G, hb; h0 < (kh + 1) * G; h0 += hb) {
+                hb = (kh + 1) * G - h0 < PV_HEADS ? (kh + 1) * G - h0 : PV_HEADS;
+                for (int d0 = 0; d0 < D; d0 += 64) {
+                    __m512 a[PV_HEADS][4];
+                    for (int i = 0; i < hb; i++)
+                        for (int j = 0; j < 4; j++) a[i][j] = _mm512_load_ps(acc + (long)(h0 + i) * D + d0 + j * 16);
+                    for (int u = 0; u < m; u += 2) {
+                        const uint16_t *x = buf + u * D + d0, *y = u + 1 < m ? buf + (u + 1) * D + d0 : buf + 16 * D + d0;
+                        const __m512i x0 = load32(x), x1 = load32(x + 32), y0 = load32(y), y1 = load32(y + 32);
+                        const __m512bh l0 = (__m512bh)_mm512_unpacklo_epi16(x0, y0), h0v = (__m512bh)_mm512_unpackhi_epi16(x0, y0);
+                        const __m512bh l1 = (__m512bh)_mm512_unpacklo_epi16(x1, y1), h1v = (__m512bh)_mm512_unpackhi_epi16(x1, y1);
+                        for (int i = 0; i < PV_HEADS; i++) {
+                            if (i < hb) {
+                                int32_t pair;
+                                memcpy(&pair, (const uint16_t *)(s + (long)(h0 + i) * max_ctx) + t - first + u, 4);
+                                const __m512bh p = (__m512bh)_mm512_set1_epi32(pair);
+                                a[i][0] = _mm512_dpbf16_ps(a[i][0], l0, p);
+                                a[i][1] = _mm512_dpbf16_ps(a[i][1], h0v, p);
+                                a[i][2] = _mm512_dpbf16_ps(a[i][2], l1, p);
+                                a[i][3] = _mm512_dpbf16_ps(a[i][3], h1v, p);
+                            }
+                        }
+                    }
+                    for (int i = 0; i < hb; i++)
+                        for (int j = 0; j < 4; j++) _mm512_store_ps(acc + (long)(h0 + i) * D + d0 + j * 16, a[i][j]);
+                }
+            }
+        }
+    }
+}
+
+/* One sequence of an fp8 cache, bf16 q/out, head_dim % 64 == 0. */
+static void decode_one_fp8_dpbf16(const uint16_t *q, const uint8_t *kc, const uint8_t *vc, const int32_t *table,
+                                  int first, int n, uint16_t *out, int H, int KVH, int D, int bs, float scale,
+                                  float soft_cap, const float *slopes, float *s, int max_ctx) {
+    const int G = H / KVH;
+    const long row = (long)KVH * (D + 2);
+    float acc[MAX_Q_ROW] __attribute__((aligned(64)));
+    float inv[MAX_HEADS];
+    qk_fp8_dpbf16(q, kc, table, first, n, bs, KVH, G, D, scale, s, max_ctx);
+    for (int h = 0; h < H; h++) {
+        float *sh = s + (long)h * max_ctx;
+        adjust_row(sh, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(sh, n - first);
+    }
+    for (int t = first; t < n; t++) { /* V's scales into the probabilities, before their bf16 rounding */
+        const uint8_t *p = vc + ((long)table[t / bs] * bs + t % bs) * row;
+        for (int kh = 0; kh < KVH; kh++) {
+            const float vs = row_scale(p + (long)kh * (D + 2), D);
+            for (int g = 0; g < G; g++) s[(long)(kh * G + g) * max_ctx + t - first] *= vs;
+        }
+    }
+    for (int h = 0; h < H; h++) row_to_bf16(s + (long)h * max_ctx, n - first);
+    for (int i = 0; i < H * D; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+    pv_fp8_dpbf16(vc, table, first, n, bs, KVH, G, D, s, max_ctx, acc);
+    unscramble_acc(acc, H * D);
+    for (int i = 0; i < H * D; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), (__m256i)_mm512_cvtneps_pbh(
+            _mm512_mul_ps(_mm512_load_ps(acc + i), _mm512_set1_ps(inv[i / D]))));
+}
+#endif
+
+/* Returns 0 on success, 1 when the shapes exceed the kernel's fixed buffers (caller falls back). */
+int paged_decode_fp8(const void *q, const uint8_t *k_cache, const uint8_t *v_cache, const int32_t *block_tables,
+                     int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
+                     int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
+                     float soft_cap, const float *alibi_slopes, int is_bf16,
+                     float *scratch, int max_context, int num_threads) {
+    if ((long)num_heads * head_dim > MAX_Q_ROW || head_dim > MAX_HEAD_DIM || num_heads > MAX_HEADS) return 1;
+    const long qrow = (long)num_heads * head_dim;
+    const int elem = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+    for (int b = 0; b < num_seqs; b++) {
+        const int n = context_lens[b];
+        const int first = (sliding_window > 0 && n > sliding_window) ? n - sliding_window : 0;
+        float *s = scratch + (long)omp_get_thread_num() * num_heads * max_context;
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+        if (head_dim % 64 == 0 && is_bf16) {
+            decode_one_fp8_dpbf16((const uint16_t *)((const char *)q + b * qrow * elem), k_cache, v_cache,
+                                  block_tables + (long)b * max_blocks, first, n,
+                                  (uint16_t *)((char *)out + b * qrow * elem), num_heads, num_kv_heads, head_dim,
+                                  block_size, scale, soft_cap, alibi_slopes, s, max_context);
+            continue;
+        }
+#endif
+        decode_one_fp8((const char *)q + b * qrow * elem, k_cache, v_cache, block_tables + (long)b * max_blocks,
+                       first, n, (char *)out + b * qrow * elem, num_heads, num_kv_heads, head_dim, block_size, scale,
+                       soft_cap, alibi_slopes, s, max_context, is_bf16);
     }
     return 0;
 }

@@ -92,13 +92,17 @@ SHAPES = [(3, 3, 64, 16), (1, 4, 128, 32), (8, 1, 64, 16), (2, 2, 80, 8)]
 LENS = [1, 2, 15, 16, 17, 63, 100, 333]
 
 
-@pytest.mark.parametrize("variant", ["native", "no-avx512"])
+# native: bf16 through vdpbf16ps where the CPU has AVX512-BF16; then AVX-512 float32 loops; then plain C
+VARIANTS = {"native": (), "no-avx512-bf16": ("-mno-avx512bf16",), "no-avx512": ("-mno-avx512f",)}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "g{}kv{}d{}bs{}".format(*s))
 def test_cpu_decode_reads_fp8(variant, dtype, shape):
     group, kvh, head_dim, bs = shape
     case, k64, v64 = _fp8_case([(n, 1) for n in LENS], bs, kvh, group, head_dim, dtype, seed=head_dim + bs)
-    lib = cpu_decode.load(() if variant == "native" else ("-mno-avx512f",))
+    lib = cpu_decode.load(VARIANTS[variant])
     assert lib is not None and cpu_decode.supports(case.q, case.k_cache)
     scale = head_dim ** -0.5
     out = cpu_decode.paged_decode(lib, case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
@@ -107,14 +111,15 @@ def test_cpu_decode_reads_fp8(variant, dtype, shape):
     check("cpu_decode_fp8", out, ref, dtype)
 
 
-def test_cpu_decode_fp8_window_soft_cap_alibi():
-    case, k64, v64 = _fp8_case([(n, 1) for n in LENS], 16, 2, 4, 64, torch.float32, seed=9)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_decode_fp8_window_and_soft_cap(dtype):
+    case, k64, v64 = _fp8_case([(n, 1) for n in LENS], 16, 2, 4, 64, dtype, seed=9)
     lib = cpu_decode.load()
     out = cpu_decode.paged_decode(lib, case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens,
                                   max(LENS), 0.125, 37, 5.0)
     ref = reference.paged_decode_attention(case.q.double(), k64, v64, case.block_tables, case.context_lens, 0.125,
                                            37, 5.0)
-    check("cpu_decode_fp8", out, ref, torch.float32)
+    check("cpu_decode_fp8", out, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
