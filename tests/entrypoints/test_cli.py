@@ -100,6 +100,7 @@ def test_bench_throughput_hf_end_to_end(tiny_chat_model, tmp_path, capsys):
     assert report["ratio_pagedllm_over_hf"] is None
 
 
+@pytest.mark.slow  # builds a whole engine (~10 s here)
 def test_bench_throughput_fp8_kv_reports_blocks_and_concurrency(tiny_chat_model, tmp_path, capsys):
     """--kv-cache-dtype fp8 reaches the engine; with --num-gpu-blocks-override the block count is the one asked
     for, and the room is blocks over the longest request's blocks."""
