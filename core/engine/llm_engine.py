@@ -128,9 +128,11 @@ class LLMEngine:
         self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
         self._counter = itertools.count()
         self.load_time = time.perf_counter() - t0
-        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
+        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens, kv_cache_dtype=%s; "
+                    "maximum concurrency for %d tokens per request: %.2fx), max_model_len=%d",
                     self.load_time, config.model, self.dtype, self.device, num_blocks,
-                    num_blocks * config.block_size, self.max_model_len)
+                    num_blocks * config.block_size, config.kv_cache_dtype, self.max_model_len,
+                    num_blocks * config.block_size / max(self.max_model_len, 1), self.max_model_len)
 
     # ---- set-up --------------------------------------------------------------------
     def _set_up_cache_and_scheduler(self, model_cls, model_path: str) -> int:
