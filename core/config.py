@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from pagedllm.kernels.kv_fp8 import KV_CACHE_DTYPES
 from pagedllm.names import reject_unknown
 from pagedllm.pooling.config import RUNNERS, PoolerConfig
 
@@ -115,7 +116,13 @@ class EngineConfig:
                                                               "with one rank (no effect: it runs in-process)")
     cpu_offload_gb: float = arg(0, help="GiB of weights vLLM keeps in host memory (no effect: on CPU the weights are "
                                         "there already; not implemented on GPU)")
-    kv_cache_dtype: str = arg("auto", help="KV-cache element type; only auto (the model's dtype) in this release")
+    kv_cache_dtype: str = arg("auto", help="KV-cache element type: auto (the model's dtype); fp8 (alias fp8_e4m3): e4m3 "
+                                   "values with one bf16 scale per token and KV head, ~1.9x the tokens in the same "
+                                   "kv_cache_memory")
+    num_gpu_blocks_override: int | None = arg(None, help="use this many KV-cache blocks instead of sizing the cache "
+                                                         "from kv_cache_memory or gpu_memory_utilization (vLLM's "
+                                                         "testing knob: equal block counts across kv_cache_dtype "
+                                                         "settings)")
     enable_lora: bool = arg(False, help="serve PEFT LoRA adapters per request (LoRARequest; the server's "
                                         "--lora-modules) next to the base model, in one batch")
     max_loras: int = arg(1, help="most adapters in one engine step (GPU/CPU slots; requests for another adapter "
@@ -198,9 +205,13 @@ class EngineConfig:
                 f"pipeline_parallel_size={self.pipeline_parallel_size}: pipeline parallelism is not supported in "
                 "this release; use pipeline_parallel_size=1 and tensor_parallel_size > 1 to split a model over "
                 "ranks")
-        if self.kv_cache_dtype != "auto":
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported in this release; use 'auto' "
-                             "(the model's dtype) and size the cache with kv_cache_memory")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            unsupported = " (e5m2 is not supported: e4m3's extra mantissa bit is worth more under per-row scales)" \
+                if self.kv_cache_dtype == "fp8_e5m2" else ""
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported{unsupported}; use "
+                             f"{_listed(KV_CACHE_DTYPES)}")
+        if self.num_gpu_blocks_override is not None:
+            _positive_int("num_gpu_blocks_override", self.num_gpu_blocks_override)
         _positive_int("max_loras", self.max_loras)
         _positive_int("max_lora_rank", self.max_lora_rank)
         if self.max_cpu_loras is not None:

@@ -41,6 +41,8 @@ def check_paged_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                          f"({num_kv_heads})")
     if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("q, k_cache and v_cache must be contiguous in head_dim")
-    if q.dtype != k_cache.dtype or k_cache.dtype != v_cache.dtype:
+    if k_cache.dtype == torch.uint8 and k_cache.shape[-1] != q.shape[-1] + 2:
+        raise ValueError(f"an fp8 cache has rows of head_dim + 2 bytes ({q.shape[-1] + 2}), got {k_cache.shape[-1]}")
+    if q.dtype != k_cache.dtype and k_cache.dtype != torch.uint8 or k_cache.dtype != v_cache.dtype:
         raise TypeError(f"q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, "
                         f"{v_cache.dtype}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pagedllm.kernels import cpu_build
+from pagedllm.kernels import cpu_build, kv_fp8
 from pagedllm.kernels.cpu_ops import rows_of_heads
 
 SOURCE = Path(__file__).with_name("cpu_paged_decode.c")
@@ -27,6 +27,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.paged_decode.restype = i
     lib.store_kv.argtypes = [p, ctypes.c_long, p, ctypes.c_long, p, p, p, i, ctypes.c_long, ctypes.c_long, i]
     lib.store_kv.restype = i
+    lib.paged_decode_fp8.argtypes = lib.paged_decode.argtypes
+    lib.paged_decode_fp8.restype = i
+    lib.store_kv_fp8.argtypes = [p, ctypes.c_long, p, ctypes.c_long, p, p, p, i, i, i, ctypes.c_long, i]
+    lib.store_kv_fp8.restype = i
 
 
 def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
@@ -35,8 +39,9 @@ def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
 
 
 def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Dtypes and devices the kernel handles (others take the torch path)."""
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32) and k_cache.dtype == q.dtype
+    """Dtypes and devices the kernel handles (others take the torch path): a cache of q's dtype, or fp8."""
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32)
+            and (k_cache.dtype == q.dtype or kv_fp8.is_fp8_cache(k_cache)))
 
 
 def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -45,11 +50,13 @@ def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cac
                  alibi_slopes: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Attention of one query token per sequence over its paged K/V; None if the shape is too large.
 
-    q: [B, H, D]; k/v_cache: [num_blocks, block_size, KVH, D]; block_tables: [B, max_blocks] int32;
-    context_lens: [B] int32 (tokens in cache, the new one included); alibi_slopes: [H] float32.
+    q: [B, H, D]; k/v_cache: [num_blocks, block_size, KVH, D] (fp8: uint8 [..., D + 2], codes and
+    scale); block_tables: [B, max_blocks] int32; context_lens: [B] int32 (tokens in cache, the new
+    one included); alibi_slopes: [H] float32.
     """
     B, H, D = q.shape
     _, bs, kvh, _ = k_cache.shape
+    kernel = lib.paged_decode_fp8 if kv_fp8.is_fp8_cache(k_cache) else lib.paged_decode
     q = q.contiguous()
     tables = block_tables.to(torch.int32).contiguous()
     lens = context_lens.to(torch.int32).contiguous()
@@ -63,7 +70,7 @@ def paged_decode(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cac
         alibi_slopes = alibi_slopes.to(torch.float32).contiguous()
         if alibi_slopes.shape != (H,):
             raise ValueError(f"alibi_slopes must have one slope per query head ({H}), got {tuple(alibi_slopes.shape)}")
-    status = lib.paged_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
+    status = kernel(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
                               lens.data_ptr(), out.data_ptr(), B, H, kvh, D, bs, float(scale),
                               int(sliding_window or 0), float(soft_cap or 0.0),
                               None if alibi_slopes is None else alibi_slopes.data_ptr(),
@@ -84,6 +91,8 @@ def store_kv(lib: ctypes.CDLL, k: torch.Tensor, v: torch.Tensor, k_cache: torch.
     One memcpy per row instead of torch's two ``index_copy_`` calls (plus a masked copy when some
     slots are padding): ~35 us per call for a 32-token decode step on one core, per layer.
     """
+    if kv_fp8.is_fp8_cache(k_cache):
+        return _store_kv_fp8(lib, k, v, k_cache, v_cache, slot_mapping)
     if not (k.device.type == v.device.type == k_cache.device.type == "cpu" and k.dtype == v.dtype == k_cache.dtype
             == v_cache.dtype and k.shape == v.shape and rows_of_heads(k) and rows_of_heads(v)
             and k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape == v_cache.shape
@@ -95,4 +104,24 @@ def store_kv(lib: ctypes.CDLL, k: torch.Tensor, v: torch.Tensor, k_cache: torch.
     slots = slot_mapping.contiguous()
     status = lib.store_kv(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
                           slots.data_ptr(), k.shape[0], kvh * d, num_blocks * bs, k.element_size())
+    return status == 0
+
+
+def _store_kv_fp8(lib: ctypes.CDLL, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor) -> bool:
+    """store_kv into an fp8 cache: each row quantized with its own scale (``kv_fp8``'s format)."""
+    if not (k.device.type == v.device.type == k_cache.device.type == "cpu" and k.dtype == v.dtype
+            and k.dtype in (torch.bfloat16, torch.float32) and v_cache.dtype == torch.uint8
+            and k.shape == v.shape and rows_of_heads(k) and rows_of_heads(v)
+            and k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape == v_cache.shape
+            and slot_mapping.dtype == torch.int64 and slot_mapping.shape == (k.shape[0],)):
+        return False
+    num_blocks, bs, kvh, row = k_cache.shape
+    d = k.shape[2]
+    if kvh != k.shape[1] or row != kv_fp8.row_bytes(d):
+        return False
+    slots = slot_mapping.contiguous()
+    status = lib.store_kv_fp8(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
+                              v_cache.data_ptr(), slots.data_ptr(), k.shape[0], kvh, d, num_blocks * bs,
+                              int(k.dtype == torch.bfloat16))
     return status == 0

@@ -480,3 +480,319 @@ int store_kv(const void *k, long k_stride, const void *v, long v_stride, void *k
     }
     return 0;
 }
+
+/* ---- fp8 caches (kv_cache_dtype="fp8", see kernels/kv_fp8.py) --------------------------------------
+ * Each (slot, KV head) row is head_dim e4m3fn codes and then the row's scale as a little-endian bf16
+ * (row stride head_dim + 2 bytes); a value is code * scale. Decode dequantizes a token's row (all KV
+ * heads) to float32 once and runs the float loops on it; store quantizes each row with the scale
+ * amax / 448 rounded up to bf16, codes rounded to nearest even, as the torch twin does. */
+
+/* e4m3fn code -> float: exponent field 0 is subnormal (m * 2^-9), else the fields move into float32's
+ * (exponent bias 7 -> 127) with one shift and one add. 0x7F/0xFF (NaN) are never written. */
+static inline float e4m3_to_f32(uint8_t b) {
+    const uint32_t em = b & 0x7Fu;
+    union { uint32_t u; float f; } c;
+    if (em < 8) c.f = (float)em * 0.001953125f;
+    else c.u = (em << 20) + (120u << 23);
+    return (b & 0x80) ? -c.f : c.f;
+}
+
+#ifdef __AVX512F__
+/* 16 codes at p -> 16 floats, the same arithmetic as e4m3_to_f32 across lanes. */
+static inline __m512 e4m3x16(const uint8_t *p) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    const __m512i em = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
+    __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(em, 20), _mm512_set1_epi32(120 << 23)));
+    const __mmask16 sub = _mm512_cmplt_epi32_mask(em, _mm512_set1_epi32(8));
+    f = _mm512_mask_mul_ps(f, sub, _mm512_cvtepi32_ps(em), _mm512_set1_ps(0.001953125f));
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
+}
+#endif
+
+static inline float row_scale(const uint8_t *row, int D) {
+    uint16_t bits;
+    memcpy(&bits, row + D, 2);
+    return bf16_to_f32(bits);
+}
+
+/* One token's row of all KV heads, dequantized: kv[kh * D + d] = code * scale. */
+static inline void dequant_row_fp8(const uint8_t *p, int KVH, int D, float *kv) {
+    for (int kh = 0; kh < KVH; kh++, p += D + 2) {
+        const float sc = row_scale(p, D);
+        float *o = kv + (long)kh * D;
+        int d = 0;
+#ifdef __AVX512F__
+        const __m512 vs = _mm512_set1_ps(sc);
+        for (; d + 16 <= D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(e4m3x16(p + d), vs));
+#endif
+        for (; d < D; d++) o[d] = e4m3_to_f32(p[d]) * sc;
+    }
+}
+
+static inline float dot_f32(const float *a, const float *b, int D) {
+    float r = 0.f;
+    int d = 0;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+    r = _mm512_reduce_add_ps(acc);
+#endif
+    for (; d < D; d++) r += a[d] * b[d];
+    return r;
+}
+
+static inline void axpy_f32(float p, const float *x, float *y, int D) {
+    int d = 0;
+#ifdef __AVX512F__
+    const __m512 vp = _mm512_set1_ps(p);
+    for (; d + 16 <= D; d += 16) _mm512_storeu_ps(y + d, _mm512_fmadd_ps(vp, _mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d)));
+#endif
+    for (; d < D; d++) y[d] += p * x[d];
+}
+
+/* One sequence of an fp8 cache, any head_dim (AVX-512 loops where head_dim % 16 allows). */
+static void decode_one_fp8(const void *q, const uint8_t *kc, const uint8_t *vc, const int32_t *table, int first,
+                           int n, void *out, int H, int KVH, int D, int bs, float scale, float soft_cap,
+                           const float *slopes, float *s, int max_ctx, int is_bf16) {
+    const int G = H / KVH;
+    const long row = (long)KVH * (D + 2);
+    float qs[MAX_Q_ROW] __attribute__((aligned(64)));
+    float acc[MAX_Q_ROW] __attribute__((aligned(64)));
+    float kv[MAX_Q_ROW] __attribute__((aligned(64)));
+    for (int i = 0; i < H * D; i++) {
+        qs[i] = load_scalar(q, i, is_bf16) * scale;
+        acc[i] = 0.f;
+    }
+    for (int t = first; t < n; t++) {
+        dequant_row_fp8(kc + ((long)table[t / bs] * bs + t % bs) * row, KVH, D, kv);
+        for (int h = 0; h < H; h++) s[(long)h * max_ctx + t - first] = dot_f32(qs + (long)h * D, kv + (long)(h / G) * D, D);
+    }
+    float inv[MAX_HEADS];
+    for (int h = 0; h < H; h++) {
+        adjust_row(s + (long)h * max_ctx, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(s + (long)h * max_ctx, n - first);
+    }
+    for (int t = first; t < n; t++) {
+        dequant_row_fp8(vc + ((long)table[t / bs] * bs + t % bs) * row, KVH, D, kv);
+        for (int h = 0; h < H; h++) axpy_f32(s[(long)h * max_ctx + t - first], kv + (long)(h / G) * D, acc + (long)h * D, D);
+    }
+    for (int i = 0; i < H * D; i++) store_scalar(out, i, acc[i] * inv[i / D], is_bf16);
+}
+
+/* float -> e4m3fn code, round to nearest even, |x| saturated at 448 (the store's scale keeps |x| <= 448). */
+static inline uint8_t f32_to_e4m3(float x) {
+    union { uint32_t u; float f; } c;
+    c.f = x;
+    const uint32_t sign = (c.u >> 24) & 0x80u;
+    c.u &= 0x7fffffffu;
+    const float a = c.f <= 448.f ? c.f : 448.f;
+    uint32_t code;
+    if (a < 0.015625f) { /* below 2^-6: subnormal, m = a * 2^9 rounded to nearest even (8 is 2^-6 itself) */
+        const float v = a * 512.f;
+        const uint32_t i = (uint32_t)v;
+        const float frac = v - (float)i;
+        code = i + (frac > 0.5f || (frac == 0.5f && (i & 1u)));
+    } else {
+        c.f = a;
+        const uint32_t u = c.u + 0x7ffffu + ((c.u >> 20) & 1u); /* round the mantissa to 3 bits */
+        code = (u >> 20) - (120u << 3);
+    }
+    return (uint8_t)(sign | code);
+}
+
+/* Rows of D values (bf16 or float32) -> one packed row: D codes, then the bf16 scale. */
+static void quantize_row_fp8(const void *x, long i0, int D, int is_bf16, uint8_t *dst) {
+    float amax = 0.f;
+    for (int d = 0; d < D; d++) {
+        const float a = fabsf(load_scalar(x, i0 + d, is_bf16));
+        amax = a > amax ? a : amax;
+    }
+    union { uint32_t u; float f; } c;
+    c.f = (amax > 1e-30f ? amax : 1e-30f) * (1.0f / 448.0f);
+    c.u = (c.u + 0xffffu) & 0xffff0000u; /* rounded up to a bf16 value */
+    const float sc = c.f;
+    for (int d = 0; d < D; d++) dst[d] = f32_to_e4m3(load_scalar(x, i0 + d, is_bf16) / sc);
+    const uint16_t bits = (uint16_t)(c.u >> 16);
+    memcpy(dst + D, &bits, 2);
+}
+
+/* store_kv for fp8 caches: token t's K and V (kvh rows of D elements each, bf16 or float32, token rows
+ * k_stride / v_stride elements apart) quantized into slot slots[t]; slots < 0 skipped. Returns 2,
+ * writing nothing, when a slot is past num_slots. */
+int store_kv_fp8(const void *k, long k_stride, const void *v, long v_stride, uint8_t *k_cache, uint8_t *v_cache,
+                 const int64_t *slots, int tokens, int kvh, int D, long num_slots, int is_bf16) {
+    for (int t = 0; t < tokens; t++)
+        if (slots[t] >= num_slots) return 2;
+    const long row = (long)kvh * (D + 2);
+    for (int t = 0; t < tokens; t++) {
+        if (slots[t] < 0) continue;
+        for (int h = 0; h < kvh; h++) {
+            quantize_row_fp8(k, t * k_stride + (long)h * D, D, is_bf16, k_cache + slots[t] * row + (long)h * (D + 2));
+            quantize_row_fp8(v, t * v_stride + (long)h * D, D, is_bf16, v_cache + slots[t] * row + (long)h * (D + 2));
+        }
+    }
+    return 0;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* fp8 caches with a bf16 model on CPUs with AVX512-BF16: codes widen to bf16 exactly (e4m3 is a subset
+ * of bf16), one KV head's slice of a 16-token chunk at a time into a small buffer, and the dot
+ * products are the bf16 path's vdpbf16ps. Scales stay out of the dots: K's multiply the 16 scores of
+ * a chunk, V's the probabilities before they are rounded to bf16 (after the softmax sum). */
+
+static const uint16_t E4M3_SUBNORMAL_BF16[32] __attribute__((aligned(64))) = {
+    0, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60}; /* m * 2^-9, m = 0..7 */
+
+/* 32 codes -> 32 bf16: exponent bias 7 -> 127 and mantissa 3 -> 7 bits by a shift and an add;
+ * subnormals (exponent 0) from the table; the sign moves up 8 bits. */
+static inline __m512i e4m3x32_bf16(const uint8_t *p) {
+    const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    const __m512i em = _mm512_and_si512(b, _mm512_set1_epi16(0x7F));
+    __m512i r = _mm512_add_epi16(_mm512_slli_epi16(em, 4), _mm512_set1_epi16(120 << 7));
+    const __mmask32 sub = _mm512_cmplt_epu16_mask(em, _mm512_set1_epi16(8));
+    r = _mm512_mask_permutexvar_epi16(r, sub, em, _mm512_load_si512((const void *)E4M3_SUBNORMAL_BF16));
+    return _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(b, _mm512_set1_epi16(0x80)), 8));
+}
+
+/* KV head kh of tokens t .. t+m-1 (m <= 16) as bf16 rows of D into buf, their scales into sc. */
+static inline void chunk_to_bf16(const uint8_t *cache, const int32_t *table, int t, int m, int bs, long row, int kh,
+                                 int D, uint16_t *buf, float *sc) {
+    for (int u = 0; u < m; u++) {
+        const uint8_t *p = cache + ((long)table[(t + u) / bs] * bs + (t + u) % bs) * row + (long)kh * (D + 2);
+        for (int j = 0; j < D; j += 32) _mm512_storeu_si512((void *)(buf + u * D + j), e4m3x32_bf16(p + j));
+        sc[u] = row_scale(p, D);
+    }
+    for (int u = m; u < 16; u++) sc[u] = 0.f;
+}
+
+static void qk_fp8_dpbf16(const uint16_t *q, const uint8_t *kc, const int32_t *table, int first, int n, int bs,
+                          int KVH, int G, int D, float scale, float *s, int max_ctx) {
+    const long row = (long)KVH * (D + 2);
+    uint16_t buf[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float sc[16] __attribute__((aligned(64)));
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        for (int kh = 0; kh < KVH; kh++) {
+            chunk_to_bf16(kc, table, t, m, bs, row, kh, D, buf, sc);
+            const __m512 ks = _mm512_mul_ps(_mm512_load_ps(sc), _mm512_set1_ps(scale));
+            for (int g = 0; g < G; g++) {
+                const int h = kh * G + g;
+                const uint16_t *qh = q + (long)h * D;
+                __m512 a[16];
+                for (int u = 0; u < 16; u++) {
+                    a[u] = _mm512_setzero_ps();
+                    if (u < m)
+                        for (int j = 0; j < D / 32; j++)
+                            a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)load32(buf + u * D + j * 32),
+                                                    (__m512bh)load32(qh + j * 32));
+                }
+                _mm512_mask_storeu_ps(s + (long)h * max_ctx + t - first, (__mmask16)((1u << m) - 1),
+                                      _mm512_mul_ps(sum16x16(a), ks));
+            }
+        }
+    }
+}
+
+/* acc += P.V as pv_dpbf16 (same [lo | hi] accumulator order), V's rows widened per chunk and KV head. */
+static void pv_fp8_dpbf16(const uint8_t *vc, const int32_t *table, int first, int n, int bs, int KVH, int G, int D,
+                          const float *s, int max_ctx, float *acc) {
+    const long row = (long)KVH * (D + 2);
+    uint16_t buf[17 * MAX_HEAD_DIM] __attribute__((aligned(64))); /* row 16: zeros, the odd chunk's partner */
+    float sc[16];
+    memset(buf + 16 * D, 0, D * sizeof(uint16_t));
+    for (int t = first; t < n; t += 16) {
+        const int m = n - t < 16 ? n - t : 16;
+        for (int kh = 0; kh < KVH; kh++) {
+            chunk_to_bf16(vc, table, t, m, bs, row, kh, D, buf, sc);
+            for (int h0 = kh * G, hb; h0 < (kh + 1) * G; h0 += hb) {
+                hb = (kh + 1) * G - h0 < PV_HEADS ? (kh + 1) * G - h0 : PV_HEADS;
+                for (int d0 = 0; d0 < D; d0 += 64) {
+                    __m512 a[PV_HEADS][4];
+                    for (int i = 0; i < hb; i++)
+                        for (int j = 0; j < 4; j++) a[i][j] = _mm512_load_ps(acc + (long)(h0 + i) * D + d0 + j * 16);
+                    for (int u = 0; u < m; u += 2) {
+                        const uint16_t *x = buf + u * D + d0, *y = u + 1 < m ? buf + (u + 1) * D + d0 : buf + 16 * D + d0;
+                        const __m512i x0 = load32(x), x1 = load32(x + 32), y0 = load32(y), y1 = load32(y + 32);
+                        const __m512bh l0 = (__m512bh)_mm512_unpacklo_epi16(x0, y0), h0v = (__m512bh)_mm512_unpackhi_epi16(x0, y0);
+                        const __m512bh l1 = (__m512bh)_mm512_unpacklo_epi16(x1, y1), h1v = (__m512bh)_mm512_unpackhi_epi16(x1, y1);
+                        for (int i = 0; i < PV_HEADS; i++) {
+                            if (i < hb) {
+                                int32_t pair;
+                                memcpy(&pair, (const uint16_t *)(s + (long)(h0 + i) * max_ctx) + t - first + u, 4);
+                                const __m512bh p = (__m512bh)_mm512_set1_epi32(pair);
+                                a[i][0] = _mm512_dpbf16_ps(a[i][0], l0, p);
+                                a[i][1] = _mm512_dpbf16_ps(a[i][1], h0v, p);
+                                a[i][2] = _mm512_dpbf16_ps(a[i][2], l1, p);
+                                a[i][3] = _mm512_dpbf16_ps(a[i][3], h1v, p);
+                            }
+                        }
+                    }
+                    for (int i = 0; i < hb; i++)
+                        for (int j = 0; j < 4; j++) _mm512_store_ps(acc + (long)(h0 + i) * D + d0 + j * 16, a[i][j]);
+                }
+            }
+        }
+    }
+}
+
+/* One sequence of an fp8 cache, bf16 q/out, head_dim % 64 == 0. */
+static void decode_one_fp8_dpbf16(const uint16_t *q, const uint8_t *kc, const uint8_t *vc, const int32_t *table,
+                                  int first, int n, uint16_t *out, int H, int KVH, int D, int bs, float scale,
+                                  float soft_cap, const float *slopes, float *s, int max_ctx) {
+    const int G = H / KVH;
+    const long row = (long)KVH * (D + 2);
+    float acc[MAX_Q_ROW] __attribute__((aligned(64)));
+    float inv[MAX_HEADS];
+    qk_fp8_dpbf16(q, kc, table, first, n, bs, KVH, G, D, scale, s, max_ctx);
+    for (int h = 0; h < H; h++) {
+        float *sh = s + (long)h * max_ctx;
+        adjust_row(sh, n - first, soft_cap, slopes ? slopes[h] : 0.f, first - (n - 1));
+        inv[h] = softmax_row(sh, n - first);
+    }
+    for (int t = first; t < n; t++) { /* V's scales into the probabilities, before their bf16 rounding */
+        const uint8_t *p = vc + ((long)table[t / bs] * bs + t % bs) * row;
+        for (int kh = 0; kh < KVH; kh++) {
+            const float vs = row_scale(p + (long)kh * (D + 2), D);
+            for (int g = 0; g < G; g++) s[(long)(kh * G + g) * max_ctx + t - first] *= vs;
+        }
+    }
+    for (int h = 0; h < H; h++) row_to_bf16(s + (long)h * max_ctx, n - first);
+    for (int i = 0; i < H * D; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+    pv_fp8_dpbf16(vc, table, first, n, bs, KVH, G, D, s, max_ctx, acc);
+    unscramble_acc(acc, H * D);
+    for (int i = 0; i < H * D; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), (__m256i)_mm512_cvtneps_pbh(
+            _mm512_mul_ps(_mm512_load_ps(acc + i), _mm512_set1_ps(inv[i / D]))));
+}
+#endif
+
+/* Returns 0 on success, 1 when the shapes exceed the kernel's fixed buffers (caller falls back). */
+int paged_decode_fp8(const void *q, const uint8_t *k_cache, const uint8_t *v_cache, const int32_t *block_tables,
+                     int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
+                     int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
+                     float soft_cap, const float *alibi_slopes, int is_bf16,
+                     float *scratch, int max_context, int num_threads) {
+    if ((long)num_heads * head_dim > MAX_Q_ROW || head_dim > MAX_HEAD_DIM || num_heads > MAX_HEADS) return 1;
+    const long qrow = (long)num_heads * head_dim;
+    const int elem = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+    for (int b = 0; b < num_seqs; b++) {
+        const int n = context_lens[b];
+        const int first = (sliding_window > 0 && n > sliding_window) ? n - sliding_window : 0;
+        float *s = scratch + (long)omp_get_thread_num() * num_heads * max_context;
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+        if (head_dim % 64 == 0 && is_bf16) {
+            decode_one_fp8_dpbf16((const uint16_t *)((const char *)q + b * qrow * elem), k_cache, v_cache,
+                                  block_tables + (long)b * max_blocks, first, n,
+                                  (uint16_t *)((char *)out + b * qrow * elem), num_heads, num_kv_heads, head_dim,
+                                  block_size, scale, soft_cap, alibi_slopes, s, max_context);
+            continue;
+        }
+#endif
+        decode_one_fp8((const char *)q + b * qrow * elem, k_cache, v_cache, block_tables + (long)b * max_blocks,
+                       first, n, (char *)out + b * qrow * elem, num_heads, num_kv_heads, head_dim, block_size, scale,
+                       soft_cap, alibi_slopes, s, max_context, is_bf16);
+    }
+    return 0;
+}

@@ -34,7 +34,7 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    USE_SOFT_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
                    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                   P_DTYPE: tl.constexpr):
+                   P_DTYPE: tl.constexpr, FP8: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -58,10 +58,11 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_le
     # Every key in [start, end) is visible to all rows (one position): no per-query mask.
     m_i, l_i, acc = attend_paged_tiles(
         q, 0, start, end, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq64 * stride_bts, kvh, offs_d, d_mask,
-        scale, soft_cap, sliding_window, block_size,
+        scale, soft_cap, sliding_window, block_size, head_dim,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
         BLOCK_ROWS=BLOCK_G, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, USE_SOFT_CAP=USE_SOFT_CAP, USE_WINDOW=USE_WINDOW,
-        MASK_PER_QUERY=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE)
+        MASK_PER_QUERY=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE,
+        FP8=FP8)
 
     if SPLIT:
         pa = (part_acc_ptr + seq64 * stride_pas + heads[:, None] * stride_pah
@@ -171,7 +172,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         k_cache.shape[1], head_dim, group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         USE_SOFT_CAP=soft_cap is not None, USE_WINDOW=sliding_window is not None,
-        SPLIT=split, **dot_flags(_decode_kernel, q.dtype))
+        SPLIT=split, FP8=k_cache.dtype == torch.uint8, **dot_flags(_decode_kernel, q.dtype))
     if split:
         _reduce_kernel[(num_seqs, num_heads)](
             part_acc, part_ml, out, num_splits, *pa_strides, *pm_strides,

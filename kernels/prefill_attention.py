@@ -29,7 +29,7 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     USE_SOFT_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
                     DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                   P_DTYPE: tl.constexpr):
+                   P_DTYPE: tl.constexpr, FP8: tl.constexpr):
     m_block = tl.program_id(0)
     seq = tl.program_id(1)
     h = tl.program_id(2)
@@ -58,10 +58,11 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
         lo = tl.maximum(prefix + m0 - sliding_window + 1, 0)
     m_i, l_i, acc = attend_paged_tiles(
         q, pos, lo, hi, k_cache_ptr, v_cache_ptr, block_tables_ptr + seq.to(tl.int64) * stride_bts, kvh, offs_d,
-        d_mask, scale, soft_cap, sliding_window, block_size,
+        d_mask, scale, soft_cap, sliding_window, block_size, head_dim,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
         BLOCK_ROWS=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, USE_SOFT_CAP=USE_SOFT_CAP, USE_WINDOW=USE_WINDOW,
-        MASK_PER_QUERY=True, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE)
+        MASK_PER_QUERY=True, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT, P_DTYPE=P_DTYPE,
+        FP8=FP8)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -104,5 +105,5 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         block_tables.stride(0), k_cache.shape[1], head_dim, num_heads // num_kv_heads,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(head_dim),
         USE_SOFT_CAP=soft_cap is not None, USE_WINDOW=sliding_window is not None,
-        **dot_flags(_prefill_kernel, q.dtype))
+        FP8=k_cache.dtype == torch.uint8, **dot_flags(_prefill_kernel, q.dtype))
     return out

@@ -24,8 +24,14 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Write each token's K/V ``[T, num_kv_heads, head_dim]`` into its cache slot; -1 skips."""
+    """Write each token's K/V ``[T, num_kv_heads, head_dim]`` into its cache slot; -1 skips.
+
+    An fp8 cache (uint8) gets each row quantized with its own scale (``kv_fp8.quantize``)."""
     keep = slot_mapping >= 0
+    if k_cache.dtype == torch.uint8:
+        from pagedllm.kernels import kv_fp8
+
+        k, v = kv_fp8.quantize(k), kv_fp8.quantize(v)
     slots = slot_mapping[keep].long()
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size

@@ -17,13 +17,20 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.attention.backend import AttentionBackend, AttentionMetadata
+from pagedllm.kernels import kv_fp8
 
 
-def _gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """[num_blocks, bs, KVH, D] x [B, nb] -> [B, KVH, nb*bs, D] (a strided view of the copy)."""
+def _gather_blocks(cache: torch.Tensor, block_tables: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[num_blocks, bs, KVH, D] x [B, nb] -> [B, KVH, nb*bs, D] (a strided view of the copy).
+
+    An fp8 cache (uint8 rows of D codes and a scale) is gathered as bytes, then dequantized to ``dtype``."""
     B, nb = block_tables.shape
     _, bs, kvh, d = cache.shape
-    return cache.index_select(0, block_tables.reshape(-1)).view(B, nb * bs, kvh, d).transpose(1, 2)
+    blocks = cache.index_select(0, block_tables.reshape(-1))
+    if kv_fp8.is_fp8_cache(cache):
+        blocks = kv_fp8.dequantize(blocks, dtype)
+        d = blocks.shape[-1]
+    return blocks.view(B, nb * bs, kvh, d).transpose(1, 2)
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -155,8 +162,10 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _write_cache(self, k, v, k_cache, v_cache, md: AttentionMetadata) -> None:
         num_slots = k_cache.shape[0] * k_cache.shape[1]
-        flat_k = k_cache.view(num_slots, self.num_kv_heads, self.head_dim)
-        flat_v = v_cache.view(num_slots, self.num_kv_heads, self.head_dim)
+        flat_k = k_cache.view(num_slots, self.num_kv_heads, k_cache.shape[-1])
+        flat_v = v_cache.view(num_slots, self.num_kv_heads, v_cache.shape[-1])
+        if kv_fp8.is_fp8_cache(k_cache):  # rows of e4m3 codes and a scale, quantized here
+            k, v = kv_fp8.quantize(k), kv_fp8.quantize(v)
         write = md.backend_state.write_mask
         if write is None:
             flat_k.index_copy_(0, md.slot_mapping, k)
@@ -176,7 +185,7 @@ class TorchAttentionBackend(AttentionBackend):
         qd = q.view(nd, KVH, H // KVH, D)
         for group in state.decode_groups:
             rows, tables = group.rows, group.tables
-            kd, vd = _gather_blocks(k_cache, tables), _gather_blocks(v_cache, tables)
+            kd, vd = _gather_blocks(k_cache, tables, q.dtype), _gather_blocks(v_cache, tables, q.dtype)
             qg = qd if rows is None else qd.index_select(0, rows)
             og = self._attend(qg, kd, vd, self._mask(group, q.dtype)).reshape(-1, H, D)
             if rows is None:
@@ -190,7 +199,7 @@ class TorchAttentionBackend(AttentionBackend):
         G = H // KVH
         P, Lq = md.num_prefills, md.max_prefill_query_len
         prefill = md.backend_state.prefill
-        kp, vp = _gather_blocks(k_cache, prefill.tables), _gather_blocks(v_cache, prefill.tables)
+        kp, vp = _gather_blocks(k_cache, prefill.tables, q.dtype), _gather_blocks(v_cache, prefill.tables, q.dtype)
         qp = q[prefill.gather].view(P, Lq, KVH, G, D)
         qp = qp.permute(0, 2, 3, 1, 4).reshape(P, KVH, G * Lq, D)
         mask = self._mask(prefill, q.dtype)  # [P, Lq, Lk]; ALiBi: already [P, KVH, G*Lq, Lk]

@@ -145,10 +145,21 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
         result.update(bench_lora(llm, args, requests, result))
     result.update(load_s=load_s, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=llm.llm_engine.max_num_batched_tokens)  # the budget in force
+    result.update(kv_cache_room(engine, requests))
     engine.shutdown()  # worker processes (tensor parallelism) end here, before the next backend runs
     del llm, engine
     gc.collect()
     return result
+
+
+def kv_cache_room(engine, requests: list[SyntheticRequest]) -> dict:
+    """The KV cache's element type, blocks, and how many sequences it holds at once: of the workload's
+    longest request (prompt + output tokens), and of max_model_len (vLLM's "maximum concurrency")."""
+    blocks, bs = engine.block_manager.num_blocks, engine.config.block_size
+    longest = max(len(r.prompt_token_ids) + r.output_len for r in requests)
+    return {"kv_cache_dtype": engine.config.kv_cache_dtype, "kv_blocks": blocks, "block_size": bs,
+            "longest_request_tokens": longest, "max_concurrent_seqs": blocks // -(-longest // bs),
+            "max_concurrency_at_max_model_len": blocks * bs / engine.max_model_len}
 
 
 def _threads() -> int:
@@ -307,6 +318,11 @@ def format_table(report: dict) -> str:
     if report["ratio_pagedllm_over_hf"] is not None:
         lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
     paged = report["results"].get("pagedllm", {})
+    if "kv_blocks" in paged:
+        lines.append(f"KV cache {paged['kv_cache_dtype']}: {paged['kv_blocks']} blocks of {paged['block_size']} tokens, "
+                     f"room for {paged['max_concurrent_seqs']} concurrent sequences of the longest request "
+                     f"({paged['longest_request_tokens']} tokens); {paged['max_concurrency_at_max_model_len']:.2f}x "
+                     "at max_model_len")
     if "penalties_over_greedy" in paged:
         lines.append(f"penalties/greedy (output tok/s): {paged['penalties_over_greedy']:.1%}")
     for k, run in paged.get("lora_runs", {}).items():

@@ -35,6 +35,7 @@ class RunnerSpec:
     gguf_file: str | None = None  # a GGUF file whose blocks load quantized (one rank only)
     w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
     fp8: object = None  # an Fp8Config: the decoder's linear layers run fp8 weights (quantized at load or stored)
+    kv_cache_dtype: str = "auto"  # "fp8"/"fp8_e4m3": each rank's cache holds e4m3 codes and row scales
 
 
 class WorkerDiedError(RuntimeError):
@@ -78,7 +79,8 @@ class UniProcExecutor(Executor):
         self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, spec.device,
                                          spec.max_model_len, spec.block_size, spec.attention_backend,
                                          spec.model_impl, model_cls, gguf_file=spec.gguf_file,
-                                         w4a16=spec.w4a16, fp8=spec.fp8)
+                                         w4a16=spec.w4a16, fp8=spec.fp8,
+                                         kv_cache_dtype=spec.kv_cache_dtype)
 
 
 def runner_param_bytes(runner: ModelRunner) -> int:

@@ -115,7 +115,8 @@ class LLMEngine:
         self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
                                                          self.max_model_len, config.block_size,
                                                          config.attention_backend, config.model_impl,
-                                                         config.trust_remote_code, gguf_file, w4a16, fp8),
+                                                         config.trust_remote_code, gguf_file, w4a16, fp8,
+                                                         config.kv_cache_dtype),
                                       model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
@@ -130,9 +131,11 @@ class LLMEngine:
         self.stat_logger = None if config.disable_log_stats else StatLogger(STATS_LOG_INTERVAL_S)
         self._counter = itertools.count()
         self.load_time = time.perf_counter() - t0
-        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens), max_model_len=%d",
+        logger.info("engine ready in %.2fs: %s, dtype=%s, device=%s, %d KV blocks (%d tokens, kv_cache_dtype=%s; "
+                    "maximum concurrency for %d tokens per request: %.2fx), max_model_len=%d",
                     self.load_time, config.model, self.dtype, self.device, num_blocks,
-                    num_blocks * config.block_size, self.max_model_len)
+                    num_blocks * config.block_size, config.kv_cache_dtype, self.max_model_len,
+                    num_blocks * config.block_size / max(self.max_model_len, 1), self.max_model_len)
 
     # ---- set-up --------------------------------------------------------------------
     def _set_up_cache_and_scheduler(self, model_cls, model_path: str) -> int:
@@ -222,7 +225,10 @@ class LLMEngine:
 
     def _num_kv_blocks(self) -> int:
         layers, kv_heads, head_dim = self.runner.kv_shape
-        per_block = bytes_per_block(layers, self.config.block_size, kv_heads, head_dim, self.dtype)
+        per_block = bytes_per_block(layers, self.config.block_size, kv_heads, head_dim, self.dtype,
+                                    self.config.kv_cache_dtype)
+        if self.config.num_gpu_blocks_override is not None:  # vLLM's knob: a fixed count, every rank the same
+            return self.config.num_gpu_blocks_override
         if self.config.kv_cache_memory is not None:  # on GPU too, as vLLM's kv_cache_memory_bytes
             budget = self.config.kv_cache_memory
         elif self.device.type == "cuda":
@@ -273,7 +279,8 @@ class LLMEngine:
             return
         if self.config.max_model_len is not None:
             layers, kv_heads, head_dim = self.runner.kv_shape
-            need = bytes_per_block(layers, bs, kv_heads, head_dim, self.dtype) * -(-self.max_model_len // bs)
+            need = bytes_per_block(layers, bs, kv_heads, head_dim, self.dtype,
+                                   self.config.kv_cache_dtype) * -(-self.max_model_len // bs)
             knob = ("gpu_memory_utilization" if self.device.type == "cuda" and self.config.kv_cache_memory is None
                     else "kv_cache_memory")
             raise ValueError(

@@ -87,7 +87,8 @@ class MultiprocExecutor(Executor):
             device = torch.device("cuda", 0) if spec.device.type == "cuda" else spec.device
             self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, device,
                                              spec.max_model_len, spec.block_size, spec.attention_backend,
-                                             spec.model_impl, model_cls, fp8=spec.fp8)
+                                             spec.model_impl, model_cls, fp8=spec.fp8,
+                                             kv_cache_dtype=spec.kv_cache_dtype)
             self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
             for rank in range(1, world_size):
                 self._expect(rank, "ready")

@@ -1,21 +1,35 @@
-"""KV cache sizing and allocation: one [num_blocks, block_size, kv_heads, head_dim] pair per layer."""
+"""KV cache sizing and allocation: one [num_blocks, block_size, kv_heads, head_dim] pair per layer.
+
+With ``kv_cache_dtype="fp8"`` each pair is uint8 ``[num_blocks, block_size, kv_heads, head_dim + 2]``:
+e4m3 codes and a bf16 scale per row (``pagedllm.kernels.kv_fp8``), and a block's bytes count both.
+"""
 from __future__ import annotations
 
 import logging
 
 import torch
 
+from pagedllm.kernels import kv_fp8
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4 GiB)
 
 
-def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-    return 2 * num_layers * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                    kv_cache_dtype: str = "auto") -> int:
+    """K and V of every layer for ``block_size`` tokens (fp8: codes and scales)."""
+    return 2 * num_layers * block_size * num_kv_heads * _row_bytes(head_dim, dtype, kv_cache_dtype)
+
+
+def _row_bytes(head_dim: int, dtype: torch.dtype, kv_cache_dtype: str) -> int:
+    if kv_fp8.is_fp8(kv_cache_dtype):
+        return kv_fp8.row_bytes(head_dim)
+    return head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 def allocate_kv_cache(attention_layers, num_blocks: int, block_size: int, dtype: torch.dtype,
-                      device: torch.device) -> torch.Tensor:
+                      device: torch.device, kv_cache_dtype: str = "auto") -> torch.Tensor:
     """Allocate the whole cache in one zeroed tensor and bind per-layer views to the layers.
 
     Zeroed so that a masked-out slot never holds NaN (0 * NaN would poison attention). On CPU the
@@ -23,7 +37,10 @@ def allocate_kv_cache(attention_layers, num_blocks: int, block_size: int, dtype:
     nothing at start-up (torch.zeros wrote zeros for ~1.6 s).
     """
     first = attention_layers[0]
-    shape = (2, len(attention_layers), num_blocks, block_size, first.num_kv_heads, first.head_dim)
+    row = first.head_dim
+    if kv_fp8.is_fp8(kv_cache_dtype):
+        row, dtype = kv_fp8.row_bytes(first.head_dim), torch.uint8
+    shape = (2, len(attention_layers), num_blocks, block_size, first.num_kv_heads, row)
     if torch.device(device).type == "cpu":
         cache = _zeroed_host_tensor(shape, dtype)
     else:

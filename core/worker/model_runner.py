@@ -47,8 +47,9 @@ class ModelRunner:
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
                  model_impl: str = "auto", model_cls: type[nn.Module] | None = None, gguf_file: str | None = None,
-                 w4a16=None, fp8=None):
+                 w4a16=None, fp8=None, kv_cache_dtype: str = "auto"):
         self.dtype = dtype
+        self.kv_cache_dtype = kv_cache_dtype
         self.device = device
         self.block_size = block_size
         self.vocab_size = hf_config.vocab_size
@@ -98,7 +99,8 @@ class ModelRunner:
         return len(self.attention_layers), layer.num_kv_heads, layer.head_dim
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device)
+        allocate_kv_cache(self.attention_layers, num_blocks, self.block_size, self.dtype, self.device,
+                          self.kv_cache_dtype)
 
     def capture_decode_graphs(self, max_batch: int, max_model_len: int, emulate: bool = False) -> None:
         """CUDA graphs for decode steps of up to ``max_batch`` sequences (see ``cuda_graphs``).

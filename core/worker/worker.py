@@ -73,7 +73,8 @@ class Worker:
         hf_config = AutoConfig.from_pretrained(spec["model_path"], trust_remote_code=spec["trust_remote_code"])
         self.runner = ModelRunner(hf_config, spec["model_path"], spec["dtype"], device,
                                   spec["max_model_len"], spec["block_size"], spec["attention_backend"],
-                                  spec["model_impl"], fp8=spec.get("fp8"))
+                                  spec["model_impl"], fp8=spec.get("fp8"),
+                                  kv_cache_dtype=spec["kv_cache_dtype"])
         self.hidden: torch.Tensor | None = None
         from pagedllm.engine.executor import runner_param_bytes
 

@@ -100,6 +100,20 @@ def test_bench_throughput_hf_end_to_end(tiny_chat_model, tmp_path, capsys):
     assert report["ratio_pagedllm_over_hf"] is None
 
 
+@pytest.mark.slow  # builds a whole engine (~10 s here)
+def test_bench_throughput_fp8_kv_reports_blocks_and_concurrency(tiny_chat_model, tmp_path, capsys):
+    """--kv-cache-dtype fp8 reaches the engine; with --num-gpu-blocks-override the block count is the one asked
+    for, and the room is blocks over the longest request's blocks."""
+    out_json = tmp_path / "results.json"
+    assert main(["bench", "throughput", "--backend", "pagedllm", "--model", tiny_chat_model, "--num-prompts", "3",
+                 "--min-output-len", "2", "--max-output-len", "4", "--dtype", "float32", "--kv-cache-dtype", "fp8",
+                 "--num-gpu-blocks-override", "64", "--output-json", str(out_json)]) == 0
+    paged = json.loads(out_json.read_text())["results"]["pagedllm"]
+    assert paged["kv_cache_dtype"] == "fp8" and paged["kv_blocks"] == 64
+    assert paged["max_concurrent_seqs"] == 64 // -(-paged["longest_request_tokens"] // paged["block_size"])
+    assert f"KV cache fp8: 64 blocks of {paged['block_size']} tokens" in capsys.readouterr().out
+
+
 def test_bench_rejects_bad_num_prompts(tiny_chat_model):
     with pytest.raises(ValueError, match="--num-prompts"):
         main(["bench", "throughput", "--backend", "hf", "--model", tiny_chat_model, "--num-prompts", "0"])

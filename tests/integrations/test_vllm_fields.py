@@ -48,3 +48,10 @@ def test_same_defaults_and_engine_arguments():
 def test_negative_temperature_refused(cls):
     with pytest.raises(ValueError, match="temperature"):
         cls(temperature=-0.5)
+
+
+@pytest.mark.parametrize("cls", [VLLM, Vllm])
+def test_vllm_kwargs_carry_engine_arguments_such_as_kv_cache_dtype(cls):
+    """What reaches the in-process provider (``LLM(**kwargs)``): vLLM's kwargs pass through as given."""
+    kwargs = cls(model="m", vllm_kwargs={"kv_cache_dtype": "fp8", "num_gpu_blocks_override": 512})._engine_kwargs()
+    assert kwargs["kv_cache_dtype"] == "fp8" and kwargs["num_gpu_blocks_override"] == 512

@@ -5,14 +5,15 @@ from model_fixtures import SEED_PROMPTS, make_tiny_model
 from pagedllm import LLM, SamplingParams
 
 
-@pytest.mark.parametrize("block_size", [16])
-def test_engine_greedy_tokens_triton_equals_torch(tmp_path, block_size):
+@pytest.mark.parametrize("block_size,kv_cache_dtype", [(16, "auto"), (16, "fp8")])
+def test_engine_greedy_tokens_triton_equals_torch(tmp_path, block_size, kv_cache_dtype):
     path = make_tiny_model(tmp_path / "llama", num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                            num_key_value_heads=2)
     # Prompts of different lengths (crossing a block), chunked prefill mixed with decodes.
     prompts = [SEED_PROMPTS[0], SEED_PROMPTS[1] * 3, SEED_PROMPTS[2] * 2, SEED_PROMPTS[3]]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    kwargs = dict(dtype="float32", kv_cache_memory=8 << 20, block_size=block_size, max_num_batched_tokens=32)
+    kwargs = dict(dtype="float32", kv_cache_memory=8 << 20, block_size=block_size, max_num_batched_tokens=32,
+                  kv_cache_dtype=kv_cache_dtype)  # fp8: the Triton store writes what the torch twin reads
     ref = LLM(path, attention_backend="torch", **kwargs).generate(prompts, params, use_tqdm=False)
     llm = LLM(path, attention_backend="triton", **kwargs)
     assert llm.llm_engine.runner.backend_cls.name == "triton"
