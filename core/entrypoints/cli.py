@@ -71,6 +71,14 @@ def add_bench_parser(subparsers) -> None:
                                      "the call grammar) against the same prompts decoded freely, same run.")
     tools.add_cli_args(p)
     p.set_defaults(func=tools.main)
+    from pagedllm.benchmarks import llamacpp
+
+    p = kinds.add_parser("llamacpp", help="pagedllm vs llama.cpp built from source, same GGUF file (issue 22)",
+                         description="Single-stream decode tok/s against llama-bench (tgN) and offline throughput "
+                                     "against llama-server -np N -cb with as many clients, same file, same threads, "
+                                     "same run. --build compiles llama.cpp from the llama-cpp-python sdist first.")
+    llamacpp.add_cli_args(p)
+    p.set_defaults(func=llamacpp.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)
