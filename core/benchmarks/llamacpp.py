@@ -64,17 +64,21 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="offline: shortest output drawn (default: %(default)s)")
     parser.add_argument("--max-output-len", type=int, default=DEFAULT_MAX_OUTPUT_LEN,
                         help="offline: longest output drawn (default: %(default)s)")
+    parser.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
+                        help="llama.cpp's weight repacking (its default: on); auto: on, and off if a tool dies of a "
+                             "signal with it (the AMX path segfaults on some sandboxed CPUs), noted in the report "
+                             "(default: %(default)s)")
     parser.add_argument("--output-json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--plot", metavar="PNG", help="also draw the results as a bar chart to this PNG")
     add_engine_args(parser)
     return parser
 
 
-def find_tools(build: bool) -> dict:
-    """Paths of llama-bench and llama-server, building them first when ``build`` and none are cached."""
+def find_tools(build: bool, names: tuple[str, ...] = ("llama-bench", "llama-server")) -> dict:
+    """Paths of the llama.cpp tools ``names``, building them first when ``build`` and one is not cached."""
     from pagedllm.benchmarks import llamacpp_build
 
-    tools = {name: llamacpp_build.find_binary(name) for name in ("llama-bench", "llama-server")}
+    tools = {name: llamacpp_build.find_binary(name) for name in names}
     if build and not all(tools.values()):
         llamacpp_build.build()
         tools = {name: llamacpp_build.find_binary(name) for name in tools}
@@ -88,9 +92,9 @@ def find_tools(build: bool) -> dict:
 # -- single stream ------------------------------------------------------------------------
 
 def llama_bench_command(binary: str, gguf: str, prompt_len: int, gen_tokens: int, threads: int,
-                        repetitions: int) -> list[str]:
+                        repetitions: int, repack: bool = True) -> list[str]:
     return [binary, "-m", gguf, "-p", str(prompt_len), "-n", str(gen_tokens), "-t", str(threads),
-            "-r", str(repetitions), "-o", "json"]
+            "-r", str(repetitions), "-o", "json", *([] if repack else ["--repack", "0"])]
 
 
 def parse_llama_bench(stdout: str) -> dict:
@@ -110,11 +114,24 @@ def parse_llama_bench(stdout: str) -> dict:
     return out
 
 
-def run_llama_bench(binary: str, gguf: str, prompt_len: int, gen_tokens: int, threads: int, repetitions: int) -> dict:
-    cmd = llama_bench_command(binary, gguf, prompt_len, gen_tokens, threads, repetitions)
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return {**parse_llama_bench(done.stdout), "command": " ".join(cmd)}
+def run_llama_bench(binary: str, gguf: str, prompt_len: int, gen_tokens: int, threads: int, repetitions: int,
+                    repack: str = "auto") -> dict:
+    """llama-bench with its defaults; ``repack="auto"``: if it dies of a signal, once more with ``--repack 0``
+    (on this sandbox's AMX CPUs the repacked AMX matmul segfaults; the report says so)."""
+    note = None
+    for use_repack in ([True, False] if repack == "auto" else [repack == "on"]):
+        cmd = llama_bench_command(binary, gguf, prompt_len, gen_tokens, threads, repetitions, use_repack)
+        print("+", " ".join(cmd), file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode < 0 and use_repack and repack == "auto":
+            note = f"llama-bench died of signal {-done.returncode} with weight repacking; rerun with --repack 0"
+            _say(note)
+            continue
+        if done.returncode:
+            raise RuntimeError(f"llama-bench exited with {done.returncode}: {done.stderr[-2000:]}")
+        return {**parse_llama_bench(done.stdout), "command": " ".join(cmd), "repack": use_repack,
+                **({"repack_note": note} if note else {})}
+    raise AssertionError("unreachable")
 
 
 def single_stream_prompt(tokenizer, prompt_len: int) -> list[int]:
@@ -173,9 +190,10 @@ def free_port() -> int:
 
 
 def llama_server_command(binary: str, gguf: str, threads: int, parallel: int, ctx_per_slot: int,
-                         port: int) -> list[str]:
+                         port: int, repack: bool = True) -> list[str]:
     return [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-np", str(parallel), "-cb",
-            "-c", str(parallel * ctx_per_slot), "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+            "-c", str(parallel * ctx_per_slot), "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+            *([] if repack else ["--no-repack"])]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -193,37 +211,62 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> No
     raise RuntimeError(f"llama-server not healthy after {timeout_s:.0f} s")
 
 
-def run_llama_server(binary: str, gguf: str, requests, threads: int, parallel: int) -> dict:
+def run_llama_server(binary: str, gguf: str, requests, threads: int, parallel: int, repack: str = "auto") -> dict:
     """Start llama-server with ``parallel`` slots, warm it on two short requests, then send the
-    workload from ``parallel`` concurrent streaming clients (``bench serve``'s); stop it."""
+    workload from ``parallel`` concurrent streaming clients (``bench serve``'s); stop it.
+    ``repack="auto"``: a server that dies of a signal is run once more with ``--no-repack``."""
+    note = None
+    for use_repack in ([True, False] if repack == "auto" else [repack == "on"]):
+        result, code, cmd = _serve_workload(binary, gguf, requests, threads, parallel, use_repack)
+        if code is not None and code < 0 and use_repack and repack == "auto":
+            note = f"llama-server died of signal {-code} with weight repacking; rerun with --no-repack"
+            _say(note)
+            continue
+        if result is None or result["errors"]:
+            detail = result["first_errors"] if result else f"exit code {code}"
+            raise RuntimeError(f"llama-server failed the workload: {detail}")
+        return {"output_tokens": result["output_tokens"], "elapsed_s": result["elapsed_s"],
+                "output_tokens_per_s": result["output_tok_per_s"], "ttft_p50_s": result["ttft_p50_s"],
+                "tpot_p50_s": result["tpot_p50_s"], "parallel": parallel, "command": " ".join(cmd),
+                "repack": use_repack, **({"repack_note": note} if note else {})}
+    raise AssertionError("unreachable")
+
+
+def _serve_workload(binary: str, gguf: str, requests, threads: int, parallel: int, repack: bool):
+    """(serve.run's result or None, the server's exit code if it died, the command)."""
+    from dataclasses import replace
+
     from pagedllm.benchmarks import serve
 
     ctx = max(len(r.prompt_token_ids) for r in requests) + max(r.output_len for r in requests) + 8
     port = free_port()
-    cmd = llama_server_command(binary, gguf, threads, parallel, ctx, port)
+    cmd = llama_server_command(binary, gguf, threads, parallel, ctx, port, repack)
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = None
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
         ns = argparse.Namespace(base_url=f"http://127.0.0.1:{port}/v1", model=None, api_key="EMPTY",
                                 concurrency=min(2, len(requests)), duration=None, server_pid=None)
-        from dataclasses import replace
-
-        asyncio.run(serve.run(ns, [replace(r, output_len=4) for r in requests[:2]]))  # warm-up, untimed
-        ns.concurrency = parallel
-        result = asyncio.run(serve.run(ns, requests))
+        warm = asyncio.run(serve.run(ns, [replace(r, output_len=4) for r in requests[:2]]))  # untimed
+        if not warm["errors"]:
+            ns.concurrency = parallel
+            result = asyncio.run(serve.run(ns, requests))
+        else:
+            result = warm
+    except RuntimeError:
+        if proc.poll() is None:
+            raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if result["errors"]:
-        raise RuntimeError(f"llama-server answered {result['errors']} requests with errors: {result['first_errors']}")
-    return {"output_tokens": result["output_tokens"], "elapsed_s": result["elapsed_s"],
-            "output_tokens_per_s": result["output_tok_per_s"], "ttft_p50_s": result["ttft_p50_s"],
-            "tpot_p50_s": result["tpot_p50_s"], "parallel": parallel, "command": " ".join(cmd)}
+        died = proc.poll()
+        if died is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return result, died, cmd
 
 
 def run_pagedllm_offline(args, requests) -> dict:
@@ -260,18 +303,22 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    tools = find_tools(args.build)
+    needed = {"single": ("llama-bench",), "offline": ("llama-server",)}.get(args.part, ("llama-bench", "llama-server"))
+    tools = find_tools(args.build, needed)
     tokenizer = load_tokenizer(resolved.path)
     gguf = resolved.gguf_file
     load_before = load_avg()
+    repack = args.repack
     report: dict = {"benchmark": "llamacpp", "model": args.model, "gguf_file": gguf, "threads": threads,
                     "llama_cpp": {"tools": tools}}
     if args.part in ("single", "both"):
         prompt = single_stream_prompt(tokenizer, args.prompt_len)
         single = {"prompt_len": args.prompt_len, "gen_tokens": args.gen_tokens, "repetitions": args.repetitions}
         single["llama_bench"] = run_llama_bench(tools["llama-bench"], gguf, args.prompt_len, args.gen_tokens, threads,
-                                                args.repetitions)
+                                                args.repetitions, args.repack)
         report["llama_cpp"]["build_commit"] = single["llama_bench"].get("build_commit")
+        if "repack_note" in single["llama_bench"]:
+            repack = "off"  # the same crash would kill the server too
         single["pagedllm"] = run_pagedllm_single(args, prompt, dequantize=False)
         if not args.no_dense:
             single["pagedllm_dense"] = run_pagedllm_single(args, prompt, dequantize=True)
@@ -286,7 +333,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         requests = build_workload(tokenizer, args.num_prompts, args.min_output_len, args.max_output_len, args.seed)
         offline = {"workload": workload_stats(requests)}
         offline["pagedllm"] = run_pagedllm_offline(args, requests)
-        offline["llama_server"] = run_llama_server(tools["llama-server"], gguf, requests, threads, args.parallel)
+        offline["llama_server"] = run_llama_server(tools["llama-server"], gguf, requests, threads, args.parallel,
+                                                   repack)
         offline["ratio_pagedllm_over_llamacpp"] = (offline["pagedllm"]["output_tokens_per_s"]
                                                    / offline["llama_server"]["output_tokens_per_s"])
         report["offline"] = offline
@@ -304,6 +352,10 @@ def _say(text: str) -> None:
 def format_table(report: dict) -> str:
     lines = [f"{os.path.basename(report['gguf_file'])}, {report['threads']} thread(s), llama.cpp "
              f"{report['llama_cpp'].get('build_commit') or ''}".rstrip()]
+    for part in ("single_stream", "offline"):
+        tool = report.get(part, {}).get("llama_bench" if part == "single_stream" else "llama_server", {})
+        if "repack_note" in tool:
+            lines.append(f"note: {tool['repack_note']}")
     single = report.get("single_stream")
     if single:
         lb = single["llama_bench"]
@@ -356,7 +408,7 @@ def plot_report(report: dict, out_png: str) -> str:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (title, bars) in zip(axes[0], panels):
         drawn = ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["tab:gray"] + ["tab:blue"] * (len(bars) - 1))
-        ax.bar_label(drawn, labels=[f"{b[1]:.0f}" for b in bars], fontsize=8, padding=2)
+        ax.bar_label(drawn, labels=[f"{b[1]:.0f}" if b[1] >= 10 else f"{b[1]:.1f}" for b in bars], fontsize=8, padding=2)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("output tok/s")
         ax.margins(y=0.15)

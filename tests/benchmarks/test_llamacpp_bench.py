@@ -88,3 +88,15 @@ def test_short_run_against_the_built_llamacpp(tmp_path):
     table = llamacpp.format_table(report)
     assert "llama-bench (tg8, pp8)" in table and "llama-server (-np 2 -cb" in table
     assert os.path.getsize(llamacpp.plot_report(report, str(tmp_path / "p.png"))) > 0
+
+
+def test_llama_bench_that_dies_with_repacking_is_rerun_without_it(tmp_path):
+    """As the AMX build does on this sandbox's CPUs: a signal with repacking on, a result with --repack 0."""
+    records = json.dumps([_record(16, 0, 50.0), _record(0, 8, 20.0)])
+    fake = _executable(tmp_path / "llama-bench")
+    fake.write_text(f"#!/bin/sh\ncase \"$*\" in *'--repack 0'*) echo '{records}' ;; *) kill -SEGV $$ ;; esac\n")
+    out = llamacpp.run_llama_bench(str(fake), "m.gguf", 16, 8, 2, 1)
+    assert out["tg"]["tok_s"] == 20.0 and out["repack"] is False
+    assert out["repack_note"].startswith("llama-bench died of signal 11") and out["command"].endswith("--repack 0")
+    with pytest.raises(RuntimeError, match="llama-bench exited with -11"):
+        llamacpp.run_llama_bench(str(fake), "m.gguf", 16, 8, 2, 1, repack="on")
