@@ -102,11 +102,11 @@ def parse_llama_bench(stdout: str) -> dict:
     records = json.loads(stdout)
     out: dict = {}
     for rec in records:
-        kind = "pp" if rec["n_prompt"] and not rec["n_gen"] else "tg" if rec["n_gen"] and not rec["n_prompt"] else None
-        if kind is None:
-            continue
-        out[kind] = {"tokens": rec["n_prompt"] or rec["n_gen"], "tok_s": rec["avg_ts"], "stddev_tok_s": rec["stddev_ts"],
-                     "label": f"{kind}{rec['n_prompt'] or rec['n_gen']}"}
+        if bool(rec["n_prompt"]) == bool(rec["n_gen"]):
+            continue  # a pg (prompt + generation) record: not one llama-bench prints for -p/-n
+        kind, tokens = ("pp", rec["n_prompt"]) if rec["n_prompt"] else ("tg", rec["n_gen"])
+        out[kind] = {"tokens": tokens, "tok_s": rec["avg_ts"], "stddev_tok_s": rec["stddev_ts"],
+                     "label": f"{kind}{tokens}"}
         out.update(build_commit=rec.get("build_commit"), build_number=rec.get("build_number"),
                    n_threads=rec.get("n_threads"), model_type=rec.get("model_type"), cpu_info=rec.get("cpu_info"))
     if "tg" not in out:
@@ -299,7 +299,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     _check(args)
     resolved = resolve_model(args.model)
     if resolved.gguf_file is None:
-        raise ValueError(f"--model {args.model!r} is not a GGUF file (resolved to {resolved.path}); llama.cpp needs one")
+        raise ValueError(f"--model {args.model!r} is not a GGUF file (resolved to {resolved.path}); "
+                         "llama.cpp needs one")
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -374,12 +375,13 @@ def format_table(report: dict) -> str:
             lines.append(f"ratio pagedllm dense/llama.cpp (decode tok/s): {single['ratio_dense_over_llamacpp']:.2f}x")
     offline = report.get("offline")
     if offline:
+        server = offline["llama_server"]
         w = offline["workload"]
         lines += ["", f"offline: {w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} "
                       "output tokens:",
                   "| engine | output tok/s | elapsed (s) |", "|---|---:|---:|",
                   f"| llama.cpp llama-server (-np {offline['llama_server']['parallel']} -cb, as many clients) | "
-                  f"{offline['llama_server']['output_tokens_per_s']:.1f} | {offline['llama_server']['elapsed_s']:.1f} |",
+                  f"{server['output_tokens_per_s']:.1f} | {server['elapsed_s']:.1f} |",
                   f"| pagedllm LLM.generate | {offline['pagedllm']['output_tokens_per_s']:.1f} | "
                   f"{offline['pagedllm']['elapsed_s']:.1f} |",
                   f"ratio pagedllm/llama.cpp (output tok/s): {offline['ratio_pagedllm_over_llamacpp']:.2f}x"]
@@ -403,12 +405,14 @@ def plot_report(report: dict, out_png: str) -> str:
     if "offline" in report:
         o = report["offline"]
         panels.append((f"offline, {o['workload']['num_requests']} requests",
-                       [(f"llama-server\n-np {o['llama_server']['parallel']}", o["llama_server"]["output_tokens_per_s"]),
+                       [(f"llama-server\n-np {o['llama_server']['parallel']}",
+                         o["llama_server"]["output_tokens_per_s"]),
                         ("pagedllm", o["pagedllm"]["output_tokens_per_s"])]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (title, bars) in zip(axes[0], panels):
         drawn = ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["tab:gray"] + ["tab:blue"] * (len(bars) - 1))
-        ax.bar_label(drawn, labels=[f"{b[1]:.0f}" if b[1] >= 10 else f"{b[1]:.1f}" for b in bars], fontsize=8, padding=2)
+        texts = [f"{b[1]:.0f}" if b[1] >= 10 else f"{b[1]:.1f}" for b in bars]
+        ax.bar_label(drawn, labels=texts, fontsize=8, padding=2)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("output tok/s")
         ax.margins(y=0.15)
