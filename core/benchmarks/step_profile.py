@@ -74,6 +74,7 @@ def instrument(llm, timer: StepTimer) -> None:
     """Wrap the engine's, runner's and model's parts of ``llm`` (one process, rank 0)."""
     import torch.nn.functional as F
 
+    from pagedllm.kernels import cpu_gemm
     from pagedllm.quantization import gguf_weight
     from pagedllm.worker import sampler as sampler_mod
 
@@ -103,10 +104,13 @@ def instrument(llm, timer: StepTimer) -> None:
                 break
     matmul = gguf_weight.GGUFWeight.matmul
     gguf_weight.GGUFWeight.matmul = timer.wrap(matmul, part_of=_kernel_part)
-    linear = F.linear  # the dense path's kernels (the layers call F.linear through their method)
+    linear = F.linear  # the dense path's kernels: F.linear, or oneDNN's on weights packed for bf16 (cpu_gemm)
     F.linear = timer.wrap(linear, part_of=_kernel_part)
+    packed = cpu_gemm.linear
+    cpu_gemm.linear = timer.wrap(packed, part_of=_kernel_part)
     llm._profile_restore = lambda: (setattr(gguf_weight.GGUFWeight, "matmul", matmul),
-                                    setattr(sampler_mod.SamplingBatch, "build", build), setattr(F, "linear", linear))
+                                    setattr(sampler_mod.SamplingBatch, "build", build), setattr(F, "linear", linear),
+                                    setattr(cpu_gemm, "linear", packed))
 
 
 def profile_decode(llm, prompt_ids: list[int], new_tokens: int, repetitions: int) -> dict:
