@@ -310,8 +310,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     gguf = resolved.gguf_file
     load_before = load_avg()
     repack = args.repack
+    from pagedllm.benchmarks.llamacpp_build import binary_version
+
     report: dict = {"benchmark": "llamacpp", "model": args.model, "gguf_file": gguf, "threads": threads,
-                    "llama_cpp": {"tools": tools}}
+                    "llama_cpp": {"tools": tools, "version": binary_version(next(iter(tools.values())))}}
     if args.part in ("single", "both"):
         prompt = single_stream_prompt(tokenizer, args.prompt_len)
         single = {"prompt_len": args.prompt_len, "gen_tokens": args.gen_tokens, "repetitions": args.repetitions}
@@ -352,7 +354,7 @@ def _say(text: str) -> None:
 
 def format_table(report: dict) -> str:
     lines = [f"{os.path.basename(report['gguf_file'])}, {report['threads']} thread(s), llama.cpp "
-             f"{report['llama_cpp'].get('build_commit') or ''}".rstrip()]
+             f"{report['llama_cpp'].get('version', '').removeprefix('version: ')}".rstrip()]
     for part in ("single_stream", "offline"):
         tool = report.get(part, {}).get("llama_bench" if part == "single_stream" else "llama_server", {})
         if "repack_note" in tool:
