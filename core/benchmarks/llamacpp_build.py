@@ -53,7 +53,8 @@ def find_binary(name: str) -> Path | None:
 
 
 def binary_version(path: Path) -> str:
-    """The ``version: ...`` line of a llama.cpp binary's ``--version`` (``version: 0.5.0-dev (build 1, commit 0c1e570)``)."""
+    """The ``version: ...`` line of a llama.cpp binary's ``--version``
+    (``version: 0.5.0-dev (build 1, commit 0c1e570)``)."""
     out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
     lines = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.startswith("version")]
     return lines[0] if lines else "unknown"
