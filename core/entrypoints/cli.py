@@ -71,6 +71,22 @@ def add_bench_parser(subparsers) -> None:
                                      "the call grammar) against the same prompts decoded freely, same run.")
     tools.add_cli_args(p)
     p.set_defaults(func=tools.main)
+    from pagedllm.benchmarks import llamacpp
+
+    p = kinds.add_parser("llamacpp", help="pagedllm vs llama.cpp built from source, same GGUF file (issue 22)",
+                         description="Single-stream decode tok/s against llama-bench (tgN) and offline throughput "
+                                     "against llama-server -np N -cb with as many clients, same file, same threads, "
+                                     "same run. --build compiles llama.cpp from the llama-cpp-python sdist first.")
+    llamacpp.add_cli_args(p)
+    p.set_defaults(func=llamacpp.main)
+    from pagedllm.benchmarks import step_profile
+
+    p = kinds.add_parser("step", help="where a single-stream decode step's time goes, per part (issue 22)",
+                         description="Time each part of a single-stream decode step (weight kernels, attention, "
+                                     "Python per layer, input tensors, sampling, detokenizing, engine): ms and "
+                                     "share of the step, decode only (a 1-token run subtracted).")
+    step_profile.add_cli_args(p)
+    p.set_defaults(func=step_profile.main)
     p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
                          description="Turn throughput results JSON files into a PNG bar chart.")
     plot.add_cli_args(p)
