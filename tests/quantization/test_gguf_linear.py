@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType, quants
 
 from pagedllm.kernels import cpu_gguf
 from pagedllm.models.layers.linear import QKVParallelLinear, RowParallelLinear
-from pagedllm.quantization import gguf_weight
+from pagedllm.quantization import dequantized_matmul, gguf_weight
 from pagedllm.quantization.gguf_linear import GGUFEmbedding, GGUFLinearMethod
 from pagedllm.quantization.gguf_weight import GGUFWeight
 
@@ -58,7 +58,7 @@ def test_shards_of_one_type_become_one_block_matrix():
 
 def test_tile_path_and_direct_kernel_agree_with_float64(monkeypatch):
     """Rows above SMALL_BATCH go through dequantized tiles and a GEMM; more weight rows than one tile."""
-    monkeypatch.setattr(gguf_weight, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
+    monkeypatch.setattr(dequantized_matmul, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
     w, w64 = quantized("Q5_1", 512 + 77, 96, 4)
     for m in (1, gguf_weight.SMALL_BATCH, gguf_weight.SMALL_BATCH + 1, 200):
         x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
