@@ -27,7 +27,7 @@
 #define GGUF_AVX2 1
 #endif
 
-enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 #define QK_K 256
 /* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
  * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
@@ -61,12 +61,13 @@ static inline float fp16_to_f32(const uint8_t *p) {
 static int block_bytes(int type) {
     switch (type) {
     case Q4_0: return 18; case Q4_1: return 20; case Q5_0: return 22; case Q5_1: return 24;
-    case Q8_0: return 34; case Q4_K: return 144; case Q5_K: return 176; case Q6_K: return 210;
+    case Q8_0: return 34; case Q2_K: return 84; case Q3_K: return 110; case Q4_K: return 144; case Q5_K: return 176;
+    case Q6_K: return 210;
     default: return 0;
     }
 }
 
-static int block_size(int type) { return type == Q4_K || type == Q5_K || type == Q6_K ? QK_K : 32; }
+static int block_size(int type) { return type >= Q2_K && type <= Q6_K ? QK_K : 32; }
 
 static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
     if (j < 4) {
@@ -119,6 +120,35 @@ static inline void dequantize_block(int type, const uint8_t *b, float *restrict 
         const float d = fp16_to_f32(b);
         const int8_t *qs = (const int8_t *)(b + 2);
         for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+        break;
+    }
+    case Q2_K: { /* scales[16] (low nibble: scale, high: min, per 16 weights), qs[64] (2 bits), d, dmin */
+        const uint8_t *sc = b, *qs = b + 16;
+        const float d = fp16_to_f32(b + 80), dmin = fp16_to_f32(b + 82);
+        for (int h = 0; h < 2; h++) /* weight 128 h + 32 j + l: bits 2 j of qs[32 h + l] */
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    const int w = 128 * h + 32 * j + l;
+                    const float dl = d * (float)(sc[w / 16] & 0xF), ml = dmin * (float)(sc[w / 16] >> 4);
+                    y[w] = dl * (float)((qs[32 * h + l] >> (2 * j)) & 3) - ml;
+                }
+        break;
+    }
+    case Q3_K: { /* hmask[32] (bit 3, set = no -4 offset), qs[64] (bits 0-1), scales[12] (16 x 6 bits), d */
+        const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+        const float d = fp16_to_f32(b + 108);
+        float dl[16];
+        for (int i = 0; i < 16; i++) { /* low 4 bits from bytes 0-7, high 2 bits from bytes 8-11; offset 32 */
+            const int low = (sc[i % 8] >> (4 * (i / 8))) & 0xF, high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+            dl[i] = d * (float)((low | (high << 4)) - 32);
+        }
+        for (int h = 0; h < 2; h++) /* weight 128 h + 32 j + l: bits 2 j of qs[32 h + l], bit 4 h + j of hmask[l] */
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    const int w = 128 * h + 32 * j + l;
+                    const int q = ((qs[32 * h + l] >> (2 * j)) & 3) - ((hm[l] >> (4 * h + j)) & 1 ? 0 : 4);
+                    y[w] = dl[w / 16] * (float)q;
+                }
         break;
     }
     case Q4_K: case Q5_K: {

@@ -19,7 +19,8 @@ from pagedllm.kernels import cpu_build
 SOURCE = Path(__file__).with_name("cpu_gguf.c")
 # Types with a kernel in cpu_gguf.c -> (GGMLQuantizationType id, weights per block, bytes per block).
 BLOCKS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1": (7, 32, 24),
-          "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
+          "Q8_0": (8, 32, 34), "Q2_K": (10, 256, 84), "Q3_K": (11, 256, 110), "Q4_K": (12, 256, 144),
+          "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
 TYPE_IDS = {name: spec[0] for name, spec in BLOCKS.items()}
 _STATUS = {1: "no kernel for this type", 2: "k is not a whole number of blocks", 3: "row bytes do not match k",
            4: "out of memory", 6: "no AMX-BF16 on this CPU"}

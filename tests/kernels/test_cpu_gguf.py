@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, quants
 from pagedllm.kernels import cpu_gguf
 
 VARIANTS = {"native": (), "no-avx": ("-mno-avx",)}
-K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 ROWS = [1, 2, 7, 16, 64, 256]
 
 
@@ -37,6 +37,10 @@ def make_blocks(name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
 
     if name == "Q6_K":
         raw[..., 208:210] = scales()
+    elif name == "Q3_K":
+        raw[..., 108:110] = scales()
+    elif name == "Q2_K":
+        raw[..., 80:82], raw[..., 82:84] = scales(), scales()
     else:
         raw[..., 0:2], raw[..., 2:4] = scales(), scales()
     return raw.reshape(rows, -1)
@@ -102,8 +106,8 @@ def test_bad_shapes_and_types_are_refused():
         cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 32)
     with pytest.raises(ValueError, match="x has 32 features, the weight 64"):
         cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 64)
-    with pytest.raises(ValueError, match=r"qtype=10 has no CPU kernel; supported: Q4_0, Q4_1, .*Q6_K"):
-        cpu_gguf.matmul(torch.randn(1, 256), torch.zeros(4, 84, dtype=torch.uint8), 10, 256)
+    with pytest.raises(ValueError, match=r"qtype=16 has no CPU kernel; supported: Q4_0, Q4_1, .*Q2_K, Q3_K, .*Q6_K"):
+        cpu_gguf.matmul(torch.randn(1, 256), torch.zeros(4, 66, dtype=torch.uint8), 16, 256)  # IQ2_XXS
 
 
 # The batch path (rows > SMALL_BATCH) in a bf16 model: the weights rounded to bf16 by the C kernel, then AMX
