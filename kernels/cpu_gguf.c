@@ -18,6 +18,8 @@
 #include <string.h>
 #include <omp.h>
 #include "cpu_dot.h"
+#include "cpu_simd.h"
+#include "cpu_amx.h"
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -25,7 +27,7 @@
 #define GGUF_AVX2 1
 #endif
 
-enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 #define QK_K 256
 /* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
  * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
@@ -33,6 +35,9 @@ enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q
 /* Dequantizing (prefill and batches: float32 tiles for a GEMM) splits from 1M weights: the GEMM that
  * follows wakes the second thread anyway. */
 #define PARALLEL_MIN_DEQUANT (1L << 20)
+/* The AMX batch path (gguf_matmul_amx) splits from 256K weights: its work is the dequantizing, and a
+ * 576 x 576 layer's (0.3M weights) is ~40 us on one core */
+#define PARALLEL_MIN_AMX (1L << 18)
 
 static inline float fp16_to_f32(const uint8_t *p) {
     uint16_t h;
@@ -56,12 +61,13 @@ static inline float fp16_to_f32(const uint8_t *p) {
 static int block_bytes(int type) {
     switch (type) {
     case Q4_0: return 18; case Q4_1: return 20; case Q5_0: return 22; case Q5_1: return 24;
-    case Q8_0: return 34; case Q4_K: return 144; case Q5_K: return 176; case Q6_K: return 210;
+    case Q8_0: return 34; case Q2_K: return 84; case Q3_K: return 110; case Q4_K: return 144; case Q5_K: return 176;
+    case Q6_K: return 210;
     default: return 0;
     }
 }
 
-static int block_size(int type) { return type == Q4_K || type == Q5_K || type == Q6_K ? QK_K : 32; }
+static int block_size(int type) { return type >= Q2_K && type <= Q6_K ? QK_K : 32; }
 
 static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
     if (j < 4) {
@@ -114,6 +120,35 @@ static inline void dequantize_block(int type, const uint8_t *b, float *restrict 
         const float d = fp16_to_f32(b);
         const int8_t *qs = (const int8_t *)(b + 2);
         for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+        break;
+    }
+    case Q2_K: { /* scales[16] (low nibble: scale, high: min, per 16 weights), qs[64] (2 bits), d, dmin */
+        const uint8_t *sc = b, *qs = b + 16;
+        const float d = fp16_to_f32(b + 80), dmin = fp16_to_f32(b + 82);
+        for (int h = 0; h < 2; h++) /* weight 128 h + 32 j + l: bits 2 j of qs[32 h + l] */
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    const int w = 128 * h + 32 * j + l;
+                    const float dl = d * (float)(sc[w / 16] & 0xF), ml = dmin * (float)(sc[w / 16] >> 4);
+                    y[w] = dl * (float)((qs[32 * h + l] >> (2 * j)) & 3) - ml;
+                }
+        break;
+    }
+    case Q3_K: { /* hmask[32] (bit 3, set = no -4 offset), qs[64] (bits 0-1), scales[12] (16 x 6 bits), d */
+        const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+        const float d = fp16_to_f32(b + 108);
+        float dl[16];
+        for (int i = 0; i < 16; i++) { /* low 4 bits from bytes 0-7, high 2 bits from bytes 8-11; offset 32 */
+            const int low = (sc[i % 8] >> (4 * (i / 8))) & 0xF, high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+            dl[i] = d * (float)((low | (high << 4)) - 32);
+        }
+        for (int h = 0; h < 2; h++) /* weight 128 h + 32 j + l: bits 2 j of qs[32 h + l], bit 4 h + j of hmask[l] */
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) {
+                    const int w = 128 * h + 32 * j + l;
+                    const int q = ((qs[32 * h + l] >> (2 * j)) & 3) - ((hm[l] >> (4 * h + j)) & 1 ? 0 : 4);
+                    y[w] = dl[w / 16] * (float)q;
+                }
         break;
     }
     case Q4_K: case Q5_K: {
@@ -196,6 +231,18 @@ static inline float fused_dot(int type, const uint8_t *row, const float *x, long
     }
     return hsum(s[0], s[1], s[2], s[3]);
 }
+
+/* Eight floats -> eight bf16 (nearest even, as f32_to_bf16 for every value a block dequantizes to). */
+static inline __m128i bf16x8(__m256 v) {
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+    return (__m128i)_mm256_cvtneps_pbh(v);
+#else
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+#endif
+}
 #endif
 
 static inline void dequantize_row(int type, const uint8_t *row, long k, float *restrict y) {
@@ -213,6 +260,56 @@ static inline void dequantize_row(int type, const uint8_t *row, long k, float *r
     for (long i = 0; i < k / bs; i++) dequantize_block(type, row + i * bb, y + i * bs);
 }
 
+/* The k weights of one row as bf16, through a float32 buffer `tmp` of k floats (in L1) where the row has
+ * no register path. */
+static inline void dequantize_row_bf16(int type, const uint8_t *row, long k, float *restrict tmp,
+                                       uint16_t *restrict y) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    if (has_deq32(type)) { /* a block is two 16-float vectors and one store of 32 bf16 */
+        const int bb = block_bytes(type);
+        for (long i = 0; i < k / 32; i++, row += bb) {
+            const __m512 d = _mm512_set1_ps(fp16_to_f32(row));
+            __m512 lo, hi;
+            if (type == Q8_0) {
+                lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 2))));
+                hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 18))));
+                lo = _mm512_mul_ps(lo, d);
+                hi = _mm512_mul_ps(hi, d);
+            } else {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(row + (type == Q4_1 ? 4 : 2)));
+                const __m128i mask = _mm_set1_epi8(0x0F);
+                __m512i qlo = _mm512_cvtepu8_epi32(_mm_and_si128(raw, mask));
+                __m512i qhi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                if (type == Q4_1) {
+                    const __m512 m = _mm512_set1_ps(fp16_to_f32(row + 2));
+                    lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qlo), d, m);
+                    hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qhi), d, m);
+                } else {
+                    const __m512i eight = _mm512_set1_epi32(8);
+                    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qlo, eight)), d);
+                    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qhi, eight)), d);
+                }
+            }
+            _mm512_storeu_si512((void *)(y + 32 * i), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        return;
+    }
+#endif
+#ifdef GGUF_AVX2
+    if (has_deq32(type)) {
+        const int bb = block_bytes(type);
+        __m256 v[4];
+        for (long i = 0; i < k / 32; i++) {
+            deq32(type, row + i * bb, v);
+            for (int j = 0; j < 4; j++) _mm_storeu_si128((__m128i *)(y + 32 * i + 8 * j), bf16x8(v[j]));
+        }
+        return;
+    }
+#endif
+    dequantize_row(type, row, k, tmp);
+    f32_to_bf16_row(tmp, y, k);
+}
+
 /* Whether the library has a kernel for `type` (the Python side asks before it keeps a weight quantized). */
 int gguf_supports(int type) { return block_bytes(type) != 0; }
 
@@ -224,12 +321,29 @@ static int check(int type, long row_bytes, long k) {
     return 0;
 }
 
-/* out[r, :] = the k weights of quantized row r, for rows r in [0, rows). */
-int gguf_dequantize(const uint8_t *w, long row_bytes, int type, long rows, long k, float *out, int threads) {
+/* out[r, :] = the k weights of quantized row r, for rows r in [0, rows): float32, or bf16 (rounded to
+ * nearest even) when out_bf16. bf16 is what a batch in a bf16 model multiplies by (torch's bf16 GEMM: AMX
+ * or AVX512-BF16 where the CPU has them): half the bytes to write and read back, and the weights the dense
+ * bf16 model holds. Each row goes through a float32 buffer that stays in L1. */
+int gguf_dequantize(const uint8_t *w, long row_bytes, int type, long rows, long k, void *out, int out_bf16,
+                    int threads) {
     const int status = check(type, row_bytes, k);
     if (status) return status;
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * k >= PARALLEL_MIN_DEQUANT)
-    for (long r = 0; r < rows; r++) dequantize_row(type, w + r * row_bytes, k, out + r * k);
+    const int team = rows * k >= PARALLEL_MIN_DEQUANT ? (threads > 0 ? threads : 1) : 1;
+    if (!out_bf16) {
+#pragma omp parallel for schedule(static) num_threads(team)
+        for (long r = 0; r < rows; r++) dequantize_row(type, w + r * row_bytes, k, (float *)out + r * k);
+        return 0;
+    }
+    float *buffers = (float *)malloc((size_t)team * (size_t)k * sizeof(float));
+    if (buffers == NULL) return 4;
+#pragma omp parallel num_threads(team)
+    {
+        float *row = buffers + (long)omp_get_thread_num() * k;
+#pragma omp for schedule(static)
+        for (long r = 0; r < rows; r++) dequantize_row_bf16(type, w + r * row_bytes, k, row, (uint16_t *)out + r * k);
+    }
+    free(buffers);
     return 0;
 }
 
@@ -259,4 +373,42 @@ int gguf_matmul(const float *x, long x_stride, long m, const uint8_t *w, long ro
     }
     free(buffers);
     return 0;
+}
+
+#ifdef CPU_AMX
+typedef struct {
+    const uint8_t *w;
+    long row_bytes, k;
+    int type;
+} gguf_rows;
+
+static void gguf_fill(const void *ctx, long n0, long count, uint16_t *dst, long ld, float *tmp) {
+    const gguf_rows *g = (const gguf_rows *)ctx;
+    for (long i = 0; i < count; i++) dequantize_row_bf16(g->type, g->w + (n0 + i) * g->row_bytes, g->k, tmp, dst + i * ld);
+}
+#endif
+
+/* Whether gguf_matmul_amx runs here: compiled for AMX-BF16 and the tile state granted by the kernel. */
+int gguf_has_amx(void) {
+#ifdef CPU_AMX
+    return amx_available();
+#else
+    return 0;
+#endif
+}
+
+/* As gguf_matmul for a batch in a bf16 model, on AMX-BF16 (cpu_amx.h): activations (float32, or bf16 when
+ * x_bf16) and weights rounded to bf16, products summed in float32. Status 6 where AMX is not available. */
+int gguf_matmul_amx(const void *x, int x_bf16, long x_stride, long m, const uint8_t *w, long row_bytes, int type,
+                    long rows, long k, float *out, long out_stride, int threads) {
+    const int status = check(type, row_bytes, k);
+    if (status) return status;
+#ifdef CPU_AMX
+    const gguf_rows ctx = {w, row_bytes, k, type};
+    return amx_matmul(x, x_bf16, x_stride, m, rows, k, gguf_fill, &ctx, out, out_stride,
+                      rows * k >= PARALLEL_MIN_AMX ? threads : 1);
+#else
+    (void)x; (void)x_bf16; (void)x_stride; (void)m; (void)rows; (void)out; (void)out_stride; (void)threads;
+    return 6;
+#endif
 }

@@ -19,18 +19,21 @@ from pagedllm.kernels import cpu_build
 SOURCE = Path(__file__).with_name("cpu_gguf.c")
 # Types with a kernel in cpu_gguf.c -> (GGMLQuantizationType id, weights per block, bytes per block).
 BLOCKS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1": (7, 32, 24),
-          "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
+          "Q8_0": (8, 32, 34), "Q2_K": (10, 256, 84), "Q3_K": (11, 256, 110), "Q4_K": (12, 256, 144),
+          "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
 TYPE_IDS = {name: spec[0] for name, spec in BLOCKS.items()}
 _STATUS = {1: "no kernel for this type", 2: "k is not a whole number of blocks", 3: "row bytes do not match k",
-           4: "out of memory"}
+           4: "out of memory", 6: "no AMX-BF16 on this CPU"}
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.gguf_supports.argtypes = [i]
-    lib.gguf_dequantize.argtypes = [p, l, i, l, l, p, i]
+    lib.gguf_dequantize.argtypes = [p, l, i, l, l, p, i, i]
     lib.gguf_matmul.argtypes = [p, l, l, p, l, i, l, l, p, l, i]
-    for fn in (lib.gguf_supports, lib.gguf_dequantize, lib.gguf_matmul):
+    lib.gguf_matmul_amx.argtypes = [p, i, l, l, p, l, i, l, l, p, l, i]
+    lib.gguf_has_amx.argtypes = []
+    for fn in (lib.gguf_supports, lib.gguf_dequantize, lib.gguf_matmul, lib.gguf_matmul_amx, lib.gguf_has_amx):
         fn.restype = i
 
 
@@ -81,17 +84,55 @@ def matmul(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: ctyp
     return out.view(*x.shape[:-1], rows)
 
 
-def dequantize(qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
+def has_amx(lib: ctypes.CDLL | None = None) -> bool:
+    """Whether ``matmul_amx`` runs on this machine (an AMX-BF16 CPU and kernel, and the C build)."""
+    lib = lib or load()
+    return lib is not None and bool(lib.gguf_has_amx())
+
+
+def matmul_amx(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
                threads: int | None = None) -> torch.Tensor | None:
-    """The float32 [rows, k] weights of ``qweight``; None if the library is missing."""
+    """``x @ W.T`` in float32 for x [m, k] (bf16 or float32, rounded to bf16) with the weight rounded to bf16 and
+    the products summed in float32 on AMX tiles: a bf16 GEMM's numerics. None without the library or AMX."""
     check_shape(qweight, qtype, k)
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [rows, {k}], got {list(x.shape)}")
+    lib = lib or load()
+    if lib is None or not lib.gguf_has_amx():
+        return None
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(1) != 1 or x.device.type != "cpu":
+        x = x.to(device="cpu", dtype=torch.float32).contiguous()
+    rows = qweight.shape[0]
+    out = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    if x.shape[0]:
+        status = lib.gguf_matmul_amx(x.data_ptr(), int(x.dtype == torch.bfloat16), x.stride(0), x.shape[0],
+                                     qweight.data_ptr(), qweight.shape[1], qtype, rows, k, out.data_ptr(),
+                                     out.stride(0), threads or torch.get_num_threads())
+        if status:
+            raise RuntimeError(f"gguf_matmul_amx failed: {_STATUS.get(status, status)}")
+    return out
+
+
+def dequantize(qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
+               threads: int | None = None, dtype: torch.dtype = torch.float32,
+               out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The [rows, k] weights of ``qweight`` in ``dtype`` (float32, or bfloat16 rounded to nearest even), written
+    to ``out`` when given (a reused buffer: no page faults per call); None if the library is missing."""
+    check_shape(qweight, qtype, k)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype={dtype} is not supported; choose torch.float32 or torch.bfloat16")
     lib = lib or load()
     if lib is None:
         return None
-    out = torch.empty(qweight.shape[0], k, dtype=torch.float32)
-    if qweight.shape[0]:
-        status = lib.gguf_dequantize(qweight.data_ptr(), qweight.shape[1], qtype, qweight.shape[0], k,
-                                     out.data_ptr(), threads or torch.get_num_threads())
+    rows = qweight.shape[0]
+    if out is None:
+        out = torch.empty(rows, k, dtype=dtype)
+    elif out.dtype != dtype or tuple(out.shape) != (rows, k) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {[rows, k]}, got {out.dtype} "
+                         f"{list(out.shape)}")
+    if rows:
+        status = lib.gguf_dequantize(qweight.data_ptr(), qweight.shape[1], qtype, rows, k, out.data_ptr(),
+                                     int(dtype == torch.bfloat16), threads or torch.get_num_threads())
         if status:
             raise RuntimeError(f"gguf_dequantize failed: {_STATUS.get(status, status)}")
     return out

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <omp.h>
 #include "cpu_dot.h"
+#include "cpu_amx.h"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define W4A16_AVX2 1
@@ -30,6 +31,7 @@
  * 2-core machine a 2-thread team's fork/join costs more than it gains there (as in cpu_gguf.c) */
 #define PARALLEL_MIN_WORK (1L << 23)
 #define PARALLEL_MIN_DEQUANT (1L << 20)
+#define PARALLEL_MIN_AMX (1L << 18) /* the AMX batch path splits from 256K weights (as cpu_gguf.c) */
 
 static inline void dequantize_row(const uint8_t *restrict codes, int bits, const float *restrict scales,
                                   const float *restrict zeros, const int32_t *restrict starts, long groups,
@@ -194,4 +196,52 @@ int w4a16_matmul(const float *x, long x_stride, long m, const uint8_t *codes, lo
     }
     free(buffers);
     return 0;
+}
+
+#ifdef CPU_AMX
+typedef struct {
+    const uint8_t *codes;
+    const float *scales, *zeros;
+    const int32_t *starts;
+    long row_bytes, groups, k;
+    int bits;
+} w4a16_rows;
+
+static void w4a16_fill(const void *ctx, long n0, long count, uint16_t *dst, long ld, float *tmp) {
+    const w4a16_rows *g = (const w4a16_rows *)ctx;
+    for (long i = 0; i < count; i++) {
+        const long n = n0 + i;
+        dequantize_row(g->codes + n * g->row_bytes, g->bits, g->scales + n * g->groups, g->zeros + n * g->groups,
+                       g->starts, g->groups, tmp);
+        f32_to_bf16_row(tmp, dst + i * ld, g->k);
+        memset(dst + i * ld + g->k, 0, (size_t)(ld - g->k) * sizeof(uint16_t));
+    }
+}
+#endif
+
+/* Whether w4a16_matmul_amx runs here: compiled for AMX-BF16 and the tile state granted by the kernel. */
+int w4a16_has_amx(void) {
+#ifdef CPU_AMX
+    return amx_available();
+#else
+    return 0;
+#endif
+}
+
+/* As w4a16_matmul for a batch in a bf16 model, on AMX-BF16 (cpu_amx.h): activations (float32, or bf16 when
+ * x_bf16) and weights rounded to bf16, products summed in float32. Status 6 where AMX is not available. */
+int w4a16_matmul_amx(const void *x, int x_bf16, long x_stride, long m, const uint8_t *codes, long row_bytes,
+                     int bits, const float *scales, const float *zeros, const int32_t *starts, long groups, long rows,
+                     long k, float *out, long out_stride, int threads) {
+    const int status = check(bits, row_bytes, k, starts, groups);
+    if (status) return status;
+#ifdef CPU_AMX
+    const w4a16_rows ctx = {codes, scales, zeros, starts, row_bytes, groups, k, bits};
+    return amx_matmul(x, x_bf16, x_stride, m, rows, k, w4a16_fill, &ctx, out, out_stride,
+                      rows * k >= PARALLEL_MIN_AMX ? threads : 1);
+#else
+    (void)x; (void)x_bf16; (void)x_stride; (void)m; (void)codes; (void)scales; (void)zeros; (void)rows;
+    (void)out; (void)out_stride; (void)threads;
+    return 6;
+#endif
 }

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.kernels import cpu_fp8
-from pagedllm.quantization.gguf_weight import SMALL_BATCH, TILE_WEIGHTS
+from pagedllm.quantization.dequantized_matmul import TILE_WEIGHTS
+from pagedllm.quantization.gguf_weight import SMALL_BATCH
 
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 

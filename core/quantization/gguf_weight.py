@@ -3,8 +3,10 @@
 A quantized tensor stays as its uint8 blocks ``[rows, row_bytes]``; F32/F16/BF16 tensors (norms,
 and any linear weight a mixed file keeps in float) are float tensors, which is their native form.
 ``matmul`` runs the C kernel (``pagedllm.kernels.cpu_gguf``) on the blocks: directly for a few rows
-(decode), through dequantized row tiles and a float32 GEMM for many rows (prefill), where the GEMM's
-blocking wins. Without the C build the reference path
+(decode), through dequantized row tiles and torch's GEMM in the batch's dtype for many rows (prefill,
+batches: ``dequantized_matmul``), where the GEMM's blocking wins; a bfloat16 batch on a CPU with AMX-BF16
+multiplies on AMX tiles from the blocks instead (``cpu_gguf.matmul_amx``), the weight dequantized 32 rows
+at a time in L1. Without the C build the reference path
 dequantizes with the ``gguf`` package per call: correct, slow, warned once.
 """
 from __future__ import annotations
@@ -16,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.kernels import cpu_gguf
+from pagedllm.quantization.dequantized_matmul import dequantized_matmul
 
 logger = logging.getLogger(__name__)
 
 FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}  # GGMLQuantizationType ids stored as plain floats
 SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile + GEMM (2-core AVX2 EPYC)
-TILE_WEIGHTS = 1 << 22  # weights dequantized at a time on the GEMM path (16 MiB of float32): a whole layer
-# of a small model in one GEMM; an LM head in a few tiles
 
 
 def type_name(qtype: int) -> str:
@@ -90,26 +91,23 @@ class GGUFWeight:
         return picked.dequantize().view(*ids.shape, self.cols)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for x [m, cols]: float32 [m, rows] (the float types: in their own dtype)."""
+        """``x @ W.T`` for x [m, cols]: [m, rows], float32 up to ``SMALL_BATCH`` rows, else bfloat16 for a bfloat16
+        ``x`` and float32 for any other (the float types: in their own dtype)."""
         if not self.quantized:
             return F.linear(x.to(self.data.dtype), self.data)
-        x = x.float()
         if x.shape[0] <= SMALL_BATCH:
-            out = cpu_gguf.matmul(x, self.data, self.qtype, self.cols)
+            out = cpu_gguf.matmul(x.float(), self.data, self.qtype, self.cols)
             if out is not None:
                 return out
         lib = cpu_gguf.load()
         if lib is None:
             _warn_reference()
+            x = x.float()
             return F.linear(x, dequantize_reference(self.data, self.qtype))
-        tile_rows = max(1, TILE_WEIGHTS // self.cols)
-        if tile_rows >= self.rows:
-            return F.linear(x, cpu_gguf.dequantize(self.data, self.qtype, self.cols, lib))
-        out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
-        for start in range(0, self.rows, tile_rows):
-            tile = cpu_gguf.dequantize(self.data[start:start + tile_rows], self.qtype, self.cols, lib)
-            out[:, start:start + tile.shape[0]] = F.linear(x, tile)
-        return out
+        if x.dtype == torch.bfloat16 and cpu_gguf.has_amx(lib):  # a bf16 GEMM on AMX tiles, from the blocks
+            return cpu_gguf.matmul_amx(x, self.data, self.qtype, self.cols, lib)
+        return dequantized_matmul(x, self.rows, self.cols, lambda start, stop, out: cpu_gguf.dequantize(
+            self.data[start:stop], self.qtype, self.cols, lib, dtype=out.dtype, out=out))
 
 
 def dequantize_reference(data: torch.Tensor, qtype: int) -> torch.Tensor:

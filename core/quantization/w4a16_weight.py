@@ -103,8 +103,9 @@ class W4A16Weight:
         """``x @ W.T`` for x [n, in], the activations reordered to the weight's columns first.
 
         On CPU: up to ``SMALL_BATCH`` rows (decode) the C kernel multiplies row by row from the codes;
-        more rows (prefill, batches) dequantize the layer once for this call and use torch's GEMM, which is
-        faster there. Without the C kernel (or off CPU) the weight is dequantized in torch per call."""
+        more rows (prefill, batches) in bfloat16 on a CPU with AMX-BF16 multiply on AMX tiles from the codes
+        (``cpu_w4a16.matmul_amx``, 32 weight rows dequantized at a time in L1), otherwise dequantize the layer
+        once for this call and use torch's GEMM, which is faster there. Without the C kernel (or off CPU) the weight is dequantized in torch per call."""
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         if x.device.type == "cpu":
@@ -112,6 +113,8 @@ class W4A16Weight:
                 out = cpu_w4a16.matmul(x, self)
                 if out is not None:
                     return out
+            elif x.dtype == torch.bfloat16 and cpu_w4a16.has_amx():  # a bf16 GEMM on AMX tiles, from the codes
+                return cpu_w4a16.matmul_amx(x, self)
             else:
                 weight = cpu_w4a16.dequantize(self)
                 if weight is not None:

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, quants
 from pagedllm.kernels import cpu_gguf
 
 VARIANTS = {"native": (), "no-avx": ("-mno-avx",)}
-K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 ROWS = [1, 2, 7, 16, 64, 256]
 
 
@@ -37,6 +37,10 @@ def make_blocks(name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
 
     if name == "Q6_K":
         raw[..., 208:210] = scales()
+    elif name == "Q3_K":
+        raw[..., 108:110] = scales()
+    elif name == "Q2_K":
+        raw[..., 80:82], raw[..., 82:84] = scales(), scales()
     else:
         raw[..., 0:2], raw[..., 2:4] = scales(), scales()
     return raw.reshape(rows, -1)
@@ -102,5 +106,70 @@ def test_bad_shapes_and_types_are_refused():
         cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 32)
     with pytest.raises(ValueError, match="x has 32 features, the weight 64"):
         cpu_gguf.matmul(torch.randn(1, 32), blocks, q4_0, 64)
-    with pytest.raises(ValueError, match=r"qtype=10 has no CPU kernel; supported: Q4_0, Q4_1, .*Q6_K"):
-        cpu_gguf.matmul(torch.randn(1, 256), torch.zeros(4, 84, dtype=torch.uint8), 10, 256)
+    with pytest.raises(ValueError, match=r"qtype=16 has no CPU kernel; supported: Q4_0, Q4_1, .*Q2_K, Q3_K, .*Q6_K"):
+        cpu_gguf.matmul(torch.randn(1, 256), torch.zeros(4, 66, dtype=torch.uint8), 16, 256)  # IQ2_XXS
+
+
+# The batch path (rows > SMALL_BATCH) in a bf16 model: the weights rounded to bf16 by the C kernel, then AMX
+# tiles from the blocks (native build on an AMX-BF16 CPU) or torch's bf16 GEMM on dequantized tiles (a build
+# without AVX-512, any CPU). Oracle: the gguf package's weights and the activations rounded to bf16, in float64.
+BATCH_VARIANTS = {"native": (), "no-avx512": ("-mno-avx512f",), "no-avx": ("-mno-avx",)}
+
+
+@pytest.mark.parametrize("variant", sorted(BATCH_VARIANTS))
+@pytest.mark.parametrize("name", sorted(cpu_gguf.BLOCKS))
+def test_bf16_dequantize_equals_the_package_rounded(variant, name):
+    lib = cpu_gguf.load(BATCH_VARIANTS[variant])
+    for k in _ks(name):
+        blocks = make_blocks(name, 33, k, seed=k + 1)
+        got = cpu_gguf.dequantize(torch.from_numpy(blocks), cpu_gguf.TYPE_IDS[name], k, lib=lib, dtype=torch.bfloat16)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, _reference(blocks, name).bfloat16()), f"{name} k={k}"  # equal values (0.0 == -0.0)
+
+
+def _bf16_bound(x64, w64, k, out_bf16):
+    """float32 sums of exact bf16 products (k roundings), plus one bf16 rounding of the result where it is bf16."""
+    bound = k * 2.0 ** -24 * (x64.abs() @ w64.abs().T)
+    return bound + (2.0 ** -8 * (x64 @ w64.T).abs() if out_bf16 else 0)
+
+
+@pytest.mark.parametrize("variant", ["native", "no-avx512"])
+@pytest.mark.parametrize("name", sorted(cpu_gguf.BLOCKS))
+def test_batch_matmul_in_bf16_matches_float64(monkeypatch, variant, name):
+    from pagedllm.quantization.gguf_weight import GGUFWeight
+
+    lib = cpu_gguf.load(BATCH_VARIANTS[variant])
+    monkeypatch.setattr(cpu_gguf, "load", lambda extra_flags=(): lib)
+    gen = torch.Generator().manual_seed(2)
+    for k in _ks(name)[-1:]:
+        blocks = make_blocks(name, 77, k, seed=k)  # 77 weight rows: a partial 32-row slice and tile
+        w64 = _reference(blocks, name).bfloat16().double()
+        weight = GGUFWeight(torch.from_numpy(blocks), cpu_gguf.TYPE_IDS[name], 77, k)
+        for m in (17, 100, 256):
+            x = torch.randn(m, k, generator=gen).bfloat16()
+            got = weight.matmul(x)
+            err = (got.double() - x.double() @ w64.T).abs()
+            bound = _bf16_bound(x.double(), w64, k, got.dtype == torch.bfloat16)
+            assert got.shape == (m, 77) and bool((err <= bound).all()), f"{name} k={k} m={m}: max err {err.max():.3g}"
+
+
+def test_amx_path_is_taken_where_the_cpu_has_it():
+    """On an AMX-BF16 CPU the native build multiplies on tiles; the build without AVX-512 has no AMX path."""
+    assert not cpu_gguf.has_amx(cpu_gguf.load(("-mno-avx512f",)))
+    blocks = torch.from_numpy(make_blocks("Q4_1", 8, 64))
+    assert cpu_gguf.matmul_amx(torch.randn(20, 64), blocks, 3, 64, lib=cpu_gguf.load(("-mno-avx512f",))) is None
+    flags = open("/proc/cpuinfo").read()
+    if "amx_bf16" not in flags:
+        pytest.skip("this CPU has no AMX-BF16: the tile path cannot run here (the dequantized-GEMM path is tested)")
+    assert cpu_gguf.has_amx()
+
+
+def test_amx_row_gives_the_same_result_in_any_batch():
+    if not cpu_gguf.has_amx():
+        pytest.skip("no AMX-BF16 on this CPU (or kernel): nothing to check")
+    blocks = torch.from_numpy(make_blocks("Q4_K", 40, 512))
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(4)).bfloat16()
+    batch = cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS["Q4_K"], 512)
+    for i in (0, 17, 255):
+        alone = cpu_gguf.matmul_amx(x[i:i + 1], blocks, cpu_gguf.TYPE_IDS["Q4_K"], 512)
+        assert torch.equal(alone[0], batch[i])

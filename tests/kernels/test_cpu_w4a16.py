@@ -112,3 +112,24 @@ def test_without_the_kernel_the_torch_path_gives_the_same_values(monkeypatch):
     x = torch.randn(5, weight.cols, generator=torch.Generator().manual_seed(5))
     out = weight.matmul(x).double().numpy()
     assert np.all(np.abs(out - x.double().numpy() @ reference.T) <= product_bound(x.double().numpy(), reference))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_batch_in_bf16_matches_float64(case):
+    """Rows > SMALL_BATCH in a bf16 model: AMX tiles from the codes where the CPU has AMX-BF16 (odd in_features
+    padded to whole tiles), else the dequantized weight and torch's bf16 GEMM. Oracle: the spec's weights and
+    the activations rounded to bf16, in float64; float32 sums (k roundings) plus a bf16 result's rounding."""
+    weight, reference = weight_and_reference(case, seed=5)
+    w64 = torch.from_numpy(reference).bfloat16().double()
+    for m in (17, 100):
+        x = torch.randn(m, weight.cols, generator=torch.Generator().manual_seed(m)).bfloat16()
+        got = weight.matmul(x).double()
+        want = x.double() @ w64.T
+        bound = weight.cols * 2.0 ** -24 * (x.double().abs() @ w64.abs().T) + 2.0 ** -8 * want.abs()
+        assert bool(((got - want).abs() <= bound).all()), f"m={m}: max err {(got - want).abs().max():.3g}"
+
+
+def test_amx_matmul_is_absent_without_avx512():
+    lib = cpu_w4a16.load(("-mno-avx512f",))
+    weight, _ = weight_and_reference(CASES[0])
+    assert not cpu_w4a16.has_amx(lib) and cpu_w4a16.matmul_amx(torch.randn(20, weight.cols), weight, lib) is None

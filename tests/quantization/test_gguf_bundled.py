@@ -85,3 +85,36 @@ def test_contradicting_arguments_and_other_devices_are_refused():
         LLM(BUNDLED, quantization="gguf", dequantize_gguf=True)
     with pytest.raises(ValueError, match=r"quantization='gguf' has no cuda kernels.*dequantize_gguf=True"):
         check_gguf_device(torch.device("cuda"))
+
+
+TEACHER_FORCED = ["The history of the Roman Empire spans many centuries, beginning with",
+                  "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n",
+                  "Photosynthesis is the process by which green plants",
+                  "Once upon a time in a small village by the sea, there lived",
+                  "The three laws of robotics, as stated by Isaac Asimov, are",
+                  "In mathematics, a prime number is a natural number greater than 1 that",
+                  "To make a cup of tea, first boil the water, then",
+                  "The capital of France is Paris. The capital of Germany is"]
+
+
+@pytest.mark.slow  # loads the model twice in bf16
+def test_bf16_batches_agree_with_the_dense_bf16_model():
+    """Issue 22's criterion for a batch path with other numerics than the dense one: in bf16 (the AMX tiles
+    where the CPU has AMX-BF16, else the bf16 dequantize + GEMM), teacher-forced top-1 tokens over 547 prompt
+    positions (8 prompts in one batch: prefill rows > 16) agree >= 99% with the same file dequantized to
+    dense bf16, and the prompt tokens' logprobs differ by < 0.05 on average (measured on the AMX Xeon: 99.3%,
+    0.018; the dense bf16 model itself agrees 98.9% with dense float32)."""
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
+    text = [p * 5 for p in TEACHER_FORCED]
+
+    def teacher_forced(**kwargs):
+        llm = LLM(BUNDLED, dtype="bfloat16", kv_cache_memory=128 << 20, seed=0, **kwargs)
+        return [(next(t for t, v in lp.items() if v.rank == 1), lp[tok].logprob)
+                for o in llm.generate(text, params, use_tqdm=False)
+                for tok, lp in zip(o.prompt_token_ids[1:], o.prompt_logprobs[1:])]
+
+    quantized, dense = teacher_forced(), teacher_forced(dequantize_gguf=True)
+    assert len(quantized) == len(dense) >= 512
+    agree = sum(q[0] == d[0] for q, d in zip(quantized, dense)) / len(dense)
+    mean_diff = sum(abs(q[1] - d[1]) for q, d in zip(quantized, dense)) / len(dense)
+    assert agree >= 0.99 and mean_diff < 0.05, (agree, mean_diff)

@@ -1,7 +1,7 @@
 """K-quant files written by llama.cpp's own llama-quantize (``tests/fixtures/gguf_kquants/``, see its README):
 each supported mix runs quantized with the greedy tokens of the same file dequantized (``dequantize_gguf=True``,
 transformers' reader), holds the file's blocks unaltered, and dequantizes and multiplies them as the ``gguf``
-package's reference does; the mixes without a kernel yet are refused with the message that names the dense switch.
+package's reference does.
 """
 import numpy as np
 import pytest
@@ -15,11 +15,8 @@ from pagedllm.models.layers.linear import LinearBase
 from pagedllm.quantization.gguf_weight import dequantize_reference
 
 # The mixes pagedllm runs quantized, with the K-quant that dominates each (llama-quantize's ftype -> type).
-SUPPORTED = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
-# LEAD, WHEN MERGING the Q2_K/Q3_K kernels (another branch): move these three into SUPPORTED
-# ("Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K") and delete PENDING with its refusal test below.
-PENDING = {"Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K"}
-assert set(SUPPORTED) | set(PENDING) == set(FTYPES)
+SUPPORTED = {"Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
+assert set(SUPPORTED) == set(FTYPES)
 
 PROMPTS = [[17, 40, 90, 200], [5, 100, 200, 300, 12, 7]]  # token ids: the fixtures' vocabulary is 384 tokens
 
@@ -78,14 +75,6 @@ def test_held_blocks_are_the_files_and_match_the_gguf_reference(ftype):
             torch.testing.assert_close(w.matmul(x.float()).double(), x @ reference.double().T, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("ftype", list(PENDING))
-def test_mixes_without_a_kernel_are_refused_with_the_dense_switch(ftype):
-    assert PENDING[ftype] in _file_types(ftype).values()
-    with pytest.raises(ValueError, match=r"has type Q[23]_K, which has no CPU kernel in this release.*"
-                                         r"dequantize_gguf=True"):
-        _llm(ftype)
-
-
 @pytest.mark.slow  # runs llama-quantize six times
 def test_fixtures_regenerate_with_llama_quantize(tmp_path):
     """The committed files are what the helper writes: same tensors, same types, per mix."""
@@ -99,4 +88,4 @@ def test_fixtures_regenerate_with_llama_quantize(tmp_path):
         fresh = {t.name: (t.tensor_type.name, tuple(t.shape)) for t in GGUFReader(path).tensors}
         committed = {t.name: (t.tensor_type.name, tuple(t.shape)) for t in GGUFReader(fixture_path(ftype)).tensors}
         assert fresh == committed, ftype
-        assert GGMLQuantizationType[PENDING.get(ftype) or SUPPORTED[ftype]].name in {v[0] for v in fresh.values()}
+        assert GGMLQuantizationType[SUPPORTED[ftype]].name in {v[0] for v in fresh.values()}

@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType, quants
 
 from pagedllm.kernels import cpu_gguf
 from pagedllm.models.layers.linear import QKVParallelLinear, RowParallelLinear
-from pagedllm.quantization import gguf_weight
+from pagedllm.quantization import dequantized_matmul, gguf_weight
 from pagedllm.quantization.gguf_linear import GGUFEmbedding, GGUFLinearMethod
 from pagedllm.quantization.gguf_weight import GGUFWeight
 
@@ -58,7 +58,7 @@ def test_shards_of_one_type_become_one_block_matrix():
 
 def test_tile_path_and_direct_kernel_agree_with_float64(monkeypatch):
     """Rows above SMALL_BATCH go through dequantized tiles and a GEMM; more weight rows than one tile."""
-    monkeypatch.setattr(gguf_weight, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
+    monkeypatch.setattr(dequantized_matmul, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
     w, w64 = quantized("Q5_1", 512 + 77, 96, 4)
     for m in (1, gguf_weight.SMALL_BATCH, gguf_weight.SMALL_BATCH + 1, 200):
         x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
@@ -81,10 +81,11 @@ def test_embedding_dequantizes_only_the_rows_it_reads():
 
 def test_type_without_kernel_is_refused_naming_it():
     layer = RowParallelLinear(256, 8, linear_method=GGUFLinearMethod())
-    q2k = GGUFWeight(torch.zeros(8, 84, dtype=torch.uint8), int(T.Q2_K), 8, 256, "blk.0.ffn_down.weight")
-    with pytest.raises(ValueError, match=r"'blk.0.ffn_down.weight' has type Q2_K, which has no CPU kernel.*"
-                                         r"Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.*dequantize_gguf=True"):
-        layer.weight.weight_loader(layer.weight, q2k)
+    iq2 = GGUFWeight(torch.zeros(8, 66, dtype=torch.uint8), int(T.IQ2_XXS), 8, 256, "blk.0.ffn_down.weight")
+    with pytest.raises(ValueError, match=r"'blk.0.ffn_down.weight' has type IQ2_XXS, which has no CPU kernel.*"
+                                         r"Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.*"
+                                         r"dequantize_gguf=True"):
+        layer.weight.weight_loader(layer.weight, iq2)
 
 
 def test_wrong_shape_and_missing_rows_are_refused():

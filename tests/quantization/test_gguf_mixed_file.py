@@ -3,7 +3,7 @@ F32, embeddings in Q4_0) runs quantized: each layer keeps its shards' own types,
 equal those of the same file dequantized to dense float32 by transformers' reader."""
 import pytest
 
-from gguf_files import write_mixed_copy
+from gguf_files import LOW_BIT_MIX, write_mixed_copy
 from pagedllm import LLM, SamplingParams
 from pagedllm.loader import resolve_model
 from pagedllm.models.layers.linear import LinearBase
@@ -25,6 +25,24 @@ def test_mixed_file_runs_quantized_with_the_dense_tokens(tmp_path, monkeypatch):
     assert types["model.layers.2.self_attn.qkv_proj"] == ["Q4_1"]
     assert quantized.llm_engine.runner.model.lm_head.linear_method.weights[0].type_name == "Q4_0"
     dense = LLM(str(mixed), dtype="float32", kv_cache_memory=32 << 20, dequantize_gguf=True)
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in quantized.generate(PROMPTS, params, use_tqdm=False)]
+    assert got == [o.outputs[0].token_ids for o in dense.generate(PROMPTS, params, use_tqdm=False)]
+
+
+@pytest.mark.slow  # writes a 94 MB file, converts it for the dense path and loads two models
+def test_q2_k_and_q3_k_layers_run_quantized_with_the_dense_tokens(tmp_path, monkeypatch):
+    """The bundled model with four ffn_down layers re-stored as Q2_K / Q3_K (tests' own quantizers; the gguf
+    package reads them back for the dense path): those layers keep their blocks, and greedy tokens equal the
+    dense float32 model's (transformers' reader dequantizes the same blocks)."""
+    monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path / "cache"))
+    low_bit = tmp_path / "low_bit.gguf"
+    write_mixed_copy(resolve_model("smollm2").gguf_file, str(low_bit), LOW_BIT_MIX)
+    quantized = LLM(str(low_bit), dtype="float32", kv_cache_memory=32 << 20)
+    modules = dict(quantized.llm_engine.runner.model.named_modules())
+    assert [modules[f"model.layers.{i}.mlp.down_proj"].linear_method.weights[0].type_name for i in range(5)] == [
+        "Q2_K", "Q3_K", "Q2_K", "Q3_K", "Q4_1"]
+    dense = LLM(str(low_bit), dtype="float32", kv_cache_memory=32 << 20, dequantize_gguf=True)
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in quantized.generate(PROMPTS, params, use_tqdm=False)]
     assert got == [o.outputs[0].token_ids for o in dense.generate(PROMPTS, params, use_tqdm=False)]
