@@ -34,6 +34,8 @@ class RunnerSpec:
     # (transformers_modules.*) is importable only where transformers loaded it, so it does not unpickle there
     gguf_file: str | None = None  # a GGUF file whose blocks load quantized (one rank only)
     w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
+    pipeline_parallel_size: int = 1  # stages; the world is tensor_parallel_size x this
+    pp_layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION as the driver sees it
 
 
 class WorkerDiedError(RuntimeError):
@@ -66,7 +68,7 @@ class Executor:
         from pagedllm import distributed
 
         return [{"param_bytes": runner_param_bytes(self.driver_runner),
-                 "all_reduced_bytes": distributed.all_reduced_bytes}]
+                 "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes}]
 
     def shutdown(self) -> None:
         pass
@@ -89,14 +91,15 @@ def runner_param_bytes(runner: ModelRunner) -> int:
 
 
 def make_executor(config, spec: RunnerSpec, model_cls=None) -> Executor:
-    """``uni`` for one rank; for tensor_parallel_size > 1 ``mp`` (local processes, the default) or
-    ``ray`` (Ray actors)."""
-    if config.tensor_parallel_size == 1:
+    """``uni`` for one rank; for tensor_parallel_size x pipeline_parallel_size > 1 ``mp`` (local
+    processes, the default) or ``ray`` (Ray actors)."""
+    world_size = config.tensor_parallel_size * config.pipeline_parallel_size
+    if world_size == 1:
         return UniProcExecutor(spec, model_cls)
     if config.distributed_executor_backend == "ray":
         from pagedllm.engine.ray_executor import RayExecutor
 
-        return RayExecutor(spec, config.tensor_parallel_size, model_cls)
+        return RayExecutor(spec, world_size, model_cls)
     from pagedllm.engine.mp_executor import MultiprocExecutor
 
-    return MultiprocExecutor(spec, config.tensor_parallel_size, model_cls)
+    return MultiprocExecutor(spec, world_size, model_cls)
