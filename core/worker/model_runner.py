@@ -11,6 +11,7 @@ worker would keep them in its own process; the engine releases them when a seque
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -36,6 +37,16 @@ from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logpr
 from pagedllm.worker.sampler_output import SamplerOutput
 
 logger = logging.getLogger(__name__)
+MICROBATCHES_ENV = "PAGEDLLM_PP_MICROBATCHES"
+
+
+def _positive_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer (micro-batches per pipelined step)")
+    return int(value)
 
 
 class ModelRunner:
@@ -44,8 +55,10 @@ class ModelRunner:
     # step's batch before the forward and the rows before each LM-head call, so every rank joins the
     # same collectives; None with one rank
     peers = None
-    # pipeline stages (``pipeline_stage``): a step's batch runs as this many micro-batches per stage
-    microbatches_per_stage = 1
+    # pipeline stages (``pipeline_stage``): a step's batch runs as this many micro-batches (at most one per
+    # sequence); default: one per stage. PAGEDLLM_PP_MICROBATCHES sets it (1: the stages run one after
+    # another, no overlap, each stage reading its weights once per step)
+    microbatches: int | None = None
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
@@ -57,6 +70,8 @@ class ModelRunner:
         self.vocab_size = hf_config.vocab_size
         self.hidden_size = hf_config.hidden_size
         self.pp_size = distributed.get_pp_world_size()
+        if self.pp_size > 1:
+            self.microbatches = _positive_env(MICROBATCHES_ENV) or self.pp_size
         model_cls = model_cls or resolve_model_class(hf_config, model_impl)  # the engine has resolved it already
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -216,8 +231,7 @@ class ModelRunner:
         order += [i for i, s in enumerate(scheduled) if s.num_new_tokens > 1]
         ordered = [scheduled[i] for i in order]
         microbatches, last_parts, wanted_parts, offset = [], [], [], 0
-        for part in split_microbatches([s.num_new_tokens for s in ordered],
-                                       self.microbatches_per_stage * self.pp_size):
+        for part in split_microbatches([s.num_new_tokens for s in ordered], self.microbatches):
             chunk = ordered[part.start:part.stop]
             nd = sum(1 for s in chunk if s.num_new_tokens == 1)
             input_ids, positions, md, last_idx = self._build_metadata(chunk, nd)

@@ -161,6 +161,18 @@ def test_pp2_and_tp2xpp2_match_tp1_per_architecture(name, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("count", ["1", "3"])
+def test_any_number_of_microbatches_gives_the_same_generation(tiny_llama, count, monkeypatch):
+    """1: the stages one after another; 3: more micro-batches than stages (one prompt runs alone)."""
+    ref, _ = run(tiny_llama, 1, LONG_PROMPTS, 16, prompt_logprobs=1)
+    monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", count)  # read by the driver's runner
+    got, _ = run(tiny_llama, 1, LONG_PROMPTS, 16, prompt_logprobs=1, pipeline_parallel_size=2)
+    assert_same_generation(ref, got)
+    gc.collect()
+    assert child_pids() == []
+
+
+@pytest.mark.slow
 def test_pp2_matches_tp1_on_the_bundled_model():
     """SmolLM2-135M (30 layers, 9 heads: TP=2 cannot split it, PP=2 can), dequantized to fp32."""
     path = bundled_path()
