@@ -32,7 +32,10 @@ def num_layers_of(config) -> int:
 
 
 def partition(num_layers: int, stages: int) -> list[int]:
-    """Layers per stage: ``VLLM_PP_LAYER_PARTITION`` when set, else vLLM's even split."""
+    """Layers per stage: ``VLLM_PP_LAYER_PARTITION`` when set, else vLLM's even split (one stage: all;
+    the variable is ignored, so a one-rank baseline runs beside a pipelined engine in one environment)."""
+    if stages == 1:
+        return [num_layers]
     given = os.environ.get(PARTITION_ENV)
     if given:
         try:

@@ -88,6 +88,7 @@ def test_layer_split_is_vllms(layers, stages, expected, monkeypatch):
     assert [get_pp_indices(layers, r, stages) for r in range(stages)] == expected
     monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", ",".join(str(b - a) for a, b in reversed(expected)))
     assert get_pp_indices(layers, 0, stages) == (0, expected[-1][1] - expected[-1][0])
+    assert get_pp_indices(layers, 0, 1) == (0, layers)  # one stage: all layers, whatever the variable says
 
 
 def test_microbatches_split_by_tokens():
