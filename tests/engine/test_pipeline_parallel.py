@@ -64,7 +64,8 @@ def stage_bytes(path: str, stages: int, tied: bool) -> list[int]:
     return out
 
 
-def test_pp2_matches_tp1_and_each_stage_holds_its_layers(tiny_llama):
+def test_pp2_matches_tp1_and_each_stage_holds_its_layers(tiny_llama, monkeypatch):
+    monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", "2")  # two in flight even in these small steps
     ref, (rank0,) = run(tiny_llama, 1, LONG_PROMPTS[:3], 6, prompt_logprobs=1)
     got, stages = run(tiny_llama, 1, LONG_PROMPTS[:3], 6, prompt_logprobs=1, pipeline_parallel_size=2)
     assert_same_generation(ref, got)
@@ -99,6 +100,13 @@ def test_microbatches_split_by_tokens():
     assert split_microbatches([50, 1, 1], 2) == [range(0, 1), range(1, 3)]
     assert split_microbatches([5], 4) == [range(0, 1)]
     assert split_microbatches([1, 1, 1], 3) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+@pytest.mark.parametrize("tokens,stages,expected", [(32, 2, 1), (127, 2, 1), (128, 2, 2), (2048, 2, 2), (200, 4, 3)])
+def test_default_microbatches_keep_64_tokens_each(tokens, stages, expected):
+    from pagedllm.worker.model_runner import default_microbatches
+
+    assert default_microbatches(tokens, stages) == expected
 
 
 def test_what_pipeline_parallelism_does_not_cover_is_refused_before_any_process_starts(tiny_llama, tmp_path,
@@ -145,6 +153,7 @@ def test_pp2_and_tp2xpp2_match_tp1_per_architecture(name, tmp_path, monkeypatch)
     """32 tokens x 4 prompts, greedy, with prompt logprobs; PP=2 holds each stage's layers to the byte,
     TP=2 x PP=2 about half of that per rank."""
     monkeypatch.setenv("PAGEDLLM_CPU_OVERSUBSCRIBE", "1")  # 4 ranks on 2 cores (inherited by the workers)
+    monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", "2")  # two in flight even in these small steps
     config = _configs()[name]
     path = save_model(tmp_path, config)
     ref, (rank0,) = run(path, 1, LONG_PROMPTS, 32, prompt_logprobs=2)
@@ -162,11 +171,13 @@ def test_pp2_and_tp2xpp2_match_tp1_per_architecture(name, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("count", ["1", "3"])
+@pytest.mark.parametrize("count", ["1", "3", None])
 def test_any_number_of_microbatches_gives_the_same_generation(tiny_llama, count, monkeypatch):
-    """1: the stages one after another; 3: more micro-batches than stages (one prompt runs alone)."""
+    """1: the stages one after another; 3: more micro-batches than stages (one prompt runs alone); None:
+    the default (two for the prefill step, one for the small decode steps)."""
     ref, _ = run(tiny_llama, 1, LONG_PROMPTS, 16, prompt_logprobs=1)
-    monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", count)  # read by the driver's runner
+    if count is not None:
+        monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", count)  # read by the driver's runner
     got, _ = run(tiny_llama, 1, LONG_PROMPTS, 16, prompt_logprobs=1, pipeline_parallel_size=2)
     assert_same_generation(ref, got)
     gc.collect()
