@@ -2,7 +2,7 @@
 caches, run a step, shut them down.
 
 ``UniProcExecutor`` (``uni``, the default for one rank): the model runner lives in the engine's
-process. ``MultiprocExecutor`` (``mp``, the default for tensor_parallel_size > 1, in
+process. ``MultiprocExecutor`` (``mp``, the default for tensor_parallel_size x pipeline_parallel_size > 1, in
 ``mp_executor``): rank 0 runs in the engine's process as the driver and ranks 1..N-1 in local
 worker processes. ``RayExecutor`` (``ray``, in ``ray_executor``): the same, ranks 1..N-1 as Ray
 actors in a placement group (this machine or a cluster). Either way the engine keeps the scheduler and the block manager and reads the
