@@ -37,9 +37,7 @@ from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logpr
 from pagedllm.worker.sampler_output import SamplerOutput
 
 logger = logging.getLogger(__name__)
-MICROBATCHES_ENV = "PAGEDLLM_PP_MICROBATCHES"
-
-
+MICROBATCHES_ENV = "PAGEDLLM_PP_MICROBATCHES"  # a fixed number of micro-batches per pipelined step
 MIN_MICROBATCH_TOKENS = 64
 
 
