@@ -134,7 +134,11 @@ class EngineConfig:
     tensor_parallel_size: int = arg(1, flags=("-tp",), help="tensor-parallel ranks, one local process each (mp "
                                                              "executor, gloo on CPU, NCCL on CUDA); the model's "
                                                              "attention heads must divide by it")
-    pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages (only 1 in this release)")
+    pipeline_parallel_size: int = arg(1, flags=("-pp",), help="pipeline-parallel stages: each holds a contiguous "
+                                                               "run of the layers (vLLM's split, or "
+                                                               "VLLM_PP_LAYER_PARTITION) and its KV cache; a step "
+                                                               "runs in micro-batches through them; combines with "
+                                                               "tensor_parallel_size (TP ranks per stage)")
     quantization: str | None = arg(None, flags=("-q",), help="None: the checkpoint decides (a GGUF file or a "
                                                              "GPTQ/AWQ/fp8 checkpoint runs quantized, its weights "
                                                              "kept packed); gguf, gptq, awq: the same, and an error "
@@ -200,11 +204,6 @@ class EngineConfig:
             raise ValueError(f"device='cuda' but {_no_cuda_reason()}; use device='cpu' (--device cpu) or 'auto'")
         _positive_int("tensor_parallel_size", self.tensor_parallel_size)
         _positive_int("pipeline_parallel_size", self.pipeline_parallel_size)
-        if self.pipeline_parallel_size != 1:
-            raise ValueError(
-                f"pipeline_parallel_size={self.pipeline_parallel_size}: pipeline parallelism is not supported in "
-                "this release; use pipeline_parallel_size=1 and tensor_parallel_size > 1 to split a model over "
-                "ranks")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             unsupported = " (e5m2 is not supported: e4m3's extra mantissa bit is worth more under per-row scales)" \
                 if self.kv_cache_dtype == "fp8_e5m2" else ""
@@ -232,10 +231,13 @@ class EngineConfig:
         if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r}; use one of "
                              f"{_listed(EXECUTOR_BACKENDS[1:])} (or leave it unset)")
-        if self.tensor_parallel_size > 1 and self.distributed_executor_backend not in PARALLEL_BACKENDS:
+        if self.world_size > 1 and self.distributed_executor_backend not in PARALLEL_BACKENDS:
             raise ValueError(f"distributed_executor_backend={self.distributed_executor_backend!r} with "
-                             f"tensor_parallel_size={self.tensor_parallel_size}: several ranks run on mp (local "
-                             "processes) or ray (Ray actors) in this release; use one of them, or leave it unset (mp)")
+                             f"tensor_parallel_size={self.tensor_parallel_size}"
+                             + (f" x pipeline_parallel_size={self.pipeline_parallel_size}"
+                                if self.pipeline_parallel_size > 1 else "")
+                             + ": several ranks run on mp (local processes) or ray (Ray actors) in this release; use "
+                             "one of them, or leave it unset (mp)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         resolve_dtype(self.dtype, torch.device("cpu"))  # raises on a bad name
@@ -244,6 +246,11 @@ class EngineConfig:
         self.pooler_config = PoolerConfig.coerce(self.pooler_config)
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl={self.model_impl!r}; choose {_listed(MODEL_IMPLS)}")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks: tensor_parallel_size per stage, pipeline_parallel_size stages."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @property
     def torch_device(self) -> torch.device:
@@ -266,8 +273,9 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
     defaults = {f.name: f.default for f in fields(EngineConfig)}
     reasons = {"swap_space": "yet (preempted blocks are recomputed, not swapped to the host); swap_space takes "
                              "effect with issue 19"}
-    if config.tensor_parallel_size == 1:
-        reasons["distributed_executor_backend"] = "with tensor_parallel_size=1 (one rank, run in-process)"
+    if config.world_size == 1:
+        reasons["distributed_executor_backend"] = ("with tensor_parallel_size=1 and pipeline_parallel_size=1 (one "
+                                                   "rank, run in-process)")
     reasons["cpu_offload_gb"] = (f"on {device.type} (the weights live in host memory already)" if device.type != "cuda"
                                  else "yet (weight offloading is not implemented; all weights go to the GPU)")
     reasons["disable_custom_all_reduce"] = ("(there is no custom all-reduce kernel: ranks all-reduce through "

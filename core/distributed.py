@@ -1,10 +1,14 @@
-"""Tensor-parallel rank, size and collectives, over torch.distributed.
+"""Tensor- and pipeline-parallel ranks, sizes and collectives, over torch.distributed.
 
-Layers read ``get_tp_rank``/``get_tp_world_size`` when they are built and shard by them; their
-forwards call ``tp_all_reduce``/``tp_all_gather_last_dim``. The group is the default process group,
-set up once per process by ``init_tensor_parallel`` (a worker, or the driver as rank 0) and torn
-down by ``destroy_tensor_parallel``; with none, everything is rank 0 of 1 and no collective runs.
-``all_reduced_bytes`` counts the bytes this rank all-reduced (benchmarks report it per step).
+World = TP x PP ranks, laid out as vLLM's: ``rank = pp_rank * tp + tp_rank`` (a stage's TP ranks
+are consecutive; the driver, rank 0, is TP rank 0 of the first stage). Layers read
+``get_tp_rank``/``get_tp_world_size`` when they are built and shard by them; their forwards call
+``tp_all_reduce``/``tp_all_gather_last_dim`` within their stage's TP group (the default process
+group when there is one stage). Models read ``get_pp_rank``/``get_pp_world_size`` to build only
+their stage's layers. Set up once per process by ``init_tensor_parallel`` (a worker, or the driver
+as rank 0) and torn down by ``destroy_tensor_parallel``; with none, everything is rank 0 of 1 and
+no collective runs. ``all_reduced_bytes`` counts the bytes this rank all-reduced and ``sent_bytes``
+the activations it sent to the next stage (benchmarks report both per step).
 """
 from __future__ import annotations
 
@@ -14,39 +18,69 @@ import torch
 import torch.distributed as dist
 
 all_reduced_bytes = 0  # bytes this rank has passed to all_reduce since the group was made
+sent_bytes = 0  # activation bytes this rank has sent to the next pipeline stage since then
+_pp_size = 1  # pipeline stages in this process's group (1: tensor parallelism only, or none)
+_tp_group = None  # this rank's stage's TP group when there are several stages (else the default group)
 
 
-def get_tp_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_rank() -> int:
+    return dist.get_rank() if _initialized() else 0
 
 
 def get_tp_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() // _pp_size if _initialized() else 1
+
+
+def get_tp_rank() -> int:
+    return get_world_rank() % get_tp_world_size()
+
+
+def get_pp_world_size() -> int:
+    return _pp_size if _initialized() else 1
+
+
+def get_pp_rank() -> int:
+    return get_world_rank() // get_tp_world_size()
 
 
 def init_tensor_parallel(rank: int, world_size: int, store: "dist.Store", backend: str,
-                         timeout_s: float = 120.0) -> None:
-    """Join the ranks' group through ``store`` (a TCPStore the driver hosts). The timeout bounds a
-    collective whose peer is gone without closing its sockets; a dead process is seen sooner."""
-    global all_reduced_bytes
+                         timeout_s: float = 120.0, pipeline_parallel_size: int = 1) -> None:
+    """Join the ranks' group through ``store`` (a TCPStore the driver hosts), then, with several
+    pipeline stages, every stage's TP group (each rank makes all of them, in the same order, as
+    torch.distributed requires). The timeout bounds a collective whose peer is gone without closing
+    its sockets; a dead process is seen sooner."""
+    global all_reduced_bytes, sent_bytes, _pp_size, _tp_group
     if dist.is_initialized():
         raise RuntimeError("a tensor-parallel group exists in this process already: one engine with "
-                           "tensor_parallel_size > 1 per process; shut the other down first")
+                           "tensor_parallel_size x pipeline_parallel_size > 1 per process; shut the other down first")
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
-    all_reduced_bytes = 0
+    all_reduced_bytes = sent_bytes = 0
+    _pp_size, _tp_group = pipeline_parallel_size, None
+    if pipeline_parallel_size > 1:
+        tp = world_size // pipeline_parallel_size
+        for stage in range(pipeline_parallel_size):
+            group = dist.new_group(list(range(stage * tp, (stage + 1) * tp)))
+            if stage == rank // tp:
+                _tp_group = group
 
 
 def destroy_tensor_parallel() -> None:
+    global _pp_size, _tp_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _pp_size, _tp_group = 1, None
 
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     global all_reduced_bytes
     if get_tp_world_size() > 1:
         all_reduced_bytes += x.numel() * x.element_size()
-        dist.all_reduce(x)
+        dist.all_reduce(x, group=_tp_group)
     return x
 
 
@@ -55,8 +89,22 @@ def tp_all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     if size == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.contiguous())
+    dist.all_gather(parts, x.contiguous(), group=_tp_group)
     return torch.cat(parts, dim=-1)
+
+
+def pp_send(x: torch.Tensor, to_rank: int, tag: int):
+    """Start sending ``x`` to ``to_rank`` (the same TP rank of the next stage, or the driver); returns
+    the work handle to wait on. ``x`` must stay alive until then."""
+    global sent_bytes
+    sent_bytes += x.numel() * x.element_size()
+    return dist.isend(x.contiguous(), to_rank, tag=tag)
+
+
+def pp_recv(shape, dtype: torch.dtype, device: torch.device, from_rank: int, tag: int) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    dist.recv(out, from_rank, tag=tag)
+    return out
 
 
 def check_tensor_parallel(hf_config, tp: int) -> None:

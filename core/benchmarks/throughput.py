@@ -129,12 +129,15 @@ def bench_pagedllm(args, dtype_name: str, requests: list[SyntheticRequest]) -> d
     for profile in profiles:
         engine.block_manager.reset_prefix_cache()
         steps, reduced = engine.stats.num_steps, distributed.all_reduced_bytes  # rank 0's count, this process's
+        sent = _sent_bytes(engine)
         runs[profile] = rates(run_pagedllm(llm, requests, profile))
         runs[profile]["sampling"] = profile
         steps = engine.stats.num_steps - steps
         runs[profile]["all_reduced_bytes_per_step"] = (distributed.all_reduced_bytes - reduced) / max(steps, 1)
+        runs[profile]["stage_sent_bytes_per_step"] = (_sent_bytes(engine) - sent) / max(steps, 1)
     result = runs[profiles[0]]
     result.update(tensor_parallel_size=engine.config.tensor_parallel_size,
+                  pipeline_parallel_size=engine.config.pipeline_parallel_size,
                   torch_threads_per_rank=getattr(engine.executor, "num_threads", None) or _threads(),
                   executor=type(engine.executor).__name__)
     if len(runs) == 2:
@@ -249,10 +252,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     print(f"workload: {stats['num_requests']} requests, {stats['prompt_tokens']} prompt + "
           f"{stats['output_tokens']} output tokens; {dtype_name} on {device}", file=sys.stderr)
     results = {}
-    if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1:  # the one-rank baseline, first
-        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1, "distributed_executor_backend": None})
+    if args.backend in ("pagedllm", "both") and _parallel(args):  # the one-rank baseline, first
+        one_rank = argparse.Namespace(**{**vars(args), "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
+                                         "distributed_executor_backend": None})
         results["pagedllm_tp1"] = _done("pagedllm (TP=1)", bench_pagedllm(one_rank, dtype_name, requests))
-    if args.backend in ("pagedllm", "both") and args.tensor_parallel_size > 1 and _on_ray(args):  # its peer: mp
+    if args.backend in ("pagedllm", "both") and _parallel(args) and _on_ray(args):  # its peer: mp
         local = argparse.Namespace(**{**vars(args), "distributed_executor_backend": "mp"})
         results["pagedllm_mp"] = _done("pagedllm (mp)", bench_pagedllm(local, dtype_name, requests))
     if args.backend in ("pagedllm", "both"):
@@ -280,6 +284,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+def _sent_bytes(engine) -> int:
+    """Bytes every rank has sent to another pipeline stage (activations down, logits back to the driver)."""
+    if engine.config.pipeline_parallel_size == 1:
+        return 0
+    return sum(r["sent_bytes"] for r in engine.executor.stats())
+
+
+def _parallel(args) -> bool:
+    return args.tensor_parallel_size * getattr(args, "pipeline_parallel_size", 1) > 1
+
+
 def _on_ray(args) -> bool:
     return getattr(args, "distributed_executor_backend", None) == "ray"
 
@@ -299,10 +314,12 @@ def format_table(report: dict) -> str:
     ]
     for name, r in report["results"].items():
         label = f"hf (batch {r['batch_size']})" if name == "hf" else f"{name} ({r.get('sampling', 'greedy')})"
-        if name.startswith("pagedllm") and r.get("tensor_parallel_size", 1) > 1 or name == "pagedllm_tp1":
-            label = (f"pagedllm TP={r['tensor_parallel_size']}{_executor_label(r)} ({r['torch_threads_per_rank']} "
+        if name.startswith("pagedllm") and _ranks(r) > 1 or name == "pagedllm_tp1":
+            pp = r.get("pipeline_parallel_size", 1)
+            label = (f"pagedllm {_layout(r)}{_executor_label(r)} ({r['torch_threads_per_rank']} "
                      f"thread(s) per rank, {r['all_reduced_bytes_per_step'] / 1024:.0f} KiB all-reduced per step "
-                     "per rank)")
+                     "per rank" + (f", {r['stage_sent_bytes_per_step'] / 1024:.0f} KiB sent between stages per "
+                                   "step, all ranks" if pp > 1 else "") + ")")
         for row_label, row in [(label, r)] + ([("pagedllm (penalties)", r["penalties_run"])]
                                               if "penalties_run" in r else []):
             lines.append(f"| {row_label} | {row['requests_per_s']:.2f} | {row['output_tokens_per_s']:.1f} | "
@@ -312,9 +329,11 @@ def format_table(report: dict) -> str:
     lines.append(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt + {w['output_tokens']} output tokens, "
                  f"{report['model']}, {report['dtype']} on {report['device']}")
     if report.get("ratio_tp_over_tp1") is not None:
-        lines.append(f"ratio TP={paged_tp(report)}/TP=1 (output tok/s): {report['ratio_tp_over_tp1']:.2f}x")
+        lines.append(f"ratio {_layout(report['results']['pagedllm'])}/TP=1 (output tok/s): "
+                     f"{report['ratio_tp_over_tp1']:.2f}x")
     if report.get("ratio_ray_over_mp") is not None:
-        lines.append(f"ratio ray/mp at TP={paged_tp(report)} (output tok/s): {report['ratio_ray_over_mp']:.2f}x")
+        lines.append(f"ratio ray/mp at {_layout(report['results']['pagedllm'])} (output tok/s): "
+                     f"{report['ratio_ray_over_mp']:.2f}x")
     if report["ratio_pagedllm_over_hf"] is not None:
         lines.append(f"ratio pagedllm/hf (output tok/s): {report['ratio_pagedllm_over_hf']:.2f}x")
     paged = report["results"].get("pagedllm", {})
@@ -335,13 +354,19 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _ranks(result: dict) -> int:
+    return result.get("tensor_parallel_size", 1) * result.get("pipeline_parallel_size", 1)
+
+
+def _layout(result: dict) -> str:
+    """``TP=2``, or ``TP=1 PP=2`` / ``TP=2 PP=2`` with pipeline stages."""
+    pp = result.get("pipeline_parallel_size", 1)
+    return f"TP={result.get('tensor_parallel_size', 1)}" + (f" PP={pp}" if pp > 1 else "")
+
+
 def _executor_label(result: dict) -> str:
     names = {"MultiprocExecutor": " mp", "RayExecutor": " ray"}
-    return names.get(result.get("executor"), "") if result.get("tensor_parallel_size", 1) > 1 else ""
-
-
-def paged_tp(report: dict) -> int:
-    return report["results"]["pagedllm"]["tensor_parallel_size"]
+    return names.get(result.get("executor"), "") if _ranks(result) > 1 else ""
 
 
 def main(args: argparse.Namespace) -> int:

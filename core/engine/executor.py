@@ -2,7 +2,7 @@
 caches, run a step, shut them down.
 
 ``UniProcExecutor`` (``uni``, the default for one rank): the model runner lives in the engine's
-process. ``MultiprocExecutor`` (``mp``, the default for tensor_parallel_size > 1, in
+process. ``MultiprocExecutor`` (``mp``, the default for tensor_parallel_size x pipeline_parallel_size > 1, in
 ``mp_executor``): rank 0 runs in the engine's process as the driver and ranks 1..N-1 in local
 worker processes. ``RayExecutor`` (``ray``, in ``ray_executor``): the same, ranks 1..N-1 as Ray
 actors in a placement group (this machine or a cluster). Either way the engine keeps the scheduler and the block manager and reads the
@@ -36,6 +36,8 @@ class RunnerSpec:
     w4a16: object = None  # a W4A16Config: the checkpoint's GPTQ/AWQ layers load packed (one rank only)
     fp8: object = None  # an Fp8Config: the decoder's linear layers run fp8 weights (quantized at load or stored)
     kv_cache_dtype: str = "auto"  # "fp8"/"fp8_e4m3": each rank's cache holds e4m3 codes and row scales
+    pipeline_parallel_size: int = 1  # stages; the world is tensor_parallel_size x this
+    pp_layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION as the driver sees it
 
 
 class WorkerDiedError(RuntimeError):
@@ -68,7 +70,7 @@ class Executor:
         from pagedllm import distributed
 
         return [{"param_bytes": runner_param_bytes(self.driver_runner),
-                 "all_reduced_bytes": distributed.all_reduced_bytes}]
+                 "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes}]
 
     def shutdown(self) -> None:
         pass
@@ -92,14 +94,15 @@ def runner_param_bytes(runner: ModelRunner) -> int:
 
 
 def make_executor(config, spec: RunnerSpec, model_cls=None) -> Executor:
-    """``uni`` for one rank; for tensor_parallel_size > 1 ``mp`` (local processes, the default) or
-    ``ray`` (Ray actors)."""
-    if config.tensor_parallel_size == 1:
+    """``uni`` for one rank; for tensor_parallel_size x pipeline_parallel_size > 1 ``mp`` (local
+    processes, the default) or ``ray`` (Ray actors)."""
+    world_size = config.tensor_parallel_size * config.pipeline_parallel_size
+    if world_size == 1:
         return UniProcExecutor(spec, model_cls)
     if config.distributed_executor_backend == "ray":
         from pagedllm.engine.ray_executor import RayExecutor
 
-        return RayExecutor(spec, config.tensor_parallel_size, model_cls)
+        return RayExecutor(spec, world_size, model_cls)
     from pagedllm.engine.mp_executor import MultiprocExecutor
 
-    return MultiprocExecutor(spec, config.tensor_parallel_size, model_cls)
+    return MultiprocExecutor(spec, world_size, model_cls)

@@ -11,6 +11,7 @@ import copy
 import gc
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from pagedllm.config import STATS_LOG_INTERVAL_S, EngineConfig, GiB, resolve_dty
 from pagedllm.distributed import check_tensor_parallel
 from pagedllm.engine.block_manager import BlockManager, NoKVCache
 from pagedllm.engine.executor import RunnerSpec, make_executor
+from pagedllm.models.pipeline import PARTITION_ENV, num_layers_of, partition
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.scheduler import Scheduler
 from pagedllm.engine.sequence import Sequence
@@ -115,8 +117,10 @@ class LLMEngine:
         self.executor = make_executor(config, RunnerSpec(self.hf_config, resolved.path, self.dtype, self.device,
                                                          self.max_model_len, config.block_size,
                                                          config.attention_backend, config.model_impl,
-                                                         config.trust_remote_code, gguf_file, w4a16, fp8,
-                                                         config.kv_cache_dtype),
+                                                         config.trust_remote_code, gguf_file, w4a16, fp8=fp8,
+                                                         kv_cache_dtype=config.kv_cache_dtype,
+                                                         pipeline_parallel_size=config.pipeline_parallel_size,
+                                                         pp_layer_partition=os.environ.get(PARTITION_ENV)),
                                       model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
@@ -167,7 +171,10 @@ class LLMEngine:
         return num_blocks
 
     def _check_parallel(self, model_cls, gguf_file: str | None, w4a16=None) -> None:
-        """What tensor parallelism does not cover yet, refused before any worker starts."""
+        """What tensor and pipeline parallelism do not cover yet, refused before any worker starts."""
+        pp = self.config.pipeline_parallel_size
+        if pp > 1:
+            self._check_pipeline(model_cls, gguf_file, w4a16)
         tp = self.config.tensor_parallel_size
         if tp == 1:
             return
@@ -188,6 +195,26 @@ class LLMEngine:
         if model_cls.__name__.startswith("Transformers"):  # the transformers fallback cannot shard
             raise ValueError(f"tensor_parallel_size={tp} needs a native model (model_impl='native'); "
                              f"{type(self.hf_config).__name__} runs through transformers here")
+
+    def _check_pipeline(self, model_cls, gguf_file: str | None, w4a16) -> None:
+        pp = self.config.pipeline_parallel_size
+        what = f"pipeline_parallel_size={pp}"
+        if gguf_file is not None or w4a16 is not None:
+            raise ValueError(f"{what}: a quantized checkpoint ({'GGUF' if gguf_file else w4a16.method}) runs on one "
+                             "rank in this release; use pipeline_parallel_size=1"
+                             + (", or dequantize_gguf=True (--dequantize-gguf) to split it dense" if gguf_file else ""))
+        if self.runner_type == "pooling":
+            raise ValueError(f"{what}: pooling (embedding) models run with one rank in this release; use "
+                             "pipeline_parallel_size=1")
+        if self.config.enable_lora:
+            raise ValueError(f"{what} with enable_lora=True is not supported yet; use pipeline_parallel_size=1 for "
+                             "LoRA adapters")
+        if not getattr(model_cls, "supports_pp", False):
+            raise ValueError(f"{what}: {model_cls.__name__} does not split into pipeline stages yet (supported: the "
+                             "Llama family (Llama, Mistral, Qwen2/3, Phi-3, Mixtral, Baichuan) and the "
+                             "parallel-residual families (GPT-NeoX, GPT-J, Phi, Falcon)); use "
+                             "tensor_parallel_size instead")
+        partition(num_layers_of(self.hf_config), pp)  # raises when a stage would get no layer
 
     def shutdown(self) -> None:
         """Stop the worker processes (tensor parallelism); the engine cannot step afterwards."""

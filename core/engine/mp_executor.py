@@ -44,6 +44,9 @@ START_TIMEOUT_S = 300.0  # loading a large shard can take minutes; a dead worker
 STOP_GRACE_S = 5.0
 
 
+OVERSUBSCRIBE_ENV = "PAGEDLLM_CPU_OVERSUBSCRIBE"  # "1": more CPU ranks than cores (tests; slow, but correct)
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -57,7 +60,7 @@ def check_placeable(world_size: int, device: torch.device) -> None:
                              f"{have} visible (CUDA_VISIBLE_DEVICES); use tensor_parallel_size <= {have}")
         return
     have = available_cores()
-    if have < world_size:
+    if have < world_size and os.environ.get(OVERSUBSCRIBE_ENV) != "1":
         raise ValueError(f"tensor_parallel_size={world_size} needs {world_size} CPU cores, one per rank; this process "
                          f"may use {have} (os.sched_getaffinity); use tensor_parallel_size <= {have}")
 
@@ -83,7 +86,8 @@ class MultiprocExecutor(Executor):
                                   timeout=datetime.timedelta(seconds=START_TIMEOUT_S))
             self._start_workers(spec, host, store.port, backend)
             torch.set_num_threads(self.num_threads)
-            distributed.init_tensor_parallel(0, world_size, store, backend)
+            distributed.init_tensor_parallel(0, world_size, store, backend,
+                                             pipeline_parallel_size=spec.pipeline_parallel_size)
             device = torch.device("cuda", 0) if spec.device.type == "cuda" else spec.device
             self.driver_runner = ModelRunner(spec.hf_config, spec.model_path, spec.dtype, device,
                                              spec.max_model_len, spec.block_size, spec.attention_backend,
@@ -96,8 +100,8 @@ class MultiprocExecutor(Executor):
             self.shutdown()
             raise
         self.store = store
-        logger.info("tensor parallel: %d ranks (%s), %d torch thread(s) per rank", world_size, backend,
-                    self.num_threads)
+        logger.info("tensor x pipeline parallel: %d ranks in %d stage(s) (%s), %d torch thread(s) per rank",
+                    world_size, spec.pipeline_parallel_size, backend, self.num_threads)
 
     # ---- start-up: where the workers run (what a subclass changes) ---------------------------
     def _reserve(self, spec: RunnerSpec) -> None:
@@ -203,6 +207,11 @@ class MultiprocExecutor(Executor):
 
     def broadcast_logits(self, rows: torch.Tensor) -> None:
         self._broadcast(("logits", rows.cpu()))
+
+    def broadcast_pipeline(self, microbatches: list) -> None:
+        """A pipelined step's micro-batches, to every rank of every stage (``pipeline_stage``)."""
+        self._broadcast(("pipeline", [dataclasses.replace(mb, metadata=dataclasses.replace(
+            mb.metadata, backend_state=StepState())) for mb in microbatches]))
 
     # ---- the executor interface --------------------------------------------------------------
     def num_kv_blocks(self, driver_blocks: int, per_block: int, budget_bytes: int | None,

@@ -7,6 +7,10 @@ parameter fragment, applied in order), ``packed_modules_mapping`` (a separate q/
 tensor -> its shard of a fused parameter), and ``split_fused`` for checkpoints that store a
 fused tensor in their own row layout. ``weight_utils.load_mapped`` copies the result through each
 parameter's ``weight_loader`` (tensor-parallel slicing, later quantized layouts).
+
+Pipeline parallelism (``models/pipeline.py``): a family whose body builds only its stage's parts
+sets ``supports_pp``; the LM head exists on the last stage only, a tied head there loads the
+embedding's tensor, and checkpoint tensors of the other stages' modules are skipped.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from pagedllm.models.layers.vocab_embedding import ParallelLMHead
+from pagedllm.models.pipeline import PPMissingLayer, on_last_stage
 from pagedllm.models.weight_utils import Target, load_mapped
 
 # Separate checkpoint projections -> their shard of our fused parameter.
@@ -44,16 +49,25 @@ class CausalLM(nn.Module):
     skipped_suffixes: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
     renames: ClassVar[tuple[tuple[str, str], ...]] = ()
     packed_modules_mapping: ClassVar[dict[str, tuple[str, object]]] = {}
+    # the body builds only its pipeline stage's parts (``models/pipeline.py``), takes the previous
+    # stage's tensors as ``intermediate`` and returns a tuple of them on every stage but the last
+    supports_pp: ClassVar[bool] = False
 
     def __init__(self, config, max_position: int | None = None):
         super().__init__()
         self.config = config
         self.add_module(self.body_name, self.build_body(config, max_position or self.default_max_position(config)))
         if "." not in self.head_name:
-            self.add_module(self.head_name, self.build_head(config))
+            self.add_module(self.head_name, on_last_stage(lambda: self.build_head(config)) if self.supports_pp
+                            else self.build_head(config))
         self.tied = self.ties_embeddings(config)
-        if self.tied:
-            self.get_submodule(self.head_name).weight = self.get_submodule(self.embedding_name).weight
+        head, embedding = self.get_submodule(self.head_name), self.get_submodule(self.embedding_name)
+        # a last stage without the embedding loads the tied head from the embedding's tensor
+        self.head_from_embedding = self.tied and isinstance(embedding, PPMissingLayer) and \
+            not isinstance(head, PPMissingLayer)
+        if self.tied and not isinstance(head, PPMissingLayer) and not isinstance(embedding, PPMissingLayer):
+            head.weight = embedding.weight
+        self.other_stages = tuple(name + "." for name, m in self.named_modules() if isinstance(m, PPMissingLayer))
 
     # --- what a family provides -------------------------------------------------------------
     def build_body(self, config, max_position: int) -> nn.Module:
@@ -78,8 +92,11 @@ class CausalLM(nn.Module):
         yield name, tensor, None
 
     # --- shared ------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.body_name)(input_ids, positions)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate=None):
+        """The final hidden state; on a pipeline stage before the last, the tensors the next one continues
+        from (the stages after the first take them as ``intermediate`` instead of embedding ``input_ids``)."""
+        body = getattr(self, self.body_name)
+        return body(input_ids, positions) if intermediate is None else body(input_ids, positions, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.get_submodule(self.head_name).compute_logits(hidden)
@@ -92,7 +109,11 @@ class CausalLM(nn.Module):
             name = name.replace(old, new)
         if self.tied and name.startswith(self.head_name + "."):
             return
-        yield from self.split_fused(name, tensor)
+        if self.head_from_embedding and name.startswith(self.embedding_name + "."):
+            name = self.head_name + name[len(self.embedding_name):]
+        for target in self.split_fused(name, tensor):
+            if not target[0].startswith(self.other_stages):  # another pipeline stage's weight
+                yield target
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded."""

@@ -17,6 +17,7 @@ from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.rotary_embedding import get_rope, partial_rotary_factor, rope_parameters
 from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.pipeline import is_last_stage, make_layers, on_first_stage, on_last_stage
 
 __all__ = ["Attention", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
 
@@ -49,22 +50,28 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    pp_carry = 2  # a pipeline stage hands the next one (hidden, residual)
+
     def __init__(self, config, max_position: int, family: "LlamaForCausalLM"):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, max_position, family) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_tokens = on_first_stage(lambda: VocabParallelEmbedding(config.vocab_size, config.hidden_size))
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            config.num_hidden_layers, lambda i: LlamaDecoderLayer(config, i, max_position, family))
+        self.norm = on_last_stage(lambda: RMSNorm(config.hidden_size, config.rms_norm_eps))
+        self.last_stage = is_last_stage()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate=None):
+        hidden, residual = (self.embed_tokens(input_ids), None) if intermediate is None else intermediate
+        for layer in self.layers[self.start_layer:self.end_layer]:
             hidden, residual = layer(positions, hidden, residual)
+        if not self.last_stage:
+            return hidden, residual
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
 
 class LlamaForCausalLM(CausalLM):
+    supports_pp = True
     packed_modules_mapping = {**QKV_SHARDS, **GATE_UP_SHARDS}
 
     def build_body(self, config, max_position: int) -> nn.Module:

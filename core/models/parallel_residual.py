@@ -25,6 +25,7 @@ from pagedllm.models.layers.layernorm import LayerNorm
 from pagedllm.models.layers.mlp import MLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.models.layers.vocab_embedding import VocabParallelEmbedding
+from pagedllm.models.pipeline import is_last_stage, make_layers, on_first_stage, on_last_stage
 
 Parts = tuple[torch.Tensor, ...]
 
@@ -65,16 +66,20 @@ class ParallelResidualBlock(nn.Module):
 
 
 class ParallelResidualModel(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int, eps: float, layers: list[ParallelResidualBlock]):
+    def __init__(self, vocab_size: int, hidden_size: int, shape: BlockShape, num_layers: int, build):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(vocab_size, hidden_size)
-        self.layers = nn.ModuleList(layers)
-        self.norm = LayerNorm(hidden_size, eps=eps)
+        self.pp_carry = 2 if shape.norms == "sequential" else 3  # the parts a pipeline stage hands on
+        self.embed_tokens = on_first_stage(lambda: VocabParallelEmbedding(vocab_size, hidden_size))
+        self.start_layer, self.end_layer, self.layers = make_layers(num_layers, build)
+        self.norm = on_last_stage(lambda: LayerNorm(hidden_size, eps=shape.eps))
+        self.last_stage = is_last_stage()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        parts = (self.embed_tokens(input_ids),)
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate=None):
+        parts = (self.embed_tokens(input_ids),) if intermediate is None else tuple(intermediate)
+        for layer in self.layers[self.start_layer:self.end_layer]:
             parts = layer(positions, parts)
+        if not self.last_stage:
+            return parts
         return self.norm.add_and_norm(*parts)[0]
 
 
@@ -87,8 +92,10 @@ class ParallelResidualLM(CausalLM):
     def attention(self, config, layer_idx: int, max_position: int) -> QKVAttention:
         raise NotImplementedError
 
+    supports_pp = True
+
     def build_body(self, config, max_position: int) -> nn.Module:
         shape = self.block_shape(config)
-        layers = [ParallelResidualBlock(config.hidden_size, shape, self.attention(config, i, max_position))
-                  for i in range(config.num_hidden_layers)]
-        return ParallelResidualModel(config.vocab_size, config.hidden_size, shape.eps, layers)
+        return ParallelResidualModel(
+            config.vocab_size, config.hidden_size, shape, config.num_hidden_layers,
+            lambda i: ParallelResidualBlock(config.hidden_size, shape, self.attention(config, i, max_position)))

@@ -23,6 +23,7 @@ from multiprocessing.connection import Client
 import torch
 
 from pagedllm import distributed
+from pagedllm.models.pipeline import PARTITION_ENV
 from pagedllm.worker.worker_protocol import recv, send
 
 logger = logging.getLogger("pagedllm.worker")
@@ -67,7 +68,10 @@ class Worker:
         self.device = device
         store = torch.distributed.TCPStore(spec["store_host"], spec["store_port"], spec["world_size"],
                                            is_master=False, timeout=datetime.timedelta(seconds=120))
-        distributed.init_tensor_parallel(self.rank, spec["world_size"], store, spec["backend"])
+        if spec.get("pp_layer_partition"):  # the driver's VLLM_PP_LAYER_PARTITION (a Ray actor may not inherit it)
+            os.environ[PARTITION_ENV] = spec["pp_layer_partition"]
+        distributed.init_tensor_parallel(self.rank, spec["world_size"], store, spec["backend"],
+                                         pipeline_parallel_size=spec["pipeline_parallel_size"])
         from transformers import AutoConfig
 
         hf_config = AutoConfig.from_pretrained(spec["model_path"], trust_remote_code=spec["trust_remote_code"])
@@ -91,6 +95,8 @@ class Worker:
                     self.forward(*message[1:])
                 elif kind == "logits":
                     self.logits(message[1])
+                elif kind == "pipeline":
+                    self.pipeline(message[1])
                 elif kind == "num_blocks":
                     send(self.conn, ("num_blocks", self.num_blocks(*message[1:])))
                 elif kind == "allocate":
@@ -98,7 +104,8 @@ class Worker:
                     send(self.conn, ("allocated",))
                 elif kind == "stats":
                     send(self.conn, ("stats", {"param_bytes": self.param_bytes,
-                                               "all_reduced_bytes": distributed.all_reduced_bytes}))
+                                               "all_reduced_bytes": distributed.all_reduced_bytes,
+                                               "sent_bytes": distributed.sent_bytes}))
                 elif kind == "stop":
                     break
                 else:
@@ -118,6 +125,17 @@ class Worker:
             self.hidden = self.runner.model(input_ids, positions)
 
     @torch.inference_mode()
+    def pipeline(self, microbatches: list) -> None:
+        """This rank's stage of a pipelined step (``pipeline_stage``)."""
+        from pagedllm.worker.pipeline_stage import run_stage
+
+        for mb in microbatches:
+            mb.input_ids, mb.positions, mb.metadata = (to_device(x, self.device)
+                                                       for x in (mb.input_ids, mb.positions, mb.metadata))
+            self.runner.backend_cls.prepare(mb.metadata)
+        run_stage(self.runner.model, microbatches, self.runner.hidden_size, self.runner.dtype, self.device)
+
+    @torch.inference_mode()
     def logits(self, rows) -> None:
         """Rows of this step's hidden states (an index tensor, or hidden rows themselves): the LM
         head's gather needs this rank's shard; the driver keeps the result."""
@@ -125,7 +143,12 @@ class Worker:
         self.runner.model.compute_logits(hidden)
 
     def num_blocks(self, per_block: int, budget_bytes: int | None, gpu_utilization: float, reserve: int) -> int:
-        """How many KV blocks fit on this rank: the driver allocates the minimum over ranks."""
+        """How many KV blocks fit on this rank: the driver allocates the minimum over ranks. A block's bytes
+        here are the driver's scaled to this rank's layers (pipeline stages may hold different numbers)."""
+        from pagedllm.worker.cache_engine import bytes_per_block
+
+        layers, kv_heads, head_dim = self.runner.kv_shape
+        per_block = bytes_per_block(layers, self.runner.block_size, kv_heads, head_dim, self.runner.dtype)
         if budget_bytes is None and self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget_bytes = int(total * gpu_utilization - (total - free) - reserve)

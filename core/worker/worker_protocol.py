@@ -6,7 +6,8 @@ more than copying the few kilobytes of a step's batch. CPU tensors of numpy's dt
 arrays: torch's own reducer runs a ``torch.save``/``torch.load`` per tensor (~50 us each; a step's
 batch has about 15: 0.8 ms to pickle and as much to unpickle, against 0.06 and 0.03 ms).
 Messages are ``(kind, *payload)``:
-driver -> worker ``forward``, ``logits``, ``num_blocks``, ``allocate``, ``stats``, ``stop``;
+driver -> worker ``forward``, ``logits``, ``pipeline`` (a pipelined step's micro-batches), ``num_blocks``,
+``allocate``, ``stats``, ``stop``;
 worker -> driver ``hello``, ``ready``, ``error`` and the answers named like their questions.
 """
 from __future__ import annotations

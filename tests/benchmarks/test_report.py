@@ -61,6 +61,23 @@ def test_table_names_the_executor_and_gives_ray_over_mp():
     assert "ratio ray/mp at TP=2 (output tok/s): 0.80x" in table
 
 
+def test_table_names_the_pipeline_stages_and_their_traffic():
+    report = fake_report()
+    counts = {"num_requests": 8, "prompt_tokens": 400, "output_tokens": 1000}
+    report["results"] = {
+        "pagedllm_tp1": {**rates({**counts, "elapsed_s": 4.0}), "tensor_parallel_size": 1,
+                         "torch_threads_per_rank": 2, "all_reduced_bytes_per_step": 0, "executor": "UniProcExecutor"},
+        "pagedllm": {**rates({**counts, "elapsed_s": 5.0}), "tensor_parallel_size": 1, "pipeline_parallel_size": 2,
+                     "torch_threads_per_rank": 1, "all_reduced_bytes_per_step": 0,
+                     "stage_sent_bytes_per_step": 3072, "executor": "MultiprocExecutor"},
+    }
+    report.update(ratio_pagedllm_over_hf=None, ratio_tp_over_tp1=0.8, ratio_ray_over_mp=None)
+    table = format_table(report)
+    assert ("| pagedllm TP=1 PP=2 mp (1 thread(s) per rank, 0 KiB all-reduced per step per rank, 3 KiB sent "
+            "between stages per step, all ranks) | 1.60 |") in table
+    assert "ratio TP=1 PP=2/TP=1 (output tok/s): 0.80x" in table
+
+
 def test_plot_writes_png(tmp_path):
     paths = []
     for i in range(2):

@@ -36,7 +36,7 @@ def test_engine_args_validation(tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         LLM("whatever", dtype="float8")
     with pytest.raises(ValueError, match="pipeline_parallel_size"):
-        LLM("whatever", pipeline_parallel_size=2)
+        LLM("whatever", pipeline_parallel_size=0)
     with pytest.raises(ValueError, match="distributed_executor_backend='external_launcher' with "
                                          "tensor_parallel_size=2: several ranks run on mp .* or ray"):
         LLM("whatever", tensor_parallel_size=2, distributed_executor_backend="external_launcher")

@@ -41,10 +41,10 @@ def test_serve_with_api_key(tiny_model_dir):
 
 def test_unbuilt_feature_fails_at_startup(tiny_model_dir):
     proc = subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.openai.api_server", "--model", tiny_model_dir,
-                           "--pipeline-parallel-size", "2", "--port", str(free_port())],
+                           "--pipeline-parallel-size", "9", "--port", str(free_port())],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "pipeline_parallel_size=2" in proc.stderr and "cannot start" in proc.stderr
+    assert proc.returncode == 2  # more stages than the tiny model's layers
+    assert "pipeline_parallel_size=9 is larger than the model's" in proc.stderr and "cannot start" in proc.stderr
 
 
 def test_serve_and_chat_help_list_the_flags(capsys):
