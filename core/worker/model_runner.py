@@ -32,6 +32,7 @@ from pagedllm.pooling.config import PoolerConfig
 from pagedllm.pooling.pooler import finish, pool
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
+from pagedllm.worker.cpu_malloc import keep_freed_memory
 from pagedllm.worker.cuda_graphs import DecodeGraphs
 from pagedllm.worker.pipeline_stage import MicroBatch, receive_logits, run_stage, split_microbatches
 from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
@@ -80,6 +81,8 @@ class ModelRunner:
         self.dtype = dtype
         self.kv_cache_dtype = kv_cache_dtype
         self.device = device
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reuse the heap instead of page-faulting every step
         self.block_size = block_size
         self.vocab_size = hf_config.vocab_size
         self.hidden_size = hf_config.hidden_size
