@@ -91,3 +91,14 @@ def checkpoint_names(folder: str | os.PathLike) -> list[str]:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             names.extend(handle.keys())
     return names
+
+
+def modules_with_tensor(model, folder: str | os.PathLike, suffix: str) -> set[str]:
+    """The model's module names that the checkpoint gives a tensor ending in ``suffix`` (``.qweight``,
+    ``.weight_scale``: the layers a quantized checkpoint stores quantized), through the model's own name map."""
+    modules = set()
+    for name in checkpoint_names(folder):
+        if name.endswith(suffix):
+            for target, _, _ in model.checkpoint_targets(name, None):
+                modules.add(target.removesuffix(suffix))
+    return modules

@@ -14,7 +14,7 @@ import os
 import torch
 from torch import nn
 
-from pagedllm.loader.weights import checkpoint_names, iterate_weights
+from pagedllm.loader.weights import iterate_weights, modules_with_tensor
 from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.weight_utils import load_mapped
@@ -83,11 +83,7 @@ def fp8_layer_names(model: nn.Module, model_path: str | os.PathLike, config: Fp8
                          "fused tensors, which per-tensor scales do not follow); supported: models whose "
                          "checkpoints store q/k/v and gate/up separately (llama, mistral, qwen2, ...), or "
                          "quantization='fp8' on the model's bf16/fp16/fp32 checkpoint")
-    names = set()
-    for name in checkpoint_names(model_path):
-        if name.endswith(".weight_scale"):
-            for target, _, _ in model.checkpoint_targets(name, None):
-                names.add(target.removesuffix(".weight_scale"))
+    names = modules_with_tensor(model, model_path, ".weight_scale")
     if not names:
         raise ValueError("the checkpoint's quantization_config says fp8, but it has no '.weight_scale' tensors")
     for name in sorted(names):

@@ -12,7 +12,7 @@ import os
 import torch
 from torch import nn
 
-from pagedllm.loader.weights import checkpoint_names, iterate_weights
+from pagedllm.loader.weights import iterate_weights, modules_with_tensor
 from pagedllm.models.causal_lm import CausalLM
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.weight_utils import load_mapped
@@ -53,11 +53,7 @@ def load_w4a16_weights(model: nn.Module, model_path: str | os.PathLike, config: 
         raise ValueError(f"{type(model).__name__} cannot run {config.method} weights in this release ({why}); "
                          "supported: native Llama-family models whose checkpoints store q/k/v and gate/up "
                          "separately (llama, mistral, qwen2, ...)")
-    quantized = set()
-    for name in checkpoint_names(model_path):
-        if name.endswith(".qweight"):
-            for target, _, _ in model.checkpoint_targets(name, None):
-                quantized.add(target.removesuffix(".qweight"))
+    quantized = modules_with_tensor(model, model_path, ".qweight")
     if not quantized:
         raise ValueError(f"the checkpoint's quantization_config says {config.describe()}, but it has no "
                          "'.qweight' tensors")
