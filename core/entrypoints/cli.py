@@ -8,6 +8,7 @@ same way. Heavy imports (torch, the engine) happen inside handlers so ``--help``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -24,76 +25,50 @@ DEMO_PROMPTS = (
 
 # -- bench --------------------------------------------------------------------------------
 
+# ``pagedllm bench NAME``: (NAME, module in pagedllm.benchmarks, help, description); each module has
+# add_cli_args(parser) and main(args), imported when the parser is built.
+BENCHMARKS = (
+    ('throughput', 'throughput', 'offline throughput: pagedllm vs transformers static batching',
+     'Offline throughput of pagedllm against transformers static batching, same run and workload.'),
+    ('serve', 'serve', 'streaming clients against an OpenAI-compatible server',
+     'Load a running OpenAI-compatible server (pagedllm, vLLM, ...) with concurrent streaming clients; '
+     'report output tok/s, TTFT and TPOT p50/p99, errors.'),
+    ('adapters', 'adapters', 'LangChain ChatVLLM.ainvoke overhead vs LLM.generate',
+     'N concurrent ChatVLLM.ainvoke calls against the same N requests in one LLM.generate call: output '
+     'tok/s of each and their ratio (issue 5: >= 85%).'),
+    ('models', 'models', "each native model family's CPU throughput vs the Llama path (issue 7)",
+     "A random ~135M config of each native family (and the Llama config through the Transformers fallback) "
+     "on the same workload, each in its own process: output tok/s and the ratio to Llama's (issue 7: >= "
+     "0.8)."),
+    ('embed', 'embed', 'embeddings: pagedllm vs sentence-transformers encode (issue 23)',
+     'Texts/s of LLM.embed, sentence-transformers encode (batch 32, fp32) and a served pagedllm at '
+     '--concurrency, same texts, same run.'),
+    ('tools', 'tools', 'forced tool calls (the call grammar) vs free decoding, tok/s (issue 18)',
+     'Generated tokens/s of tool_choice="required" decoding (every token masked by the call grammar) '
+     'against the same prompts decoded freely, same run.'),
+    ('llamacpp', 'llamacpp', 'pagedllm vs llama.cpp built from source, same GGUF file (issue 22)',
+     'Single-stream decode tok/s against llama-bench (tgN) and offline throughput against llama-server -np '
+     'N -cb with as many clients, same file, same threads, same run. --build compiles llama.cpp from the '
+     'llama-cpp-python sdist first.'),
+    ('step', 'step_profile', "where a single-stream decode step's time goes, per part (issue 22)",
+     'Time each part of a single-stream decode step (weight kernels, attention, Python per layer, input '
+     'tensors, sampling, detokenizing, engine): ms and share of the step, decode only (a 1-token run '
+     'subtracted).'),
+    ('plot', 'plot', 'PNG bar chart from throughput results JSON',
+     'Turn throughput results JSON files into a PNG bar chart.'),
+)
+
+
 def add_bench_parser(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks against named peers",
                                   description="Benchmarks; each compares pagedllm with a peer in the same run.")
     kinds = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    for name, module, help_text, description in BENCHMARKS:
+        benchmark = importlib.import_module(f"pagedllm.benchmarks.{module}")
+        p = kinds.add_parser(name, help=help_text, description=description)
+        benchmark.add_cli_args(p)
+        p.set_defaults(func=benchmark.main)
 
-    from pagedllm.benchmarks import plot, throughput
-
-    p = kinds.add_parser("throughput", help="offline throughput: pagedllm vs transformers static batching",
-                         description="Offline throughput of pagedllm against transformers static batching, same run and workload.")
-    throughput.add_cli_args(p)
-    p.set_defaults(func=throughput.main)
-    from pagedllm.benchmarks import serve
-
-    p = kinds.add_parser("serve", help="streaming clients against an OpenAI-compatible server",
-                         description="Load a running OpenAI-compatible server (pagedllm, vLLM, ...) with concurrent "
-                                     "streaming clients; report output tok/s, TTFT and TPOT p50/p99, errors.")
-    serve.add_cli_args(p)
-    p.set_defaults(func=serve.main)
-    from pagedllm.benchmarks import adapters
-
-    p = kinds.add_parser("adapters", help="LangChain ChatVLLM.ainvoke overhead vs LLM.generate",
-                         description="N concurrent ChatVLLM.ainvoke calls against the same N requests in one "
-                                     "LLM.generate call: output tok/s of each and their ratio (issue 5: >= 85%).")
-    adapters.add_cli_args(p)
-    p.set_defaults(func=adapters.main)
-    from pagedllm.benchmarks import models
-
-    p = kinds.add_parser("models", help="each native model family's CPU throughput vs the Llama path (issue 7)",
-                         description="A random ~135M config of each native family (and the Llama config through "
-                                     "the Transformers fallback) on the same workload, each in its own process: "
-                                     "output tok/s and the ratio to Llama's (issue 7: >= 0.8).")
-    models.add_cli_args(p)
-    p.set_defaults(func=models.main)
-    from pagedllm.benchmarks import embed
-
-    p = kinds.add_parser("embed", help="embeddings: pagedllm vs sentence-transformers encode (issue 23)",
-                         description="Texts/s of LLM.embed, sentence-transformers encode (batch 32, fp32) and a "
-                                     "served pagedllm at --concurrency, same texts, same run.")
-    embed.add_cli_args(p)
-    p.set_defaults(func=embed.main)
-    from pagedllm.benchmarks import tools
-
-    p = kinds.add_parser("tools", help="forced tool calls (the call grammar) vs free decoding, tok/s (issue 18)",
-                         description="Generated tokens/s of tool_choice=\"required\" decoding (every token masked by "
-                                     "the call grammar) against the same prompts decoded freely, same run.")
-    tools.add_cli_args(p)
-    p.set_defaults(func=tools.main)
-    from pagedllm.benchmarks import llamacpp
-
-    p = kinds.add_parser("llamacpp", help="pagedllm vs llama.cpp built from source, same GGUF file (issue 22)",
-                         description="Single-stream decode tok/s against llama-bench (tgN) and offline throughput "
-                                     "against llama-server -np N -cb with as many clients, same file, same threads, "
-                                     "same run. --build compiles llama.cpp from the llama-cpp-python sdist first.")
-    llamacpp.add_cli_args(p)
-    p.set_defaults(func=llamacpp.main)
-    from pagedllm.benchmarks import step_profile
-
-    p = kinds.add_parser("step", help="where a single-stream decode step's time goes, per part (issue 22)",
-                         description="Time each part of a single-stream decode step (weight kernels, attention, "
-                                     "Python per layer, input tensors, sampling, detokenizing, engine): ms and "
-                                     "share of the step, decode only (a 1-token run subtracted).")
-    step_profile.add_cli_args(p)
-    p.set_defaults(func=step_profile.main)
-    p = kinds.add_parser("plot", help="PNG bar chart from throughput results JSON",
-                         description="Turn throughput results JSON files into a PNG bar chart.")
-    plot.add_cli_args(p)
-    p.set_defaults(func=plot.main)
-
-
-# -- plugins ------------------------------------------------------------------------------
 
 def add_plugins_parser(subparsers) -> None:
     p = subparsers.add_parser("plugins", help="list loaded plugins as JSON",
