@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.kernels import cpu_fp8
-from pagedllm.quantization.dequantized_matmul import dequantized_matmul
+from pagedllm.quantization.dequantized_matmul import TILE_WEIGHTS
 from pagedllm.quantization.gguf_weight import SMALL_BATCH
 
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
@@ -63,8 +63,8 @@ class Fp8Weight:
         """``x @ W.T`` for x [n, in] (float32 on CPU's row kernel, else x's dtype).
 
         On CPU: up to ``SMALL_BATCH`` rows (decode) the C kernel multiplies row by row from the bytes; more
-        rows (prefill, batches) go through ``dequantized_matmul`` (row tiles decoded into a reused
-        buffer, then torch's GEMM), which is faster there. On CUDA the Triton kernel decodes tiles in registers. Without the C kernel
+        rows (prefill, batches) dequantize a tile of rows at a time to x's dtype and use torch's GEMM,
+        which is faster there. On CUDA the Triton kernel decodes tiles in registers. Without the C kernel
         the weight is dequantized in torch per call."""
         if x.device.type == "cuda":
             from pagedllm.kernels import fp8_matmul
@@ -77,8 +77,13 @@ class Fp8Weight:
                     return out
             lib = cpu_fp8.load()
             if lib is not None:
-                def fill(start: int, stop: int, tile: torch.Tensor) -> None:
-                    tile.copy_(cpu_fp8.dequantize(self.codes[start:stop], self.scales[start:stop], lib))
-
-                return dequantized_matmul(x, self.rows, self.cols, fill).to(x.dtype)
+                tile_rows = max(1, TILE_WEIGHTS // max(1, self.cols))
+                if tile_rows >= self.rows:
+                    return F.linear(x, cpu_fp8.dequantize(self.codes, self.scales, lib).to(x.dtype))
+                out = torch.empty(x.shape[0], self.rows, dtype=x.dtype)
+                for start in range(0, self.rows, tile_rows):
+                    end = min(self.rows, start + tile_rows)
+                    tile = cpu_fp8.dequantize(self.codes[start:end], self.scales[start:end], lib)
+                    out[:, start:end] = F.linear(x, tile.to(x.dtype))
+                return out
         return F.linear(x, self.dequantize(x.dtype))

@@ -96,11 +96,11 @@ def test_weight_matmul_paths_and_torch_fallback(monkeypatch, rows):
 
 def test_gemm_path_in_row_tiles(monkeypatch):
     """A weight larger than one dequantized tile is multiplied tile by tile, with the same result."""
-    from pagedllm.quantization import dequantized_matmul
+    from pagedllm.quantization import fp8_weight
 
     codes, scales = random_fp8(50, 64, seed=9)
     weight, reference = Fp8Weight(codes, scales), reference_weight(codes, scales)
-    monkeypatch.setattr(dequantized_matmul, "TILE_WEIGHTS", 64 * 7)  # 7 rows a tile: 8 tiles, the last partial
+    monkeypatch.setattr(fp8_weight, "TILE_WEIGHTS", 64 * 7)  # 7 rows a tile: 8 tiles, the last partial
     x = torch.randn(33, 64, generator=torch.Generator().manual_seed(2))
     xd = x.double().numpy()
     assert np.all(np.abs(weight.matmul(x).double().numpy() - xd @ reference.T) <= product_bound(xd, reference))
