@@ -20,6 +20,7 @@
 #include "cpu_dot.h"
 #include "cpu_simd.h"
 #include "cpu_amx.h"
+#include "cpu_q8.h"
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -32,6 +33,9 @@ enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q
 /* weights x rows below which one thread runs the call: a decode step's layer matmuls (0.3-1.8M weights
  * here) lost more to the fork/join of a 2-thread team than they gained on a shared 2-core machine */
 #define PARALLEL_MIN_WORK (1L << 23)
+/* The 8-bit activation path (gguf_matmul_q8) splits from 128K weights x rows: its integer dots keep up with
+ * memory, and one core streams only ~4-6 GB/s of the ~13 the machine's two give (2-core Xeon, quiet) */
+#define PARALLEL_MIN_Q8 (1L << 17)
 /* Dequantizing (prefill and batches: float32 tiles for a GEMM) splits from 1M weights: the GEMM that
  * follows wakes the second thread anyway. */
 #define PARALLEL_MIN_DEQUANT (1L << 20)
@@ -373,6 +377,57 @@ int gguf_matmul(const float *x, long x_stride, long m, const uint8_t *w, long ro
     }
     free(buffers);
     return 0;
+}
+
+/* Whether gguf_matmul_q8 runs here: built with AVX2 (every type of q8_supports then has its integer path). */
+int gguf_has_q8(void) {
+#ifdef CPU_Q8
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* As gguf_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights, with each activation row first rounded to 8-bit blocks
+ * and the products summed in integers (cpu_q8.h): llama.cpp's decode numerics, at a fraction of the
+ * float path's arithmetic per weight. x is float32 or bf16 (x_bf16), out float32 or bf16 rounded to nearest
+ * even (out_bf16): a bf16 model's decode step then needs no conversion around the call. Status 7 for
+ * another type or a build without AVX2. */
+int gguf_matmul_q8(const void *x, int x_bf16, long x_stride, long m, const uint8_t *w, long row_bytes, int type,
+                   long rows, long k, void *out, int out_bf16, long out_stride, int threads) {
+    const int status = check(type, row_bytes, k);
+    if (status) return status;
+#ifdef CPU_Q8
+    if (!q8_supports(type)) return 7;
+    const long blocks = k / 32;
+    q8_row *xq = (q8_row *)malloc((size_t)m * sizeof(q8_row));
+    int8_t *codes = (int8_t *)malloc((size_t)m * (size_t)k);
+    float *scales = (float *)malloc((size_t)m * (size_t)blocks * 2 * sizeof(float));
+    float *row = x_bf16 ? (float *)malloc((size_t)k * sizeof(float)) : NULL;
+    if (xq == NULL || codes == NULL || scales == NULL || (x_bf16 && row == NULL)) {
+        free(xq); free(codes); free(scales); free(row);
+        return 4;
+    }
+    for (long i = 0; i < m; i++) {
+        xq[i] = (q8_row){codes + i * k, scales + 2 * i * blocks, scales + (2 * i + 1) * blocks};
+        if (x_bf16) {
+            for (long j = 0; j < k; j++) row[j] = bf16_to_f32(((const uint16_t *)x)[i * x_stride + j]);
+            q8_quantize_row(row, k, xq[i]);
+        } else {
+            q8_quantize_row((const float *)x + i * x_stride, k, xq[i]);
+        }
+    }
+    const int team = rows * k * m >= PARALLEL_MIN_Q8 ? (threads > 0 ? threads : 1) : 1;
+#pragma omp parallel for schedule(static) num_threads(team)
+    for (long n = 0; n < rows; n++)
+        for (long i = 0; i < m; i++) store_scalar(out, i * out_stride + n, q8_dot(type, w + n * row_bytes, xq[i], k), out_bf16);
+    free(xq); free(codes); free(scales); free(row);
+    return 0;
+#else
+    (void)x; (void)x_bf16; (void)x_stride; (void)m; (void)w; (void)rows; (void)out; (void)out_bf16; (void)out_stride;
+    (void)threads;
+    return 7;
+#endif
 }
 
 #ifdef CPU_AMX

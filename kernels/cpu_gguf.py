@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,7 +24,9 @@ BLOCKS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1":
           "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
 TYPE_IDS = {name: spec[0] for name, spec in BLOCKS.items()}
 _STATUS = {1: "no kernel for this type", 2: "k is not a whole number of blocks", 3: "row bytes do not match k",
-           4: "out of memory", 6: "no AMX-BF16 on this CPU"}
+           4: "out of memory", 6: "no AMX-BF16 on this CPU", 7: "no 8-bit activation path for this type or CPU"}
+# Types gguf_matmul_q8 multiplies with 8-bit activations and integer dot products (cpu_q8.h).
+Q8_ACTIVATION_TYPES = frozenset(TYPE_IDS[name] for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -32,8 +35,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gguf_dequantize.argtypes = [p, l, i, l, l, p, i, i]
     lib.gguf_matmul.argtypes = [p, l, l, p, l, i, l, l, p, l, i]
     lib.gguf_matmul_amx.argtypes = [p, i, l, l, p, l, i, l, l, p, l, i]
+    lib.gguf_matmul_q8.argtypes = [p, i, l, l, p, l, i, l, l, p, i, l, i]
     lib.gguf_has_amx.argtypes = []
-    for fn in (lib.gguf_supports, lib.gguf_dequantize, lib.gguf_matmul, lib.gguf_matmul_amx, lib.gguf_has_amx):
+    lib.gguf_has_q8.argtypes = []
+    for fn in (lib.gguf_supports, lib.gguf_dequantize, lib.gguf_matmul, lib.gguf_matmul_amx, lib.gguf_has_amx,
+               lib.gguf_matmul_q8, lib.gguf_has_q8):
         fn.restype = i
 
 
@@ -62,26 +68,66 @@ def check_shape(qweight: torch.Tensor, qtype: int, k: int) -> None:
 
 
 def matmul(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
-           threads: int | None = None) -> torch.Tensor | None:
-    """``x @ W.T`` in float32 for x [..., k] and the quantized W [rows, k]; None if the library is missing."""
-    check_shape(qweight, qtype, k)
+           threads: int | None = None, q8_activations: bool = False) -> torch.Tensor | None:
+    """``x @ W.T`` in float32 for x [..., k] and the quantized W [rows, k]; None if the library is missing.
+    With ``q8_activations`` a type of ``Q8_ACTIVATION_TYPES`` multiplies x rounded to 8-bit blocks with integer
+    dot products where the build has them (``has_q8``; llama.cpp's decode numerics), float32 x otherwise."""
     if x.shape[-1] != k:
         raise ValueError(f"x has {x.shape[-1]} features, the weight {k}")
+    run = row_kernel(qweight, qtype, k, q8_activations, lib)
+    if run is None:
+        return None
+    out = run(x.reshape(-1, k), torch.float32, threads)
+    return out.view(*x.shape[:-1], qweight.shape[0])
+
+
+def row_kernel(qweight: torch.Tensor, qtype: int, k: int, q8_activations: bool = False,
+               lib: ctypes.CDLL | None = None) -> Callable[..., torch.Tensor] | None:
+    """``run(x, out_dtype=torch.float32, threads=None)``: ``matmul`` of x [m, k] (rows contiguous) by one weight,
+    its checks done once (a decode step makes ~120 such calls, and per-call checks cost more than a small
+    layer's product). On the 8-bit activation path x and the result may be bfloat16 (no conversion around the
+    call in a bf16 model). None without the library."""
+    check_shape(qweight, qtype, k)
     lib = lib or load()
     if lib is None:
         return None
-    x2 = x.reshape(-1, k)
-    if x2.dtype != torch.float32 or x2.stride(1) != 1 or x2.device.type != "cpu":
-        x2 = x2.to(device="cpu", dtype=torch.float32).contiguous()
-    rows = qweight.shape[0]
-    out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-    if x2.shape[0]:
-        status = lib.gguf_matmul(x2.data_ptr(), x2.stride(0), x2.shape[0], qweight.data_ptr(), qweight.shape[1],
-                                 qtype, rows, k, out.data_ptr(), out.stride(0),
-                                 threads or torch.get_num_threads())
+    q8 = q8_activations and qtype in Q8_ACTIVATION_TYPES and has_q8(lib)
+    rows, row_bytes = qweight.shape
+
+    def run(x: torch.Tensor, out_dtype: torch.dtype = torch.float32, threads: int | None = None) -> torch.Tensor:
+        if x.stride(-1) != 1 or x.device.type != "cpu" or x.dtype != torch.float32 and not (
+                q8 and x.dtype == torch.bfloat16):
+            x = x.to(device="cpu", dtype=torch.float32).contiguous()
+        takes_bf16 = x.dtype == torch.bfloat16
+        out_bf16 = q8 and out_dtype == torch.bfloat16
+        out = torch.empty(x.shape[0], rows, dtype=torch.bfloat16 if out_bf16 else torch.float32)
+        if not x.shape[0]:
+            return out.to(out_dtype)
+        if q8:
+            status = lib.gguf_matmul_q8(x.data_ptr(), int(takes_bf16), x.stride(0), x.shape[0], qweight.data_ptr(),
+                                        row_bytes, qtype, rows, k, out.data_ptr(), int(out_bf16), rows,
+                                        threads or torch.get_num_threads())
+        else:
+            status = lib.gguf_matmul(x.data_ptr(), x.stride(0), x.shape[0], qweight.data_ptr(), row_bytes, qtype,
+                                     rows, k, out.data_ptr(), rows, threads or torch.get_num_threads())
         if status:
-            raise RuntimeError(f"gguf_matmul failed: {_STATUS.get(status, status)}")
-    return out.view(*x.shape[:-1], rows)
+            raise RuntimeError(f"gguf matmul failed: {_STATUS.get(status, status)}")
+        return out if out.dtype == out_dtype else out.to(out_dtype)
+
+    return run
+
+
+_HAS_Q8: dict[int, bool] = {}
+
+
+def has_q8(lib: ctypes.CDLL | None = None) -> bool:
+    """Whether ``matmul(..., q8_activations=True)`` takes the integer path here (a build with AVX2)."""
+    lib = lib or load()
+    if lib is None:
+        return False
+    if id(lib) not in _HAS_Q8:
+        _HAS_Q8[id(lib)] = bool(lib.gguf_has_q8())
+    return _HAS_Q8[id(lib)]
 
 
 def has_amx(lib: ctypes.CDLL | None = None) -> bool:

@@ -37,6 +37,15 @@ def hf_bundled_fp32(bundled_model_path):
     return AutoModelForCausalLM.from_pretrained(bundled_model_path, dtype=torch.float32).eval()
 
 
+@pytest.fixture
+def float_activations(monkeypatch):
+    """GGUF's direct kernel on float32 activations (no 8-bit rounding: ``gguf_weight.Q8_ACTIVATIONS``), for
+    tests that compare a quantized model token for token with the same weights dequantized."""
+    from pagedllm.quantization import gguf_weight
+
+    monkeypatch.setattr(gguf_weight, "Q8_ACTIVATIONS", False)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -12,7 +12,9 @@ dequantizes with the ``gguf`` package per call: correct, slow, warned once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}  # GGMLQuantizationType ids stored as plain floats
 SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile + GEMM (2-core AVX2 EPYC)
+# The direct kernel rounds activations to 8-bit blocks and sums in integers (llama.cpp's decode numerics:
+# cpu_q8.h) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights; PAGEDLLM_GGUF_Q8_ACTIVATIONS=0 keeps float32 activations.
+Q8_ACTIVATIONS = os.environ.get("PAGEDLLM_GGUF_Q8_ACTIVATIONS", "1") != "0"
 
 
 def type_name(qtype: int) -> str:
@@ -53,6 +58,7 @@ class GGUFWeight:
     rows: int
     cols: int
     name: str = ""
+    _row_kernel: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def dense(cls, tensor: torch.Tensor, name: str = "") -> "GGUFWeight":
@@ -90,15 +96,21 @@ class GGUFWeight:
         picked = GGUFWeight(self.data.index_select(0, ids.reshape(-1)), self.qtype, ids.numel(), self.cols)
         return picked.dequantize().view(*ids.shape, self.cols)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for x [m, cols]: [m, rows], float32 up to ``SMALL_BATCH`` rows, else bfloat16 for a bfloat16
-        ``x`` and float32 for any other (the float types: in their own dtype)."""
+    def matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x @ W.T`` for x [m, cols]: [m, rows] in ``out_dtype`` when given (the direct kernel may then write it
+        as is), else float32 up to ``SMALL_BATCH`` rows, bfloat16 for a bfloat16 ``x`` and float32 for any other
+        beyond (the float types: in their own dtype)."""
+        if self.quantized and x.shape[0] <= SMALL_BATCH:
+            if self._row_kernel is None:
+                self._row_kernel = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, Q8_ACTIVATIONS)
+            if self._row_kernel is not None:
+                return self._row_kernel(x, out_dtype or torch.float32)
+        out = self._matmul(x)
+        return out if out_dtype is None else out.to(out_dtype)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:
             return F.linear(x.to(self.data.dtype), self.data)
-        if x.shape[0] <= SMALL_BATCH:
-            out = cpu_gguf.matmul(x.float(), self.data, self.qtype, self.cols)
-            if out is not None:
-                return out
         lib = cpu_gguf.load()
         if lib is None:
             _warn_reference()

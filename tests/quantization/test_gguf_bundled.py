@@ -11,6 +11,7 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.loader import resolve_model
 from pagedllm.loader.gguf_index import read_gguf_index
 from pagedllm.models.layers.linear import LinearBase
+from pagedllm.quantization import gguf_weight
 from pagedllm.quantization.gguf_linear import GGUFEmbedding, GGUFLinearMethod
 from pagedllm.quantization.gguf_model import check_gguf_device, weight_bytes
 
@@ -24,10 +25,14 @@ def _rss() -> int:
 
 @pytest.fixture(scope="module")
 def quantized_llm():
-    before = _rss()
-    llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=64 << 20, seed=0)
-    llm.rss_growth = _rss() - before  # the KV cache is an untouched mmap: its pages are not resident yet
-    return llm
+    """float32 activations (the 8-bit activation path: test_gguf_q8_activations.py), so that the comparisons
+    with the dense model below are of the weights alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf_weight, "Q8_ACTIVATIONS", False)
+        before = _rss()
+        llm = LLM(BUNDLED, dtype="float32", kv_cache_memory=64 << 20, seed=0)
+        llm.rss_growth = _rss() - before  # the KV cache is an untouched mmap: its pages are not resident yet
+        yield llm
 
 
 def test_linear_layers_embeddings_and_head_stay_quantized(quantized_llm):

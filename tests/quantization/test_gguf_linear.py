@@ -29,7 +29,7 @@ def _close(got, want64, k):
 
 
 @pytest.mark.parametrize("m", [1, 5, 17, 256])
-def test_mixed_qkv_shards_match_float64(m):
+def test_mixed_qkv_shards_match_float64(m, float_activations):
     """q in Q8_0, k kept F16 (a float tensor), v in Q4_1: three parts, each multiplied in its own type."""
     layer = QKVParallelLinear(64, head_dim=16, num_heads=4, num_kv_heads=2, bias=True,
                               linear_method=GGUFLinearMethod())
@@ -56,7 +56,7 @@ def test_shards_of_one_type_become_one_block_matrix():
     assert (joined.rows, joined.type_name, tuple(joined.data.shape)) == (128, "Q4_0", (128, 36))
 
 
-def test_tile_path_and_direct_kernel_agree_with_float64(monkeypatch):
+def test_tile_path_and_direct_kernel_agree_with_float64(monkeypatch, float_activations):
     """Rows above SMALL_BATCH go through dequantized tiles and a GEMM; more weight rows than one tile."""
     monkeypatch.setattr(dequantized_matmul, "TILE_WEIGHTS", 512 * 96)  # 512-row tiles
     w, w64 = quantized("Q5_1", 512 + 77, 96, 4)

@@ -1,6 +1,7 @@
 """A whole mixed GGUF file (the bundled model with tensors re-stored as Q8_0, Q5_0, Q5_1, Q4_0, F16 and
 F32, embeddings in Q4_0) runs quantized: each layer keeps its shards' own types, and greedy tokens
-equal those of the same file dequantized to dense float32 by transformers' reader."""
+equal those of the same file dequantized to dense float32 by transformers' reader (float32 activations:
+the 8-bit activation path has its own tests, test_gguf_q8_activations.py)."""
 import pytest
 
 from gguf_files import LOW_BIT_MIX, write_mixed_copy
@@ -12,7 +13,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 
 
 @pytest.mark.slow  # writes a 94 MB file, converts it for the dense path and loads two models
-def test_mixed_file_runs_quantized_with_the_dense_tokens(tmp_path, monkeypatch):
+def test_mixed_file_runs_quantized_with_the_dense_tokens(tmp_path, monkeypatch, float_activations):
     monkeypatch.setenv("PAGEDLLM_CACHE_DIR", str(tmp_path / "cache"))  # the dense conversion stays in tmp
     mixed = tmp_path / "mixed.gguf"
     write_mixed_copy(resolve_model("smollm2").gguf_file, str(mixed))
@@ -31,7 +32,7 @@ def test_mixed_file_runs_quantized_with_the_dense_tokens(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # writes a 94 MB file, converts it for the dense path and loads two models
-def test_q2_k_and_q3_k_layers_run_quantized_with_the_dense_tokens(tmp_path, monkeypatch):
+def test_q2_k_and_q3_k_layers_run_quantized_with_the_dense_tokens(tmp_path, monkeypatch, float_activations):
     """The bundled model with four ffn_down layers re-stored as Q2_K / Q3_K (tests' own quantizers; the gguf
     package reads them back for the dense path): those layers keep their blocks, and greedy tokens equal the
     dense float32 model's (transformers' reader dequantizes the same blocks)."""
