@@ -103,7 +103,8 @@ class EngineConfig:
                                                                      "from gpu_memory_utilization on GPU)")
     swap_space: float = arg(4, help="CPU swap space in GiB for preempted GPU blocks (no effect yet: swap_space "
                                     "takes effect with issue 19)")
-    enforce_eager: bool = arg(False, help="never capture CUDA graphs for decode steps (no effect on CPU)")
+    enforce_eager: bool = arg(False, help="run every decode step through the model's modules: no CUDA graphs on "
+                                          "CUDA, no flat kernel-call decode on CPU (models/llama_cpu_decode.py)")
     device: str = arg("auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     attention_backend: str | None = arg(None, help="force an attention backend: triton, cpu or torch (default: "
                                                    "triton on CUDA, cpu on CPU when its kernel builds, else torch)")
@@ -283,9 +284,9 @@ def warn_without_effect(config: EngineConfig, device: torch.device) -> None:
     if not config.enable_lora:
         for name in ("max_loras", "max_lora_rank", "max_cpu_loras"):
             reasons[name] = "without enable_lora=True (--enable-lora)"
+    if device.type not in ("cuda", "cpu"):
+        reasons["enforce_eager"] = f"on {device.type} (decode steps are planned only on CUDA and CPU)"
     if device.type != "cuda":
-        reasons["enforce_eager"] = (f"on {device.type} (CUDA graphs are captured only on CUDA, where enforce_eager "
-                                    "takes effect)")
         reasons["gpu_memory_utilization"] = f"on {device.type} (the KV cache there is sized by kv_cache_memory)"
     elif config.kv_cache_memory is not None:
         reasons["gpu_memory_utilization"] = "when kv_cache_memory is given (that sizes the KV cache)"

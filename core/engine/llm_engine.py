@@ -157,6 +157,8 @@ class LLMEngine:
             one_rank = self.executor.world_size == 1  # decode graphs replay one process's kernels
             if self.device.type == "cuda" and not config.enforce_eager and not pooling and one_rank:
                 self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
+            if self.device.type == "cpu" and not config.enforce_eager and not pooling and one_rank:
+                self.runner.plan_cpu_decode()
             # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
             self.block_manager = BlockManager(num_blocks, config.block_size,
                                               config.enable_prefix_caching and not pooling)

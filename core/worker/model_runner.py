@@ -33,6 +33,7 @@ from pagedllm.pooling.pooler import finish, pool
 from pagedllm.models.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.worker.cache_engine import allocate_kv_cache
 from pagedllm.worker.cpu_malloc import keep_freed_memory
+from pagedllm.models.llama_cpu_decode import LlamaCpuDecode
 from pagedllm.worker.cuda_graphs import DecodeGraphs
 from pagedllm.worker.pipeline_stage import MicroBatch, receive_logits, run_stage, split_microbatches
 from pagedllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
@@ -125,6 +126,7 @@ class ModelRunner:
                                           alibi_slopes=layer.alibi_slopes)
         self.sampler = Sampler()
         self.graphs: DecodeGraphs | None = None
+        self.cpu_decode: LlamaCpuDecode | None = None
         self.generators: dict[tuple[str, int], torch.Generator] = {}
 
     @property
@@ -159,6 +161,12 @@ class ModelRunner:
             return
         self.graphs = graphs
         logger.info("captured CUDA graphs for decode batches %s", graphs.buckets)
+
+    def plan_cpu_decode(self) -> None:
+        """Decode-only steps as a flat run of kernel calls where the model is the plain Llama block on CPU
+        kernels (``models/llama_cpu_decode.py``): the CPU's counterpart of the decode graphs."""
+        if self.device.type == "cpu" and self.lora_manager is None and self.peers is None and self.pp_size == 1:
+            self.cpu_decode = LlamaCpuDecode.build(self.model)
 
     # ---- seeded generators ------------------------------------------------------------
     def _generator(self, seq) -> torch.Generator:
@@ -232,6 +240,8 @@ class ModelRunner:
         if (self.graphs is not None and lora is None and nd == len(ordered)
                 and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
+        elif self.cpu_decode is not None and lora is None and nd == len(ordered):
+            hidden = self.cpu_decode.run(input_ids, positions, md)
         else:
             if self.peers is not None:
                 self.peers.broadcast_forward(input_ids, positions, md)

@@ -39,7 +39,7 @@ def test_swap_space_warns_once_naming_itself_and_issue_19(caplog):
     assert message.startswith("swap_space=8 ") and "swap_space takes effect with issue 19" in message
 
 
-@pytest.mark.parametrize("name,value", [("enforce_eager", True), ("gpu_memory_utilization", 0.5)])
+@pytest.mark.parametrize("name,value", [("gpu_memory_utilization", 0.5)])
 def test_gpu_only_arguments_warn_on_cpu_once(name, value, caplog):
     config = EngineConfig.from_kwargs("m", **{name: value})
     warn_without_effect(config, CPU)
@@ -48,8 +48,9 @@ def test_gpu_only_arguments_warn_on_cpu_once(name, value, caplog):
     assert message.startswith(f"{name}={value!r} ") and "no effect on cpu" in message
 
 
-def test_enforce_eager_is_quiet_on_cuda_where_it_works(caplog):
+def test_enforce_eager_is_quiet_on_cuda_and_cpu_where_it_works(caplog):
     warn_without_effect(EngineConfig.from_kwargs("m", enforce_eager=True, gpu_memory_utilization=0.5), CUDA)
+    warn_without_effect(EngineConfig.from_kwargs("m", enforce_eager=True), CPU)
     assert warnings_of(caplog) == []
 
 
@@ -100,7 +101,7 @@ def test_engine_warns_and_logs_stats_as_asked(tiny_path, caplog, monkeypatch):
     loud = LLM(tiny_path, dtype="float32", kv_cache_memory=8 << 20, device="cpu", swap_space=1,
                enforce_eager=True, disable_log_stats=False)
     out = loud.generate(["Hello"], params, use_tqdm=False)
-    assert sorted(m.split("=")[0] for m in warnings_of(caplog)) == ["enforce_eager", "swap_space"]
+    assert sorted(m.split("=")[0] for m in warnings_of(caplog)) == ["swap_space"]
     stats = [r.getMessage() for r in caplog.records if r.name == "pagedllm.engine.stats"]
     assert len(stats) == len(out[0].outputs[0].token_ids)  # one line per step, as the interval is 0
     assert all("Avg generation throughput" in line for line in stats)

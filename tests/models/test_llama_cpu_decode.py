@@ -1,0 +1,50 @@
+"""The flat kernel-call decode step (``models/llama_cpu_decode.py``) against the model's modules
+(``enforce_eager=True``): the same kernels in the same order, so the same tokens and the same logprobs, bit for
+bit, over decode steps of one and of several sequences, in float32 and bfloat16, on dense and GGUF-quantized
+weights; and models it does not reproduce run their modules."""
+import pytest
+
+from model_fixtures import BUNDLED, make_tiny_model
+from pagedllm import LLM, SamplingParams
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time there was a"]
+
+
+def _outputs(llm, prompts):
+    """Token ids and top-2 logprobs of 12 greedy tokens per prompt: the prompts together (decode steps of 3 rows
+    once their prefills are done) and the first alone (steps of 1 row)."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    runs = [llm.generate(prompts, params, use_tqdm=False), llm.generate(prompts[:1], params, use_tqdm=False)]
+    return [(o.outputs[0].token_ids, [{t: v.logprob for t, v in lp.items()} for lp in o.outputs[0].logprobs])
+            for run in runs for o in run]
+
+
+def _both(model, **kwargs):
+    """(outputs with the flat decode, outputs through the modules) of two engines on ``model``."""
+    flat = LLM(model, kv_cache_memory=16 << 20, seed=0, **kwargs)
+    assert flat.llm_engine.runner.cpu_decode is not None
+    eager = LLM(model, kv_cache_memory=16 << 20, seed=0, enforce_eager=True, **kwargs)
+    assert eager.llm_engine.runner.cpu_decode is None
+    return _outputs(flat, PROMPTS), _outputs(eager, PROMPTS)
+
+
+@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "bfloat16"), ("qwen2", "float32")])
+def test_dense_tiny_models_decode_the_same_bits(tmp_path, arch, dtype):
+    path = make_tiny_model(tmp_path / arch, arch)
+    flat, eager = _both(path, dtype=dtype)
+    assert flat == eager
+
+
+def test_bundled_gguf_model_decodes_the_same_bits():
+    """The bundled Q4_1 file in the default dtype: 8-bit activation kernels, bf16 in and out on this CPU."""
+    flat, eager = _both(BUNDLED)
+    assert flat == eager
+
+
+def test_other_models_and_caches_run_their_modules(tmp_path):
+    llama = make_tiny_model(tmp_path / "llama", "llama")
+    fp8_kv = LLM(llama, dtype="float32", kv_cache_memory=16 << 20, kv_cache_dtype="fp8")
+    assert fp8_kv.llm_engine.runner.cpu_decode is None
+    window = LLM(make_tiny_model(tmp_path / "mistral", "mistral", sliding_window=8), dtype="float32",
+                 kv_cache_memory=16 << 20)
+    assert window.llm_engine.runner.cpu_decode is None
