@@ -5,8 +5,11 @@ and decodes one request; only the steps that decoded (no prompt token) are count
 are the decode step alone. Parts: the weight kernels (``GGUFWeight.matmul`` or the dense
 ``F.linear`` under each linear layer), the LM head, attention, norms/rotary/activation, the Python
 around each layer and linear call, the step's input tensors, sampling, detokenizing and the
-engine's bookkeeping. Fractions are reported besides milliseconds: on a loaded machine the
-milliseconds move, the shares much less. The timers add about a microsecond per wrapped call.
+engine's bookkeeping. Where decode steps run as flat kernel calls (``models/llama_cpu_decode.py``, the
+default for Llama-family models on CPU) the layers are one part, or two (the C call of
+``kernels/cpu_decode_layers`` for GGUF weights); ``--enforce-eager`` profiles the modules part by part.
+Fractions are reported besides milliseconds: on a loaded machine the milliseconds move, the shares much
+less. The timers add about a microsecond per wrapped call.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ MODULE_PARTS = (
     ("VocabParallelEmbedding", "embedding lookup"),
 )
 LAYER_PART = "decoder layers: Python per layer"
+C_LAYERS_PART = "decoder layers as one C call (kernels/cpu_decode_layers: weights, attention, norms)"
+FLAT_PART = "decode step outside the layers (models/llama_cpu_decode)"
 MODEL_PART = "model forward: Python outside the layers"
 KERNEL_PART = "weight kernels (linear layers)"
 HEAD_KERNEL_PART = "weight kernel (LM head)"
@@ -93,6 +98,11 @@ def instrument(llm, timer: StepTimer) -> None:
     sampler_mod.SamplingBatch.build = classmethod(timer.wrap(build.__func__, "sampling: per-step batch tensors"))
     model = runner.model
     model.forward = timer.wrap(model.forward, MODEL_PART)
+    plan = runner.cpu_decode  # decode steps as flat kernel calls (off with --enforce-eager: the modules' parts)
+    if plan is not None:
+        plan.run = timer.wrap(plan.run, FLAT_PART)
+        if plan.in_c is not None:
+            plan.in_c.run = timer.wrap(plan.in_c.run, C_LAYERS_PART)
     for module in model.modules():
         names = [c.__name__ for c in type(module).__mro__]
         if type(module).__name__.endswith("DecoderLayer"):

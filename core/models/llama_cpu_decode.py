@@ -23,12 +23,14 @@ import torch
 from torch import nn
 
 from pagedllm.attention.cpu_backend import CpuAttentionBackend
-from pagedllm.kernels import cpu_decode, cpu_ops, kv_fp8
+from pagedllm.kernels import cpu_decode, cpu_gguf, cpu_ops, kv_fp8
 from pagedllm.models.layers.activation import SiluAndMul
 from pagedllm.models.layers.layernorm import RMSNorm
 from pagedllm.models.layers.linear import LinearBase
 from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
+from pagedllm.quantization import gguf_weight
+from pagedllm.quantization.gguf_linear import GGUFLinearMethod
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,24 @@ class _Layer:
     cos: torch.Tensor
     sin: torch.Tensor
     neox: int
+    # per projection (qkv, o, gate_up, down): the GGUF direct kernel that ``apply`` reaches for a few rows, or None
+    rows: tuple
+
+
+def _linear(layer: LinearBase, x: torch.Tensor, rows) -> torch.Tensor:
+    """``layer``'s output for x [n, in] as its linear method computes it; through the GGUF direct kernel itself
+    when ``apply`` would reach it (one quantized weight, no bias, n <= SMALL_BATCH), skipping two calls."""
+    if rows is not None and x.shape[0] <= gguf_weight.SMALL_BATCH:
+        return rows(x, x.dtype)
+    return layer.linear_method.apply(layer, x)
+
+
+def _direct_kernel(layer: LinearBase):
+    method = layer.linear_method
+    if (isinstance(method, GGUFLinearMethod) and method.weights is not None and len(method.weights) == 1
+            and getattr(layer, "bias", None) is None):
+        return method.weights[0].row_kernel()
+    return None
 
 
 class LlamaCpuDecode:
@@ -59,6 +79,10 @@ class LlamaCpuDecode:
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.ops = cpu_ops.load()
         self.kernels = cpu_decode.load()
+        self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim)  # None: the Python loop below
+        self.fp8_cache = kv_fp8.is_fp8_cache(layers[0].attn.k_cache)
+        self._model = model
+        self._cache_at = layers[0].attn.k_cache.data_ptr()  # the C structs hold the caches' addresses
 
     @classmethod
     def build(cls, model: nn.Module) -> "LlamaCpuDecode | None":
@@ -74,18 +98,37 @@ class LlamaCpuDecode:
             rope = attn.rotary_emb
             layers.append(_Layer(layer.input_layernorm._weight_f32, layer.post_attention_layernorm._weight_f32,
                                  float(layer.input_layernorm.eps), attn.qkv_proj, attn.o_proj, mlp.gate_up_proj,
-                                 mlp.down_proj, attn.attn, rope.cos_cache, rope.sin_cache, int(rope.is_neox_style)))
+                                 mlp.down_proj, attn.attn, rope.cos_cache, rope.sin_cache, int(rope.is_neox_style),
+                                 tuple(_direct_kernel(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj,
+                                                                   mlp.down_proj))))
         first = model.model.layers[0].self_attn
         return cls(model, layers, first.num_heads, first.num_kv_heads, first.head_dim)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
-        ops, kernels = self.ops, self.kernels
-        H, KVH, D = self.heads, self.kv_heads, self.head_dim
-        q_size, kv_size = H * D, KVH * D
-        hidden = self.body.embed_tokens(input_ids)
+        if self.in_c is not None and self.layers[0].attn.k_cache.data_ptr() != self._cache_at:  # a new KV cache
+            self.in_c = _layers_in_c(self._model, self.layers, self.heads, self.kv_heads, self.head_dim)
+            self._cache_at = self.layers[0].attn.k_cache.data_ptr()
+        if self.in_c is not None and input_ids.shape[0] <= gguf_weight.SMALL_BATCH:
+            done = self.in_c.run(self.body.embed_tokens(input_ids), positions, md)
+            if done is not None:
+                hidden, _ = self.body.norm(*done)
+                return hidden
+        return self._run_layers(self.body.embed_tokens(input_ids), positions, md)
+
+    def _run_layers(self, hidden: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
+        """The layers from Python: any linear method, any number of rows."""
+        ops, H, KVH, D = self.ops, self.heads, self.kv_heads, self.head_dim
         n, width = hidden.shape
         bf16, threads = int(hidden.dtype == torch.bfloat16), torch.get_num_threads()
         positions = positions.contiguous()
+        # the step's attention arguments, as cpu_decode.store_kv / paged_decode derive them per call
+        slots = md.slot_mapping.contiguous()
+        tables = md.decode_block_tables.to(torch.int32).contiguous()
+        lens = md.decode_context_lens.to(torch.int32).contiguous()
+        window = max(md.max_decode_context_len, 1)
+        team = max(1, min(threads, n))
+        scratch = torch.empty(team, H * window, dtype=torch.float32)
+        step = (slots, tables, lens, window, team, scratch)
         residual = None
         for L in self.layers:
             normed = torch.empty_like(hidden)
@@ -96,10 +139,10 @@ class LlamaCpuDecode:
             else:
                 summed = torch.empty_like(hidden)
                 status = ops.rms_norm(hidden.data_ptr(), hidden.stride(0), residual.data_ptr(), residual.stride(0),
-                                      summed.data_ptr(),
-                                      normed.data_ptr(), L.input_norm.data_ptr(), n, width, L.eps, 1, bf16, threads)
+                                      summed.data_ptr(), normed.data_ptr(), L.input_norm.data_ptr(), n, width, L.eps,
+                                      1, bf16, threads)
                 residual = summed
-            qkv = L.qkv.linear_method.apply(L.qkv, normed)
+            qkv = _linear(L.qkv, normed, L.rows[0])
             row = qkv.stride(0)
             # q and k heads side by side: one rotation in place, as the rotary module does it
             status |= ops.rotary_embedding(qkv.data_ptr(), row, n, H + KVH, D, positions.data_ptr(),
@@ -107,30 +150,73 @@ class LlamaCpuDecode:
                                            L.neox, bf16, threads)
             if status:
                 raise RuntimeError(f"a CPU layer kernel declined a decode step (status {status})")
-            q = qkv[:, :q_size].view(n, H, D)
-            k = qkv[:, q_size:q_size + kv_size].view(n, KVH, D)
-            v = qkv[:, q_size + kv_size:].view(n, KVH, D)
-            attn = L.attn
-            out = torch.empty(n, H, D, dtype=hidden.dtype)
-            if not (cpu_decode.store_kv(kernels, k, v, attn.k_cache, attn.v_cache, md.slot_mapping) and
-                    cpu_decode.paged_decode(kernels, q, attn.k_cache, attn.v_cache, md.decode_block_tables,
-                                            md.decode_context_lens, md.max_decode_context_len, attn.scale,
-                                            out=out) is not None):
-                out = attn.impl.forward(q, k, v, attn.k_cache, attn.v_cache, md)  # what the kernels decline
-            o = L.o.linear_method.apply(L.o, out.view(n, q_size))
+            o = _linear(L.o, self._attend(L.attn, qkv, md, step), L.rows[1])
             normed, summed = torch.empty_like(o), torch.empty_like(o)
             status = ops.rms_norm(o.data_ptr(), o.stride(0), residual.data_ptr(), residual.stride(0), summed.data_ptr(),
                                   normed.data_ptr(), L.post_norm.data_ptr(), n, width, L.eps, 1, bf16, threads)
             residual = summed
-            gate_up = L.gate_up.linear_method.apply(L.gate_up, normed)
+            gate_up = _linear(L.gate_up, normed, L.rows[2])
             act = torch.empty(n, gate_up.shape[1] // 2, dtype=hidden.dtype)
             status |= ops.act_and_mul(gate_up.data_ptr(), gate_up.stride(0), act.data_ptr(), n, act.shape[1],
                                       cpu_ops.ACTIVATIONS["silu"], 1, bf16, threads)
             if status:
                 raise RuntimeError(f"a CPU layer kernel declined a decode step (status {status})")
-            hidden = L.down.linear_method.apply(L.down, act)
+            hidden = _linear(L.down, act, L.rows[3])
         hidden, _ = self.body.norm(hidden, residual)
         return hidden
+
+    def _attend(self, attn: nn.Module, qkv: torch.Tensor, md, step) -> torch.Tensor:
+        """Store k/v and attend for the rows of ``qkv`` [n, q | k | v]: [n, heads * head_dim], as the CPU
+        backend does it (its C store and paged decode; the backend itself for what they decline)."""
+        slots, tables, lens, window, team, scratch = step
+        H, KVH, D = self.heads, self.kv_heads, self.head_dim
+        n, q_size, kv_size = qkv.shape[0], H * D, KVH * D
+        k_cache, v_cache = attn.k_cache, attn.v_cache
+        q, k, v = (t.view(n, -1, D) for t in qkv.split([q_size, kv_size, kv_size], dim=1))
+        out = torch.empty(n, H, D, dtype=qkv.dtype)
+        if self.fp8_cache:  # rows of e4m3 codes and a scale: the wrappers quantize and read them
+            done = cpu_decode.store_kv(self.kernels, k, v, k_cache, v_cache, md.slot_mapping) and \
+                cpu_decode.paged_decode(self.kernels, q, k_cache, v_cache, md.decode_block_tables,
+                                        md.decode_context_lens, md.max_decode_context_len, attn.scale,
+                                        out=out) is not None
+        else:
+            row, size = qkv.stride(0), qkv.element_size()
+            q_rows = q if n == 1 else q.contiguous()  # the kernel reads [n, H, D] rows back to back
+            done = not (self.kernels.store_kv(
+                k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), n,
+                kv_size, k_cache.shape[0] * k_cache.shape[1], size) or self.kernels.paged_decode(
+                q_rows.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
+                lens.data_ptr(), out.data_ptr(), n, H, KVH, D, k_cache.shape[1], attn.scale, 0, 0.0, None,
+                int(qkv.dtype == torch.bfloat16), scratch.data_ptr(), window, team))
+        if not done:
+            out = attn.impl.forward(q, k, v, k_cache, v_cache, md)  # what the kernels decline: the backend's path
+        return out.view(n, q_size)
+
+
+def _layers_in_c(model: nn.Module, layers: list[_Layer], heads: int, kv_heads: int, head_dim: int):
+    """The layers as one C call (``kernels/cpu_decode_layers``) where every projection is one GGUF weight on the
+    8-bit activation kernel and every norm has the same eps; else None."""
+    from pagedllm.kernels import cpu_decode_layers
+
+    dtype = model.model.norm.weight.dtype
+    if not gguf_weight.Q8_ACTIVATIONS or dtype not in (torch.bfloat16, torch.float32):
+        return None
+    if any(r is None for L in layers for r in L.rows) or len({L.eps for L in layers}) != 1:
+        return None
+    weights = [[L_proj.linear_method.weights[0] for L_proj in (L.qkv, L.o, L.gate_up, L.down)] for L in layers]
+    if any(w.qtype not in cpu_gguf.Q8_ACTIVATION_TYPES for ws in weights for w in ws):
+        return None
+    cache = layers[0].attn.k_cache
+    if not all(L.attn.k_cache.is_contiguous() and L.attn.v_cache.is_contiguous() for L in layers):
+        return None
+    c_layers = [cpu_decode_layers.Layer(
+        L.input_norm.data_ptr(), L.post_norm.data_ptr(), *(cpu_decode_layers.weight(w) for w in ws),
+        L.attn.k_cache.data_ptr(), L.attn.v_cache.data_ptr(), L.cos.data_ptr(), L.sin.data_ptr(), L.cos.shape[0],
+        L.cos.shape[1], L.neox, L.attn.scale) for L, ws in zip(layers, weights)]
+    return cpu_decode_layers.DecodeLayers.build(
+        c_layers, width=model.model.norm.weight.shape[0], heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        intermediate=weights[0][3].cols, block_size=cache.shape[1], num_slots=cache.shape[0] * cache.shape[1],
+        eps=layers[0].eps, dtype=dtype)
 
 
 def _unsupported(model: nn.Module) -> str | None:
@@ -160,8 +246,8 @@ def _unsupported(model: nn.Module) -> str | None:
             return f"layer {i}'s activation is not SiLU on the C kernel"
         inner = attn.attn
         if (not isinstance(inner.impl, CpuAttentionBackend) or inner.sliding_window or inner.logits_soft_cap
-                or inner.alibi_slopes is not None or kv_fp8.is_fp8_cache(inner.k_cache)
-                or inner.k_cache.dtype != body.norm.weight.dtype):
+                or inner.alibi_slopes is not None
+                or not (kv_fp8.is_fp8_cache(inner.k_cache) or inner.k_cache.dtype == body.norm.weight.dtype)):
             return f"layer {i}'s attention is not the C paged kernel on a plain cache"
         if any(linear.tp_size != 1 for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)):
             return "tensor-parallel shards (the row-parallel projections all-reduce in their modules)"

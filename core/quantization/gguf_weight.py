@@ -101,12 +101,18 @@ class GGUFWeight:
         as is), else float32 up to ``SMALL_BATCH`` rows, bfloat16 for a bfloat16 ``x`` and float32 for any other
         beyond (the float types: in their own dtype)."""
         if self.quantized and x.shape[0] <= SMALL_BATCH:
-            if self._row_kernel is None:
-                self._row_kernel = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, Q8_ACTIVATIONS)
-            if self._row_kernel is not None:
-                return self._row_kernel(x, out_dtype or torch.float32)
+            run = self._row_kernel or self.row_kernel()
+            if run is not None:
+                return run(x, out_dtype or torch.float32)
         out = self._matmul(x)
         return out if out_dtype is None else out.to(out_dtype)
+
+    def row_kernel(self) -> Callable[..., torch.Tensor] | None:
+        """``run(x, out_dtype)`` for up to ``SMALL_BATCH`` rows of x: the direct kernel's caller, made once (None
+        for a float type or without the C build)."""
+        if self._row_kernel is None and self.quantized:
+            self._row_kernel = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, Q8_ACTIVATIONS)
+        return self._row_kernel
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:

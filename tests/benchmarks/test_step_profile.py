@@ -30,15 +30,20 @@ def test_exclusive_time_subtracts_timed_children(monkeypatch):
     assert sum(ex.values()) == 20
 
 
-@pytest.mark.slow  # loads the bundled model and decodes ~20 tokens
-def test_decode_step_breakdown_adds_up_to_the_step():
+@pytest.mark.slow  # loads the bundled model twice and decodes ~20 tokens
+@pytest.mark.parametrize("eager", [True, False])
+def test_decode_step_breakdown_adds_up_to_the_step(eager):
+    """The modules part by part (enforce_eager), or the default flat decode with its layers in one C call."""
     from pagedllm import LLM
 
-    llm = LLM("HuggingFaceTB/SmolLM2-135M-Instruct", kv_cache_memory=64 << 20)
+    llm = LLM("HuggingFaceTB/SmolLM2-135M-Instruct", kv_cache_memory=64 << 20, enforce_eager=eager)
     result = step_profile.profile_decode(llm, list(range(100, 116)), new_tokens=8, repetitions=1)
     parts = result["parts_ms"]
-    assert parts[step_profile.KERNEL_PART] > 0 and parts[step_profile.HEAD_KERNEL_PART] > 0
-    assert parts["sampling"] > 0 and parts["decoder layers: Python per layer"] > 0
+    assert parts[step_profile.HEAD_KERNEL_PART] > 0 and parts["sampling"] > 0
+    if eager:
+        assert parts[step_profile.KERNEL_PART] > 0 and parts["decoder layers: Python per layer"] > 0
+    else:
+        assert parts[step_profile.C_LAYERS_PART] > 0.5 * result["step_ms"]
     assert result["decode_steps"] == 8  # the prefill step (which made the first token) left out
     assert sum(parts.values()) == pytest.approx(result["step_ms"])
     assert 0 <= parts["timers and step wrapper"] < 0.05 * result["step_ms"]  # every part's time is in a named one
