@@ -1,4 +1,4 @@
-"""A Llama-family decode step on CPU as a flat run of kernel calls: the same kernels as the model's modules, without the module tree around them.
+"""A Llama-family decode step on CPU as a flat run of the kernel calls the model's modules make.
 
 Why: one decoded token of the bundled 135M model is ~10 kernel calls per layer, each a few to a few
 tens of microseconds of arithmetic; the module tree around them (``nn.Module`` calls, the forward
@@ -9,7 +9,11 @@ after the KV cache exists, taken for decode-only steps, and off with ``enforce_e
 
 It calls exactly what the modules call, in the same order, on the same tensors (the C norm, rotary and
 activation of ``cpu_ops``, the linear methods' ``apply``, the paged store and decode of ``cpu_decode``),
-so a step's hidden states are the modules' bit for bit (tests/models/test_llama_cpu_decode.py).
+so a step's hidden states are the modules' bit for bit (tests/models/test_llama_cpu_decode.py). Where every
+projection is one GGUF weight on the 8-bit activation kernel, steps of few rows (as many as the projections
+take that kernel for: ``gguf_weight.direct_rows``) make those calls from C
+in one call (``kernels/cpu_decode_layers.c``); the Python loop here serves the rest (dense weights, larger
+steps, fp8 KV caches).
 ``build`` takes a model only where that holds: the plain Llama block (no q/k norm, sliding window, soft-cap or
 ALiBi; biases are the linear methods' own business), its C ops bound, one rank, no LoRA; anything else runs
 the modules.
@@ -56,8 +60,8 @@ class _Layer:
 
 def _linear(layer: LinearBase, x: torch.Tensor, rows) -> torch.Tensor:
     """``layer``'s output for x [n, in] as its linear method computes it; through the GGUF direct kernel itself
-    when ``apply`` would reach it (one quantized weight, no bias, n <= SMALL_BATCH), skipping two calls."""
-    if rows is not None and x.shape[0] <= gguf_weight.SMALL_BATCH:
+    when ``apply`` would reach it (one quantized weight, no bias, n <= ``direct_rows``), skipping two calls."""
+    if rows is not None and x.shape[0] <= gguf_weight.direct_rows(x.dtype):
         return rows(x, x.dtype)
     return layer.linear_method.apply(layer, x)
 
@@ -81,6 +85,7 @@ class LlamaCpuDecode:
         self.kernels = cpu_decode.load()
         self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim)  # None: the Python loop below
         self.fp8_cache = kv_fp8.is_fp8_cache(layers[0].attn.k_cache)
+        self.c_rows = gguf_weight.direct_rows(model.model.norm.weight.dtype)  # the C call's 8-bit kernel: as apply's
         self._model = model
         self._cache_at = layers[0].attn.k_cache.data_ptr()  # the C structs hold the caches' addresses
 
@@ -108,7 +113,7 @@ class LlamaCpuDecode:
         if self.in_c is not None and self.layers[0].attn.k_cache.data_ptr() != self._cache_at:  # a new KV cache
             self.in_c = _layers_in_c(self._model, self.layers, self.heads, self.kv_heads, self.head_dim)
             self._cache_at = self.layers[0].attn.k_cache.data_ptr()
-        if self.in_c is not None and input_ids.shape[0] <= gguf_weight.SMALL_BATCH:
+        if self.in_c is not None and input_ids.shape[0] <= self.c_rows:
             done = self.in_c.run(self.body.embed_tokens(input_ids), positions, md)
             if done is not None:
                 hidden, _ = self.body.norm(*done)

@@ -29,6 +29,21 @@ SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile +
 # The direct kernel rounds activations to 8-bit blocks and sums in integers (llama.cpp's decode numerics:
 # cpu_q8.h) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights; PAGEDLLM_GGUF_Q8_ACTIVATIONS=0 keeps float32 activations.
 Q8_ACTIVATIONS = os.environ.get("PAGEDLLM_GGUF_Q8_ACTIVATIONS", "1") != "0"
+# A bf16 batch on an AMX-BF16 CPU leaves the direct kernel above this many rows: the AMX tiles read each weight
+# once for all rows, the direct kernel dots each row again (3072 x 576 Q4_1 on the Xeon: 70 us for 1 row, 233
+# for 4, 668 for 16, against 175-180 us on AMX for 2-16 rows)
+AMX_SMALL_BATCH = 2
+_amx: bool | None = None
+
+
+def direct_rows(dtype: torch.dtype) -> int:
+    """Rows up to which ``GGUFWeight.matmul`` of activations of ``dtype`` takes the direct kernel."""
+    global _amx
+    if dtype != torch.bfloat16:
+        return SMALL_BATCH
+    if _amx is None:
+        _amx = cpu_gguf.has_amx()
+    return AMX_SMALL_BATCH if _amx else SMALL_BATCH
 
 
 def type_name(qtype: int) -> str:
@@ -98,9 +113,9 @@ class GGUFWeight:
 
     def matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x @ W.T`` for x [m, cols]: [m, rows] in ``out_dtype`` when given (the direct kernel may then write it
-        as is), else float32 up to ``SMALL_BATCH`` rows, bfloat16 for a bfloat16 ``x`` and float32 for any other
+        as is), else float32 up to ``direct_rows`` rows, bfloat16 for a bfloat16 ``x`` and float32 for any other
         beyond (the float types: in their own dtype)."""
-        if self.quantized and x.shape[0] <= SMALL_BATCH:
+        if self.quantized and x.shape[0] <= direct_rows(x.dtype):
             run = self._row_kernel or self.row_kernel()
             if run is not None:
                 return run(x, out_dtype or torch.float32)
@@ -108,7 +123,7 @@ class GGUFWeight:
         return out if out_dtype is None else out.to(out_dtype)
 
     def row_kernel(self) -> Callable[..., torch.Tensor] | None:
-        """``run(x, out_dtype)`` for up to ``SMALL_BATCH`` rows of x: the direct kernel's caller, made once (None
+        """``run(x, out_dtype)`` for up to ``direct_rows`` rows of x: the direct kernel's caller, made once (None
         for a float type or without the C build)."""
         if self._row_kernel is None and self.quantized:
             self._row_kernel = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, Q8_ACTIVATIONS)
