@@ -70,7 +70,7 @@ def _direct_kernel(layer: LinearBase):
     method = layer.linear_method
     if (isinstance(method, GGUFLinearMethod) and method.weights is not None and len(method.weights) == 1
             and getattr(layer, "bias", None) is None):
-        return method.weights[0].row_kernel()
+        return method.weights[0].row_kernel(gguf_weight.Q8_ACTIVATIONS)  # a decode step's, as matmul picks it
     return None
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from pagedllm.forward_context import get_forward_context
 from pagedllm.kernels import cpu_gguf
 from pagedllm.quantization.dequantized_matmul import dequantized_matmul
 
@@ -26,12 +27,12 @@ logger = logging.getLogger(__name__)
 
 FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}  # GGMLQuantizationType ids stored as plain floats
 SMALL_BATCH = 16  # rows up to which the direct kernel beats dequantize-a-tile + GEMM (2-core AVX2 EPYC)
-# The direct kernel rounds activations to 8-bit blocks and sums in integers (llama.cpp's decode numerics:
-# cpu_q8.h) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights; PAGEDLLM_GGUF_Q8_ACTIVATIONS=0 keeps float32 activations.
+# In decode-only steps the direct kernel rounds activations to 8-bit blocks and sums in integers (llama.cpp's
+# decode numerics: cpu_q8.h) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights; PAGEDLLM_GGUF_Q8_ACTIVATIONS=0 keeps float32.
 Q8_ACTIVATIONS = os.environ.get("PAGEDLLM_GGUF_Q8_ACTIVATIONS", "1") != "0"
 # A bf16 batch on an AMX-BF16 CPU leaves the direct kernel above this many rows: the AMX tiles read each weight
 # once for all rows, the direct kernel dots each row again (3072 x 576 Q4_1 on the Xeon: 70 us for 1 row, 233
-# for 4, 668 for 16, against 175-180 us on AMX for 2-16 rows)
+# for 4, 668 for 16 with 8-bit activations, 478 and 1512 with float32 ones, against 175-180 us on AMX)
 AMX_SMALL_BATCH = 2
 _amx: bool | None = None
 
@@ -44,6 +45,14 @@ def direct_rows(dtype: torch.dtype) -> int:
     if _amx is None:
         _amx = cpu_gguf.has_amx()
     return AMX_SMALL_BATCH if _amx else SMALL_BATCH
+
+
+def decode_step() -> bool:
+    """Whether the running forward is a decode-only step, where 8-bit activations apply. Prompt rows keep the
+    float paths whatever their number, so a prompt's KV values (and the answer) do not depend on how much of
+    it a prefix cache held (a cached prefix leaves a few-row chunk, which the direct kernel would take)."""
+    md = get_forward_context()
+    return md is not None and getattr(md, "num_prefills", 1) == 0
 
 
 def type_name(qtype: int) -> str:
@@ -73,7 +82,7 @@ class GGUFWeight:
     rows: int
     cols: int
     name: str = ""
-    _row_kernel: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
+    _row_kernels: dict = field(default_factory=dict, repr=False)  # q8 (bool) -> the direct kernel's caller
 
     @classmethod
     def dense(cls, tensor: torch.Tensor, name: str = "") -> "GGUFWeight":
@@ -114,20 +123,21 @@ class GGUFWeight:
     def matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x @ W.T`` for x [m, cols]: [m, rows] in ``out_dtype`` when given (the direct kernel may then write it
         as is), else float32 up to ``direct_rows`` rows, bfloat16 for a bfloat16 ``x`` and float32 for any other
-        beyond (the float types: in their own dtype)."""
+        beyond (the float types: in their own dtype). 8-bit activations in decode-only steps (``decode_step``)."""
         if self.quantized and x.shape[0] <= direct_rows(x.dtype):
-            run = self._row_kernel or self.row_kernel()
+            run = self.row_kernel(Q8_ACTIVATIONS and decode_step())
             if run is not None:
                 return run(x, out_dtype or torch.float32)
         out = self._matmul(x)
         return out if out_dtype is None else out.to(out_dtype)
 
-    def row_kernel(self) -> Callable[..., torch.Tensor] | None:
-        """``run(x, out_dtype)`` for up to ``direct_rows`` rows of x: the direct kernel's caller, made once (None
-        for a float type or without the C build)."""
-        if self._row_kernel is None and self.quantized:
-            self._row_kernel = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, Q8_ACTIVATIONS)
-        return self._row_kernel
+    def row_kernel(self, q8: bool) -> Callable[..., torch.Tensor] | None:
+        """``run(x, out_dtype)`` for up to ``direct_rows`` rows of x: the direct kernel's caller, on 8-bit
+        activations (``q8``, where the type has that path) or float32 ones; made once each (None for a float type
+        or without the C build)."""
+        if q8 not in self._row_kernels and self.quantized:
+            self._row_kernels[q8] = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, q8)
+        return self._row_kernels.get(q8)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:

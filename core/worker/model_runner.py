@@ -241,7 +241,8 @@ class ModelRunner:
                 and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
         elif self.cpu_decode is not None and lora is None and nd == len(ordered):
-            hidden = self.cpu_decode.run(input_ids, positions, md)
+            with set_forward_context(md):  # what a linear method's apply reads (a decode-only step)
+                hidden = self.cpu_decode.run(input_ids, positions, md)
         else:
             if self.peers is not None:
                 self.peers.broadcast_forward(input_ids, positions, md)

@@ -111,9 +111,11 @@ def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
     assert "torch gather + SDPA path" in caplog.text
 
 
-def test_engine_decodes_identically_through_both_cpu_backends():
+def test_engine_decodes_identically_through_both_cpu_backends(float_activations):
     """float32 greedy text through the C kernel equals the torch gather + SDPA path's (and the
-    HF-parity tests already run the default, kernel, backend against transformers)."""
+    HF-parity tests already run the default, kernel, backend against transformers). Float activations: with
+    8-bit ones a last-bit difference between the two attentions can move an activation across a rounding
+    boundary, and greedy text then parts after a while; the backends are what is compared here."""
     from model_fixtures import BUNDLED, SEED_PROMPTS
 
     from pagedllm import LLM, SamplingParams
