@@ -21,12 +21,14 @@ _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
 
 
 def _kernel_table():
-    from pagedllm.kernels import decode_attention, fp8_matmul, fused_ops, prefill_attention, store_kv, w4a16_matmul
+    from pagedllm.kernels import (decode_attention, fp8_matmul, fused_ops, gguf_matmul, prefill_attention, store_kv,
+                                  w4a16_matmul)
 
     return {decode_attention: ["_decode_kernel", "_reduce_kernel"],
             prefill_attention: ["_prefill_kernel"], store_kv: ["_store_kv_kernel"],
             fused_ops: ["_rms_norm_kernel", "_rotary_kernel", "_silu_and_mul_kernel"],
-            w4a16_matmul: ["_w4a16_matmul_kernel"], fp8_matmul: ["_fp8_matmul_kernel"]}
+            w4a16_matmul: ["_w4a16_matmul_kernel"], fp8_matmul: ["_fp8_matmul_kernel"],
+            gguf_matmul: ["_gguf_matmul_kernel"]}
 
 
 class _Recorder:
@@ -86,6 +88,12 @@ def _launch_all(dtype: torch.dtype) -> None:
 
     for rows in (3, 40):
         fp8_matmul.matmul(torch.zeros(rows, 96, dtype=dtype), torch.zeros(64, 96, dtype=torch.uint8), torch.ones(64))
+    from pagedllm.kernels import gguf_matmul
+
+    for qtype, block_bytes in gguf_matmul.TYPES.values():
+        for rows in (3, 40):
+            gguf_matmul.matmul(torch.zeros(rows, 96, dtype=dtype), torch.zeros(64, 3 * block_bytes, dtype=torch.uint8),
+                               qtype, 96)
 
 
 def compile_all(arch: int = 90, dtypes=(torch.bfloat16, torch.float32, torch.float16)) -> list:
