@@ -90,10 +90,10 @@ def _launch_all(dtype: torch.dtype) -> None:
         fp8_matmul.matmul(torch.zeros(rows, 96, dtype=dtype), torch.zeros(64, 96, dtype=torch.uint8), torch.ones(64))
     from pagedllm.kernels import gguf_matmul
 
-    for qtype, block_bytes in gguf_matmul.TYPES.values():
+    for qtype, block, block_bytes in gguf_matmul.TYPES.values():
         for rows in (3, 40):
-            gguf_matmul.matmul(torch.zeros(rows, 96, dtype=dtype), torch.zeros(64, 3 * block_bytes, dtype=torch.uint8),
-                               qtype, 96)
+            gguf_matmul.matmul(torch.zeros(rows, 256, dtype=dtype),
+                               torch.zeros(64, 256 // block * block_bytes, dtype=torch.uint8), qtype, 256)
 
 
 def compile_all(arch: int = 90, dtypes=(torch.bfloat16, torch.float32, torch.float16)) -> list:
