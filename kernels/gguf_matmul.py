@@ -1,11 +1,12 @@
 """Triton GEMM on GGUF block-quantized weights as the file stores them (issue 22: the GPU side of
-``cpu_gguf.c``): Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (32 weights a block) and the K-quants Q4_K and Q6_K (256
-weights a super-block, in sub-blocks of 32 and 16), the types of the usual Q4_K_M file.
+``cpu_gguf.c``): Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (32 weights a block) and the K-quants Q4_K, Q5_K and Q6_K
+(256 weights a super-block, in sub-blocks of 32 and 16), the types of the usual Q4_K_M and Q5_K_M files.
 
 A weight is ``uint8 [rows, row_bytes]``, each row's blocks in ggml's layout (ggml-common.h): an fp16 scale,
 an fp16 minimum for Q4_1/Q5_1, 32 fifth bits for Q5_0/Q5_1, then the codes (weight j of a 4/5-bit block in
 the low nibble of byte j for j < 16, the high nibble of byte j - 16 otherwise; Q8_0 one signed byte each);
-Q4_K: d, dmin, twelve bytes of 6-bit sub-block scales and minimums, 128 bytes of nibbles; Q6_K: 128 bytes of
+Q4_K: d, dmin, twelve bytes of 6-bit sub-block scales and minimums, 128 bytes of nibbles (Q5_K: 32 bytes of
+fifth bits before them); Q6_K: 128 bytes of
 low nibbles, 64 of high bit pairs, sixteen int8 scales, d. Each program takes 32 weights of each row per
 step: it decodes a [32, BLOCK_N] tile in registers straight from the bytes (fp16 scales rebuilt from their
 two bytes) and multiplies a [BLOCK_M, 32] activation tile with ``tl.dot``; fp32 accumulation. Float
@@ -25,7 +26,7 @@ from pagedllm.kernels._triton_utils import is_interpreted
 
 # type name -> (GGMLQuantizationType id, weights per block, bytes per block)
 TYPES = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1": (7, 32, 24), "Q8_0": (8, 32, 34),
-         "Q4_K": (12, 256, 144), "Q6_K": (14, 256, 210)}
+         "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
 
 
 @triton.jit
@@ -37,8 +38,8 @@ def _fp16_at(w_ptr, at, mask):
 
 
 @triton.jit
-def _q4_k_tile(w_ptr, base, sub, j, mask):
-    """Weights 32 sub .. 32 sub + 31 of Q4_K super-blocks at ``base``: [32, BLOCK_N]."""
+def _q4_k_tile(w_ptr, base, sub, j, mask, FIVE: tl.constexpr):
+    """Weights 32 sub .. 32 sub + 31 of Q4_K (or, ``FIVE``, Q5_K) super-blocks at ``base``: [32, BLOCK_N]."""
     d, dmin = _fp16_at(w_ptr, base, mask), _fp16_at(w_ptr, base + 2, mask)
     sc_at = base + 4  # scale_min_k4: 6-bit scale and minimum of sub-block sub
     if sub < 4:
@@ -48,8 +49,10 @@ def _q4_k_tile(w_ptr, base, sub, j, mask):
         low = tl.load(w_ptr + sc_at + sub + 4, mask=mask, other=0).to(tl.int32)
         scale = (low & 15) | ((tl.load(w_ptr + sc_at + sub - 4, mask=mask, other=0).to(tl.int32) >> 6) << 4)
         minimum = (low >> 4) | ((tl.load(w_ptr + sc_at + sub, mask=mask, other=0).to(tl.int32) >> 6) << 4)
-    byte = tl.load(w_ptr + base + 16 + 32 * (sub // 2) + j, mask=mask, other=0).to(tl.int32)
+    byte = tl.load(w_ptr + base + (48 if FIVE else 16) + 32 * (sub // 2) + j, mask=mask, other=0).to(tl.int32)
     q = (byte >> (4 * (sub % 2))) & 15
+    if FIVE:  # Q5_K: the fifth bit of weight j of sub-block sub is bit sub of qh[j]
+        q = q | (((tl.load(w_ptr + base + 16 + j, mask=mask, other=0).to(tl.int32) >> sub) & 1) << 4)
     return d * scale.to(tl.float32) * q.to(tl.float32) - dmin * minimum.to(tl.float32)
 
 
@@ -84,8 +87,8 @@ def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, m, n, k, stride_x, row_bytes, str
                     other=0.0)
         block = step // (BLOCK_WEIGHTS // 32)
         base = offs_n[None, :].to(tl.int64) * row_bytes + block * BLOCK_BYTES  # [1, BLOCK_N]
-        if QTYPE == 12:
-            w = _q4_k_tile(w_ptr, base, step % 8, j, mask_n)
+        if QTYPE == 12 or QTYPE == 13:
+            w = _q4_k_tile(w_ptr, base, step % 8, j, mask_n, QTYPE == 13)
         elif QTYPE == 14:
             w = _q6_k_tile(w_ptr, base, step % 8, j, mask_n)
         elif QTYPE == 8:  # Q8_0: d, 32 signed codes
