@@ -115,30 +115,32 @@ static inline __m256i q8_fifth_bits(const uint8_t *qh) {
 /* Whether q8_dot takes `type` (ggml type ids: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8). */
 static inline int q8_supports(int type) { return type == 2 || type == 3 || type == 6 || type == 7 || type == 8; }
 
-/* Block b of a weight row (at w) . block b of x: the integer lane sums go to *dots, the block's weight scale to
- * *dw; returns the offset or minimum term. Called with a constant type (no branch per block). */
-static inline __attribute__((always_inline)) float q8_block(const int type, const uint8_t *w, q8_row x, long b,
-                                                            __m256i *dots, float *dw) {
-    const __m256i q = _mm256_loadu_si256((const __m256i *)(x.q + 32 * b));
-    *dw = q8_fp16(w);
+/* Block b's 32 activation codes. */
+static inline __m256i q8_codes(q8_row x, long b) { return _mm256_loadu_si256((const __m256i *)(x.q + 32 * b)); }
+
+/* The weight block at w . 32 activation codes q: eight int32 lane sums (each block's scale multiplies them
+ * later). Called with a constant type (no branch per block). */
+static inline __attribute__((always_inline)) __m256i q8_block_dots(const int type, const uint8_t *w, __m256i q) {
     switch (type) {
-    case 2: /* Q4_0: d, qs[16]; w = d (u - 8) */
-        *dots = q8_dot_u8s8(q8_nibbles(w + 2), q);
-        return -8.0f * *dw * x.s[b];
-    case 3: /* Q4_1: d, m, qs[16]; w = d u + m */
-        *dots = q8_dot_u8s8(q8_nibbles(w + 4), q);
-        return q8_fp16(w + 2) * x.s[b];
-    case 6: /* Q5_0: d, qh[4], qs[16]; w = d (u - 16) */
-        *dots = q8_dot_u8s8(_mm256_or_si256(q8_nibbles(w + 6), q8_fifth_bits(w + 2)), q);
-        return -16.0f * *dw * x.s[b];
-    case 7: /* Q5_1: d, m, qh[4], qs[16]; w = d u + m */
-        *dots = q8_dot_u8s8(_mm256_or_si256(q8_nibbles(w + 8), q8_fifth_bits(w + 4)), q);
-        return q8_fp16(w + 2) * x.s[b];
+    case 2: return q8_dot_u8s8(q8_nibbles(w + 2), q);                                   /* Q4_0: d, qs[16] */
+    case 3: return q8_dot_u8s8(q8_nibbles(w + 4), q);                                   /* Q4_1: d, m, qs[16] */
+    case 6: return q8_dot_u8s8(_mm256_or_si256(q8_nibbles(w + 6), q8_fifth_bits(w + 2)), q); /* Q5_0: d, qh, qs */
+    case 7: return q8_dot_u8s8(_mm256_or_si256(q8_nibbles(w + 8), q8_fifth_bits(w + 4)), q); /* Q5_1: d, m, qh, qs */
     default: { /* Q8_0: d, qs[32] signed: |w| . sign(q, w) */
         const __m256i qs = _mm256_loadu_si256((const __m256i *)(w + 2));
-        *dots = q8_dot_u8s8(_mm256_abs_epi8(qs), _mm256_sign_epi8(q, qs));
-        return 0.0f;
+        return q8_dot_u8s8(_mm256_abs_epi8(qs), _mm256_sign_epi8(q, qs));
     }
+    }
+}
+
+/* The block's offset or minimum term for activations whose codes sum to s / d: w = d (u - 8) (Q4_0), d (u - 16)
+ * (Q5_0), d u + m (Q4_1, Q5_1), d q (Q8_0: none). */
+static inline __attribute__((always_inline)) float q8_block_extra(const int type, const uint8_t *w, float s) {
+    switch (type) {
+    case 2: return -8.0f * q8_fp16(w) * s;
+    case 6: return -16.0f * q8_fp16(w) * s;
+    case 3: case 7: return q8_fp16(w + 2) * s;
+    default: return 0.0f;
     }
 }
 
@@ -150,8 +152,6 @@ static inline __attribute__((always_inline)) float q8_dot_type(const int type, c
     const int bb = q8_block_bytes(type);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), extra8 = _mm256_setzero_ps();
     float extra = 0.0f; /* the offset and minimum terms of the blocks past the last group of 8 */
-    __m256i dots;
-    float dw;
     long b = 0;
     /* groups of 8 blocks: their scales converted together, the offset/minimum terms as one vector */
     for (; b + 8 <= k / 32; b += 8, w += 8 * bb) {
@@ -166,15 +166,16 @@ static inline __attribute__((always_inline)) float q8_dot_type(const int type, c
         float scale[8];
         _mm256_storeu_ps(scale, _mm256_mul_ps(d8, _mm256_loadu_ps(x.d + b)));
         for (int j = 0; j < 8; j += 2) {
-            (void)q8_block(type, w + j * bb, x, b + j, &dots, &dw);
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(scale[j]), acc0);
-            (void)q8_block(type, w + (j + 1) * bb, x, b + j + 1, &dots, &dw);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(scale[j + 1]), acc1);
+            const __m256i even = q8_block_dots(type, w + j * bb, q8_codes(x, b + j));
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(even), _mm256_set1_ps(scale[j]), acc0);
+            const __m256i odd = q8_block_dots(type, w + (j + 1) * bb, q8_codes(x, b + j + 1));
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(scale[j + 1]), acc1);
         }
     }
     for (; b < k / 32; b++, w += bb) {
-        extra += q8_block(type, w, x, b, &dots, &dw);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(dw * x.d[b]), acc0);
+        extra += q8_block_extra(type, w, x.s[b]);
+        const __m256i dots = q8_block_dots(type, w, q8_codes(x, b));
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(q8_fp16(w) * x.d[b]), acc0);
     }
     const __m256 s = _mm256_add_ps(_mm256_add_ps(acc0, acc1), extra8);
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
