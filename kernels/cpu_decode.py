@@ -11,6 +11,7 @@ kernel's test oracle).
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,27 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.paged_decode_fp8.restype = i
     lib.store_kv_fp8.argtypes = [p, ctypes.c_long, p, ctypes.c_long, p, p, p, i, i, i, ctypes.c_long, i]
     lib.store_kv_fp8.restype = i
+
+
+@dataclass(slots=True)
+class DecodeStep:
+    """A decode-only step's paged-attention arguments as the kernels take them (what ``store_kv`` and
+    ``paged_decode`` derive per call), derived once per step by callers that run every layer themselves
+    (``models/llama_cpu_decode.py``, ``cpu_decode_layers.py``). No sliding window."""
+
+    slots: torch.Tensor  # int64 [n]
+    tables: torch.Tensor  # int32 [n, max_blocks]
+    lens: torch.Tensor  # int32 [n]
+    window: int  # the longest context, at least 1: the scratch rows' length
+    team: int  # threads over the sequences
+    scratch: torch.Tensor  # float32 [team, heads * window]
+
+    @classmethod
+    def of(cls, md, heads: int) -> "DecodeStep":
+        tables = md.decode_block_tables.to(torch.int32).contiguous()
+        team, window = max(1, min(torch.get_num_threads(), tables.shape[0])), max(md.max_decode_context_len, 1)
+        return cls(md.slot_mapping.contiguous(), tables, md.decode_context_lens.to(torch.int32).contiguous(), window,
+                   team, torch.empty(team, heads * window, dtype=torch.float32))
 
 
 def load(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:

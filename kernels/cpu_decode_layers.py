@@ -91,15 +91,10 @@ class DecodeLayers:
         buffer = torch.empty(n * sum(sizes), dtype=dtype)
         residual, normed, summed, qkv, q, attn, o, gate_up, act = (
             t.view(n, size) for t, size in zip(buffer.split([n * s for s in sizes]), sizes))
-        hidden = hidden.contiguous()
-        tables = md.decode_block_tables.to(torch.int32).contiguous()
-        lens = md.decode_context_lens.to(torch.int32).contiguous()
-        slots, positions = md.slot_mapping.contiguous(), positions.contiguous()
-        threads = torch.get_num_threads()
-        team, window = max(1, min(threads, n)), max(md.max_decode_context_len, 1)
-        scratch = torch.empty(team, m.heads * window, dtype=torch.float32)
-        step = Step(n, threads, team, tables.shape[1], window, positions.data_ptr(), slots.data_ptr(),
-                    tables.data_ptr(), lens.data_ptr(), scratch.data_ptr(), hidden.data_ptr(), residual.data_ptr(),
+        hidden, positions = hidden.contiguous(), positions.contiguous()
+        a = cpu_decode.DecodeStep.of(md, m.heads)  # the attention arguments
+        step = Step(n, torch.get_num_threads(), a.team, a.tables.shape[1], a.window, positions.data_ptr(), a.slots.data_ptr(),
+                    a.tables.data_ptr(), a.lens.data_ptr(), a.scratch.data_ptr(), hidden.data_ptr(), residual.data_ptr(),
                     normed.data_ptr(), summed.data_ptr(), qkv.data_ptr(), q.data_ptr(), attn.data_ptr(), o.data_ptr(),
                     gate_up.data_ptr(), act.data_ptr())
         if self.lib.decode_layers(ctypes.byref(m), ctypes.byref(step)):

@@ -126,14 +126,7 @@ class LlamaCpuDecode:
         n, width = hidden.shape
         bf16, threads = int(hidden.dtype == torch.bfloat16), torch.get_num_threads()
         positions = positions.contiguous()
-        # the step's attention arguments, as cpu_decode.store_kv / paged_decode derive them per call
-        slots = md.slot_mapping.contiguous()
-        tables = md.decode_block_tables.to(torch.int32).contiguous()
-        lens = md.decode_context_lens.to(torch.int32).contiguous()
-        window = max(md.max_decode_context_len, 1)
-        team = max(1, min(threads, n))
-        scratch = torch.empty(team, H * window, dtype=torch.float32)
-        step = (slots, tables, lens, window, team, scratch)
+        step = cpu_decode.DecodeStep.of(md, H)
         residual = None
         for L in self.layers:
             normed = torch.empty_like(hidden)
@@ -170,10 +163,9 @@ class LlamaCpuDecode:
         hidden, _ = self.body.norm(hidden, residual)
         return hidden
 
-    def _attend(self, attn: nn.Module, qkv: torch.Tensor, md, step) -> torch.Tensor:
+    def _attend(self, attn: nn.Module, qkv: torch.Tensor, md, step: cpu_decode.DecodeStep) -> torch.Tensor:
         """Store k/v and attend for the rows of ``qkv`` [n, q | k | v]: [n, heads * head_dim], as the CPU
         backend does it (its C store and paged decode; the backend itself for what they decline)."""
-        slots, tables, lens, window, team, scratch = step
         H, KVH, D = self.heads, self.kv_heads, self.head_dim
         n, q_size, kv_size = qkv.shape[0], H * D, KVH * D
         k_cache, v_cache = attn.k_cache, attn.v_cache
@@ -188,11 +180,11 @@ class LlamaCpuDecode:
             row, size = qkv.stride(0), qkv.element_size()
             q_rows = q if n == 1 else q.contiguous()  # the kernel reads [n, H, D] rows back to back
             done = not (self.kernels.store_kv(
-                k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), n,
+                k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(), v_cache.data_ptr(), step.slots.data_ptr(), n,
                 kv_size, k_cache.shape[0] * k_cache.shape[1], size) or self.kernels.paged_decode(
-                q_rows.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
-                lens.data_ptr(), out.data_ptr(), n, H, KVH, D, k_cache.shape[1], attn.scale, 0, 0.0, None,
-                int(qkv.dtype == torch.bfloat16), scratch.data_ptr(), window, team))
+                q_rows.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), step.tables.data_ptr(),
+                step.tables.shape[1], step.lens.data_ptr(), out.data_ptr(), n, H, KVH, D, k_cache.shape[1], attn.scale,
+                0, 0.0, None, int(qkv.dtype == torch.bfloat16), step.scratch.data_ptr(), step.window, step.team))
         if not done:
             out = attn.impl.forward(q, k, v, k_cache, v_cache, md)  # what the kernels decline: the backend's path
         return out.view(n, q_size)
