@@ -117,48 +117,18 @@ def min_cosine(a, b) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-async def _http_clients(base_url: str, model: str, texts: list[str], concurrency: int):
-    """``concurrency`` aiohttp clients of one text each; base64 vectors as the SDK asks for them.
-    Returns (errors, seconds, vectors in the order of ``texts``; None where a request failed)."""
-    import aiohttp
-    import numpy as np
-
+async def _load(embed_one, texts: list[str], concurrency: int):
+    """``concurrency`` clients of one text each, ``await embed_one(text)`` -> its vector; a warm-up, then all of
+    ``texts`` timed. Returns (errors, seconds, vectors in the order of ``texts``; None where a request failed)."""
     vectors: list = [None] * len(texts)
     errors = 0
     sem = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
-        async def one(i, text):
-            nonlocal errors
-            async with sem:
-                try:
-                    async with session.post(f"{base_url}/embeddings", json={
-                            "model": model, "input": text, "encoding_format": "base64"}) as response:
-                        body = await response.json()
-                    vectors[i] = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
-                except Exception:  # counted and reported
-                    errors += 1
-
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(texts[:concurrency * 2])))  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
-        return errors, time.perf_counter() - start, vectors
-
-
-async def _openai_clients(base_url: str, model: str, texts: list[str], concurrency: int):
-    """The same load through the ``openai`` SDK (what applications send with)."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
-    vectors: list = [None] * len(texts)
-    sem = asyncio.Semaphore(concurrency)
-    errors = 0
 
     async def one(i, text):
         nonlocal errors
         async with sem:
             try:
-                vectors[i] = (await client.embeddings.create(model=model, input=text)).data[0].embedding
+                vectors[i] = await embed_one(text)
             except Exception:  # counted and reported
                 errors += 1
 
@@ -166,6 +136,34 @@ async def _openai_clients(base_url: str, model: str, texts: list[str], concurren
     start = time.perf_counter()
     await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
     return errors, time.perf_counter() - start, vectors
+
+
+async def _http_clients(base_url: str, model: str, texts: list[str], concurrency: int):
+    """Raw HTTP over aiohttp; base64 vectors, as the SDK asks for them."""
+    import aiohttp
+    import numpy as np
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async def embed_one(text):
+            async with session.post(f"{base_url}/embeddings", json={
+                    "model": model, "input": text, "encoding_format": "base64"}) as response:
+                body = await response.json()
+            return np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+
+        return await _load(embed_one, texts, concurrency)
+
+
+async def _openai_clients(base_url: str, model: str, texts: list[str], concurrency: int):
+    """The same load through the ``openai`` SDK (what applications send with)."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+
+    async def embed_one(text):
+        return (await client.embeddings.create(model=model, input=text)).data[0].embedding
+
+    return await _load(embed_one, texts, concurrency)
 
 
 CLIENTS = {"aiohttp": _http_clients, "openai SDK": _openai_clients}
