@@ -93,10 +93,10 @@ class DecodeLayers:
             t.view(n, size) for t, size in zip(buffer.split([n * s for s in sizes]), sizes))
         hidden, positions = hidden.contiguous(), positions.contiguous()
         a = cpu_decode.DecodeStep.of(md, m.heads)  # the attention arguments
-        step = Step(n, torch.get_num_threads(), a.team, a.tables.shape[1], a.window, positions.data_ptr(), a.slots.data_ptr(),
-                    a.tables.data_ptr(), a.lens.data_ptr(), a.scratch.data_ptr(), hidden.data_ptr(), residual.data_ptr(),
-                    normed.data_ptr(), summed.data_ptr(), qkv.data_ptr(), q.data_ptr(), attn.data_ptr(), o.data_ptr(),
-                    gate_up.data_ptr(), act.data_ptr())
+        step = Step(n, torch.get_num_threads(), a.team, a.tables.shape[1], a.window, positions.data_ptr(),
+                    a.slots.data_ptr(), a.tables.data_ptr(), a.lens.data_ptr(), a.scratch.data_ptr(), hidden.data_ptr(),
+                    residual.data_ptr(), normed.data_ptr(), summed.data_ptr(), qkv.data_ptr(), q.data_ptr(),
+                    attn.data_ptr(), o.data_ptr(), gate_up.data_ptr(), act.data_ptr())
         if self.lib.decode_layers(ctypes.byref(m), ctypes.byref(step)):
             return None
         return hidden, residual

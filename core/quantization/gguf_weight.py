@@ -11,6 +11,7 @@ dequantizes with the ``gguf`` package per call: correct, slow, warned once.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -34,17 +35,16 @@ Q8_ACTIVATIONS = os.environ.get("PAGEDLLM_GGUF_Q8_ACTIVATIONS", "1") != "0"
 # once for all rows, the direct kernel dots each row again (3072 x 576 Q4_1 on the Xeon: 70 us for 1 row, 233
 # for 4, 668 for 16 with 8-bit activations, 478 and 1512 with float32 ones, against 175-180 us on AMX)
 AMX_SMALL_BATCH = 2
-_amx: bool | None = None
 
 
 def direct_rows(dtype: torch.dtype) -> int:
     """Rows up to which ``GGUFWeight.matmul`` of activations of ``dtype`` takes the direct kernel."""
-    global _amx
-    if dtype != torch.bfloat16:
-        return SMALL_BATCH
-    if _amx is None:
-        _amx = cpu_gguf.has_amx()
-    return AMX_SMALL_BATCH if _amx else SMALL_BATCH
+    return AMX_SMALL_BATCH if dtype == torch.bfloat16 and _has_amx() else SMALL_BATCH
+
+
+@functools.cache
+def _has_amx() -> bool:  # asked once: direct_rows is on every quantized product's path
+    return cpu_gguf.has_amx()
 
 
 def decode_step() -> bool:

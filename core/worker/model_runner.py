@@ -65,7 +65,7 @@ def _positive_env(name: str) -> int | None:
 
 
 ENCODER_ROW_BUCKET = 64  # an encoder step's rows are padded to a multiple of this (_forward_encoder)
-ENCODER_SMALL_STEP = (256, 16)  # ... or, up to 256 rows, of 16: a one-text step (a RAG query) pads little
+ENCODER_SMALL_ROWS, ENCODER_SMALL_BUCKET = 256, 16  # ... or, up to 256 rows, of 16: a one-text step pads little
 
 
 class ModelRunner:
@@ -332,20 +332,19 @@ class ModelRunner:
 
     def _forward_encoder(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
         """The step's inputs packed back to back, padded to a multiple of ``ENCODER_ROW_BUCKET`` rows (16 up to 256
-        rows) by one extra segment whose rows are dropped (attention leaves them zero): oneDNN builds a kernel for
+        rows) by rows that are dropped (positions from 0; attention leaves them zero): oneDNN builds a kernel for
         each new row count, and with every step's count new that build was a fifth of a first pass over 1,000
         texts."""
         seq_lens = [s.num_new_tokens for s in scheduled]
         ids = [t for s in scheduled for t in s.seq.token_ids[:s.num_new_tokens]]
         rows = len(ids)
-        small_rows, small_bucket = ENCODER_SMALL_STEP
-        pad = -rows % (small_bucket if rows <= small_rows else ENCODER_ROW_BUCKET)
+        pad = -rows % (ENCODER_SMALL_BUCKET if rows <= ENCODER_SMALL_ROWS else ENCODER_ROW_BUCKET)
         if pad:
             ids += [0] * pad
         lens = torch.tensor(seq_lens + [pad])
         starts = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
         positions = torch.arange(len(ids)) - starts
-        with set_forward_context(EncoderMetadata(seq_lens, pad)):
+        with set_forward_context(EncoderMetadata(seq_lens)):
             return self.model(torch.tensor(ids, device=self.device), positions.to(self.device))[:rows]
 
 

@@ -1,5 +1,5 @@
 """The Triton GGUF GEMM (``kernels/gguf_matmul``) against float64 products of the ``gguf`` package's dequantized
-weights: compiled on CUDA, in Triton's CPU interpreter here. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K (the
+weights: compiled on CUDA, in Triton's CPU interpreter here. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (the
 K-quants as random blocks with sane scales, as test_cpu_gguf makes them); rows not a multiple of the tiles,
 1..64 activation rows, bf16 activations, and the refusals."""
 import numpy as np

@@ -18,11 +18,10 @@ from pagedllm.forward_context import get_forward_context
 
 @dataclass(slots=True)
 class EncoderMetadata:
-    """The packed step: ``seq_lens[i]`` tokens of sequence i, in order, then ``padding`` rows that only pad the
-    step to a bucketed row count (their outputs are dropped; attention writes zeros there)."""
+    """The packed step: ``seq_lens[i]`` tokens of sequence i, in order; rows past them only pad the step to a
+    bucketed row count (their outputs are dropped; attention writes zeros there)."""
 
     seq_lens: list[int]
-    padding: int = 0
 
 
 class EncoderAttention(nn.Module):
@@ -55,7 +54,7 @@ class EncoderAttention(nn.Module):
             parts.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end],
                                                         attn_mask=self._bias(n, q), scale=self.scale))
             start = end
-        if md.padding:
-            parts.append(q.new_zeros(1, H, md.padding, D))
+        if start < T:  # the padding rows
+            parts.append(q.new_zeros(1, H, T - start, D))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return out.transpose(1, 2).reshape(T, H * D)
