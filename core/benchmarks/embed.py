@@ -158,12 +158,13 @@ async def _openai_clients(base_url: str, model: str, texts: list[str], concurren
     """The same load through the ``openai`` SDK (what applications send with)."""
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
+    # closed here, not left to the garbage collector: with an AsyncOpenAI dropped open in a running loop, later
+    # aiohttp requests in that loop could wait forever (their connections never came up; 1 run in 1 vs 0 in 10)
+    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600) as client:
+        async def embed_one(text):
+            return (await client.embeddings.create(model=model, input=text)).data[0].embedding
 
-    async def embed_one(text):
-        return (await client.embeddings.create(model=model, input=text)).data[0].embedding
-
-    return await _load(embed_one, texts, concurrency)
+        return await _load(embed_one, texts, concurrency)
 
 
 CLIENTS = {"aiohttp": _http_clients, "openai SDK": _openai_clients}

@@ -77,7 +77,11 @@ async def run(args: argparse.Namespace, requests) -> dict:
     from openai import AsyncOpenAI
 
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # as the OpenAI clients read it
-    client = AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=600)
+    async with AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=600) as client:
+        return await _run(args, requests, client)
+
+
+async def _run(args: argparse.Namespace, requests, client) -> dict:
     model = args.model or (await client.models.list()).data[0].id
     results: list = []
     duration = getattr(args, "duration", None)
