@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.engine.replacement_gather import ReplacementGather
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 
@@ -123,6 +124,7 @@ class AsyncEngine:
         self._stopped = False
         self._ready = threading.Event()
         self._build_error: BaseException | None = None
+        self._gather: ReplacementGather | None = None  # set in the engine thread for a pooling engine
         self._thread = threading.Thread(target=self._run, args=(config,), name="pagedllm-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -256,11 +258,15 @@ class AsyncEngine:
                 self._build_error = exc
                 self._ready.set()
                 return
+        if self.engine.runner_type == "pooling":
+            self._gather = ReplacementGather()
         self._ready.set()
         try:
             while True:
                 block = not self.engine.has_unfinished_requests()
-                if not self._drain(block):
+                if self._drain(block) is None:
+                    return
+                if self._gather is not None and not self._gather.wait(self.engine.scheduler, self._drain_for):
                     return
                 if self.engine.has_unfinished_requests():
                     self._step()
@@ -276,17 +282,19 @@ class AsyncEngine:
             if config is not None:  # an engine built here is stopped here: its worker processes (TP) too
                 self.engine.shutdown()
 
-    def _drain(self, block: bool) -> bool:
-        """Apply queued adds/aborts (waiting for one when idle); False once asked to stop."""
-        aborted = taken = 0
+    def _drain(self, block: bool, timeout: float | None = None) -> int | None:
+        """Apply queued adds/aborts, waiting (up to ``timeout`` seconds) for the first when ``block``;
+        how many were applied, None once asked to stop."""
+        aborted = taken = applied = 0
         while True:
             try:
-                kind, payload = self._inbox.get() if block else self._inbox.get_nowait()
+                kind, payload = self._inbox.get(timeout=timeout) if block else self._inbox.get_nowait()
             except queue.Empty:
                 break
             block = False
+            applied += 1
             if kind == "stop":
-                return False
+                return None
             if kind == "add":
                 taken += 1
                 stream, prompt, params, lora_request = payload
@@ -322,7 +330,10 @@ class AsyncEngine:
                 self._queued -= taken
         if aborted:
             self._notify(StepRecord(num_generated=0, num_aborted=aborted))
-        return True
+        return applied
+
+    def _drain_for(self, timeout: float) -> int | None:
+        return self._drain(True, timeout)
 
     def _refresh_waiting(self) -> None:
         """The scheduler's share of ``num_waiting_requests`` (a set over its queue), kept only when
@@ -332,7 +343,10 @@ class AsyncEngine:
 
     def _step(self) -> None:
         before = self.engine.stats.generation_tokens
+        started = time.perf_counter()
         outputs = self.engine.step()
+        if self._gather is not None:
+            self._gather.stepped(started, len(outputs), self.engine.get_num_unfinished_requests())
         self._refresh_waiting()
         now = time.time()
         record = StepRecord(num_generated=self.engine.stats.generation_tokens - before)

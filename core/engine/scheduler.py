@@ -59,6 +59,12 @@ class Scheduler:
         """Requests (not sequences: ``n`` > 1 makes several of one request) not yet running."""
         return len({seq.request_id for seq in self.waiting})
 
+    def waiting_fills_a_step(self) -> bool:
+        """Whether the waiting sequences alone fill the next step (its token budget or its sequence slots)."""
+        if len(self.waiting) + len(self.running) >= self.max_num_seqs:
+            return True
+        return sum(seq.num_tokens - seq.num_computed_tokens for seq in self.waiting) >= self.max_num_batched_tokens
+
     def schedule(self) -> list[ScheduledSeq]:
         bm = self.block_manager
         budget = self.max_num_batched_tokens
