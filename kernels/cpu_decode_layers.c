@@ -20,6 +20,9 @@ typedef int (*rotary_fn)(void *x, long x_stride, int rows, int heads, int head_d
                          int threads);
 typedef int (*store_fn)(const void *k, long k_stride, const void *v, long v_stride, void *k_cache, void *v_cache,
                         const int64_t *slots, int tokens, long row_len, long num_slots, int elem);
+typedef int (*store_fp8_fn)(const void *k, long k_stride, const void *v, long v_stride, uint8_t *k_cache,
+                            uint8_t *v_cache, const int64_t *slots, int tokens, int kvh, int D, long num_slots,
+                            int is_bf16);
 typedef int (*decode_fn)(const void *q, const void *k_cache, const void *v_cache, const int32_t *block_tables,
                          int max_blocks, const int32_t *context_lens, void *out, int num_seqs, int num_heads,
                          int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
@@ -46,12 +49,14 @@ typedef struct {
     float scale;
 } layer_t;
 
-/* The model: kernels, sizes, layers. */
+/* The model: kernels, sizes, layers. An fp8 KV cache (rows of e4m3 codes and a scale) has store_kv_fp8 set
+ * (store_kv unused) and paged_decode_fp8 as paged_decode. */
 typedef struct {
     rms_norm_fn rms_norm;
     matmul_fn matmul;
     rotary_fn rotary;
     store_fn store_kv;
+    store_fp8_fn store_kv_fp8;
     decode_fn paged_decode;
     act_fn act_and_mul;
     int num_layers, width, heads, kv_heads, head_dim, intermediate, block_size, is_bf16, silu;
@@ -96,8 +101,12 @@ int decode_layers(const model_t *m, const step_t *s) {
         TRY(m->rotary(s->qkv, qkv_row, n, H + KVH, D, s->positions, L->cos, L->sin, L->max_position, L->half, L->neox,
                       bf, s->threads));
         const char *qkv = (const char *)s->qkv;
-        TRY(m->store_kv(qkv + q_size * elem, qkv_row, qkv + (q_size + kv_size) * elem, qkv_row, L->k_cache,
-                        L->v_cache, s->slots, n, kv_size, m->num_slots, (int)elem));
+        if (m->store_kv_fp8)
+            TRY(m->store_kv_fp8(qkv + q_size * elem, qkv_row, qkv + (q_size + kv_size) * elem, qkv_row, L->k_cache,
+                                L->v_cache, s->slots, n, KVH, D, m->num_slots, bf));
+        else
+            TRY(m->store_kv(qkv + q_size * elem, qkv_row, qkv + (q_size + kv_size) * elem, qkv_row, L->k_cache,
+                            L->v_cache, s->slots, n, kv_size, m->num_slots, (int)elem));
         const void *q = s->qkv;
         if (n > 1) { /* the decode kernel reads [n, H, D] rows back to back */
             for (int r = 0; r < n; r++) memcpy((char *)s->q + r * q_size * elem, qkv + r * qkv_row * elem, q_size * elem);

@@ -32,7 +32,7 @@ class Layer(ctypes.Structure):
 
 class Model(ctypes.Structure):
     _fields_ = [("rms_norm", c_void_p), ("matmul", c_void_p), ("rotary", c_void_p), ("store_kv", c_void_p),
-                ("paged_decode", c_void_p), ("act_and_mul", c_void_p), ("num_layers", c_int), ("width", c_int),
+                ("store_kv_fp8", c_void_p), ("paged_decode", c_void_p), ("act_and_mul", c_void_p), ("num_layers", c_int), ("width", c_int),
                 ("heads", c_int), ("kv_heads", c_int), ("head_dim", c_int), ("intermediate", c_int),
                 ("block_size", c_int), ("is_bf16", c_int), ("silu", c_int), ("num_slots", c_long), ("eps", c_float),
                 ("layers", POINTER(Layer))]
@@ -72,13 +72,18 @@ class DecodeLayers:
 
     @classmethod
     def build(cls, layers: list[Layer], *, width: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-              block_size: int, num_slots: int, eps: float, dtype: torch.dtype) -> "DecodeLayers | None":
+              block_size: int, num_slots: int, eps: float, dtype: torch.dtype,
+              fp8_cache: bool = False) -> "DecodeLayers | None":
+        """``fp8_cache``: the layers' caches are ``kv_fp8`` rows (e4m3 codes and a scale), stored and read by the
+        fp8 kernels, as the attention backend does."""
         lib, ops, kernels, gguf = load(), cpu_ops.load(), cpu_decode.load(), cpu_gguf.load()
         if lib is None or ops is None or kernels is None or gguf is None or not cpu_gguf.has_q8(gguf):
             return None
         array = (Layer * len(layers))(*layers)
+        store_fp8 = _address(kernels.store_kv_fp8) if fp8_cache else None
+        decode = kernels.paged_decode_fp8 if fp8_cache else kernels.paged_decode
         model = Model(_address(ops.rms_norm), _address(gguf.gguf_matmul_q8), _address(ops.rotary_embedding),
-                      _address(kernels.store_kv), _address(kernels.paged_decode), _address(ops.act_and_mul),
+                      _address(kernels.store_kv), store_fp8, _address(decode), _address(ops.act_and_mul),
                       len(layers), width, heads, kv_heads, head_dim, intermediate, block_size,
                       int(dtype == torch.bfloat16), cpu_ops.ACTIVATIONS["silu"], num_slots, eps, array)
         return cls(lib, model, array, (ops, kernels, gguf))

@@ -213,7 +213,7 @@ def _layers_in_c(model: nn.Module, layers: list[_Layer], heads: int, kv_heads: i
     return cpu_decode_layers.DecodeLayers.build(
         c_layers, width=model.model.norm.weight.shape[0], heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         intermediate=weights[0][3].cols, block_size=cache.shape[1], num_slots=cache.shape[0] * cache.shape[1],
-        eps=layers[0].eps, dtype=dtype)
+        eps=layers[0].eps, dtype=dtype, fp8_cache=kv_fp8.is_fp8_cache(cache))
 
 
 def _unsupported(model: nn.Module) -> str | None:

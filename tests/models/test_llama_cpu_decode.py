@@ -37,10 +37,12 @@ def test_dense_tiny_models_decode_the_same_bits(tmp_path, arch, dtype, kv):
     assert flat == eager
 
 
-def test_bundled_gguf_model_decodes_the_same_bits():
+@pytest.mark.parametrize("kv", ["auto", "fp8"])
+def test_bundled_gguf_model_decodes_the_same_bits(kv):
     """The bundled Q4_1 file in the default dtype (8-bit activation kernels, bf16 in and out on this CPU): its
-    layers run as one C call (kernels/cpu_decode_layers.c) for steps of up to SMALL_BATCH rows."""
-    flat, eager = _both(BUNDLED, in_c=True)
+    layers run as one C call (kernels/cpu_decode_layers.c) for steps of up to SMALL_BATCH rows, on a bf16 and on
+    an fp8 KV cache (whose rows of e4m3 codes and a scale the C call stores and reads with the fp8 kernels)."""
+    flat, eager = _both(BUNDLED, in_c=True, kv_cache_dtype=kv)
     assert flat == eager
 
 
