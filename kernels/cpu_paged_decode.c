@@ -601,10 +601,36 @@ static inline uint8_t f32_to_e4m3(float x) {
     return (uint8_t)(sign | code);
 }
 
+#ifdef __AVX512F__
+/* f32_to_e4m3 across 16 lanes, the same bits: the subnormal branch's round-half-even is the conversion's
+ * default rounding (a * 2^9 < 8 is exact), the normal branch is the same integer arithmetic. */
+static inline __m128i e4m3_of16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+    const __m512 a = _mm512_min_ps(_mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff))),
+                                   _mm512_set1_ps(448.f)); /* NaN -> 448, as the scalar comparison */
+    const __m512i au = _mm512_castps_si512(a);
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(au, _mm512_set1_epi32(0x7ffff)),
+                                             _mm512_and_si512(_mm512_srli_epi32(au, 20), _mm512_set1_epi32(1)));
+    __m512i code = _mm512_sub_epi32(_mm512_srli_epi32(rounded, 20), _mm512_set1_epi32(120 << 3));
+    const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
+    code = _mm512_mask_mov_epi32(code, sub, _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(512.f))));
+    return _mm512_cvtepi32_epi8(_mm512_or_si512(code, sign));
+}
+#endif
+
 /* Rows of D values (bf16 or float32) -> one packed row: D codes, then the bf16 scale. */
 static void quantize_row_fp8(const void *x, long i0, int D, int is_bf16, uint8_t *dst) {
     float amax = 0.f;
-    for (int d = 0; d < D; d++) {
+    int d = 0;
+#ifdef __AVX512F__
+    if (D % 16 == 0) {
+        __m512 m = _mm512_setzero_ps();
+        for (; d < D; d += 16) m = _mm512_max_ps(_mm512_abs_ps(load16(x, i0 + d, is_bf16)), m); /* a NaN lane keeps m */
+        amax = _mm512_reduce_max_ps(m);
+    }
+#endif
+    for (; d < D; d++) {
         const float a = fabsf(load_scalar(x, i0 + d, is_bf16));
         amax = a > amax ? a : amax;
     }
@@ -612,7 +638,13 @@ static void quantize_row_fp8(const void *x, long i0, int D, int is_bf16, uint8_t
     c.f = (amax > 1e-30f ? amax : 1e-30f) * (1.0f / 448.0f);
     c.u = (c.u + 0xffffu) & 0xffff0000u; /* rounded up to a bf16 value */
     const float sc = c.f;
-    for (int d = 0; d < D; d++) dst[d] = f32_to_e4m3(load_scalar(x, i0 + d, is_bf16) / sc);
+    d = 0;
+#ifdef __AVX512F__
+    if (D % 16 == 0)
+        for (const __m512 vs = _mm512_set1_ps(sc); d < D; d += 16)
+            _mm_storeu_si128((__m128i *)(dst + d), e4m3_of16(_mm512_div_ps(load16(x, i0 + d, is_bf16), vs)));
+#endif
+    for (; d < D; d++) dst[d] = f32_to_e4m3(load_scalar(x, i0 + d, is_bf16) / sc);
     const uint16_t bits = (uint16_t)(c.u >> 16);
     memcpy(dst + D, &bits, 2);
 }

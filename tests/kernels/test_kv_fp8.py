@@ -80,6 +80,42 @@ def test_stores_write_the_torch_twins_bytes(store, dtype):
     assert torch.equal(kc.cpu(), kc_ref) and torch.equal(vc.cpu(), vc_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("build", ["c", "c-no-avx512"])
+def test_c_store_rounds_ties_to_even_as_the_spec(build, dtype):
+    """Rows of exact midpoints between neighbouring e4m3 values (subnormal and normal, both signs), with 448 in
+    each row so the scale is exactly 1: every value is a tie, which round-to-nearest-even decides; the codes
+    must be the spec's even neighbour (and the torch twin's), in the vector loop (head_dim 64) and the scalar
+    one (head_dim 80)."""
+    values = sorted({_e4m3_spec(c) for c in range(0x7F)})  # 0 .. 448
+    ties = [(lo + hi) / 2 for lo, hi in zip(values, values[1:])]
+    for d in (64, 80):
+        rows = []
+        for start in range(0, len(ties), d - 1):
+            chunk = ties[start:start + d - 1]
+            chunk += [chunk[0]] * (d - 1 - len(chunk))
+            rows.append([448.0] + [t if i % 2 else -t for i, t in enumerate(chunk)])
+        x = torch.tensor(rows, dtype=torch.float64).to(dtype)
+        assert torch.equal(x.double(), torch.tensor(rows, dtype=torch.float64))  # the ties are exact in dtype
+        k = x.view(len(rows), 1, d)
+        kc = torch.zeros(len(rows), 1, 1, d + 2, dtype=torch.uint8)
+        vc = torch.zeros_like(kc)
+        lib = cpu_decode.load(() if build == "c" else ("-mno-avx512f",))
+        assert cpu_decode.store_kv(lib, k, k, kc, vc, torch.arange(len(rows)))
+        codes, scales = kv_fp8.codes_and_scales(kc.view(len(rows), 1, d + 2))
+        assert (scales == 1).all()
+        spec = torch.tensor([[_even_neighbour(v, values) for v in row] for row in rows], dtype=torch.uint8)
+        assert torch.equal(codes.view(torch.uint8).view(len(rows), d), spec)
+        assert torch.equal(kc.view(len(rows), 1, d + 2), kv_fp8.quantize(k))
+
+
+def _even_neighbour(value: float, values: list) -> int:
+    """The e4m3 code of ``value`` rounded to nearest, ties to the even code (value within [-448, 448])."""
+    magnitude = abs(value)
+    best = min(range(len(values)), key=lambda i: (abs(values[i] - magnitude), i % 2))
+    return best | (0x80 if value < 0 else 0)
+
+
 def _fp8_case(seqs, block_size, kvh, group, head_dim, dtype, seed):
     """A paged case whose caches are quantized (NaN rows poison every unused slot), and its float64 view."""
     case = make_case(seqs, block_size, kvh, group, head_dim, dtype, seed=seed, device="cpu")
