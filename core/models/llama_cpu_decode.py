@@ -171,20 +171,20 @@ class LlamaCpuDecode:
         k_cache, v_cache = attn.k_cache, attn.v_cache
         q, k, v = (t.view(n, -1, D) for t in qkv.split([q_size, kv_size, kv_size], dim=1))
         out = torch.empty(n, H, D, dtype=qkv.dtype)
-        if self.fp8_cache:  # rows of e4m3 codes and a scale: the wrappers quantize and read them
-            done = cpu_decode.store_kv(self.kernels, k, v, k_cache, v_cache, md.slot_mapping) and \
-                cpu_decode.paged_decode(self.kernels, q, k_cache, v_cache, md.decode_block_tables,
-                                        md.decode_context_lens, md.max_decode_context_len, attn.scale,
-                                        out=out) is not None
+        row, bf16, num_slots = qkv.stride(0), int(qkv.dtype == torch.bfloat16), k_cache.shape[0] * k_cache.shape[1]
+        q_rows = q if n == 1 else q.contiguous()  # the kernel reads [n, H, D] rows back to back
+        if self.fp8_cache:  # rows of e4m3 codes and a scale: the fp8 kernels quantize and read them
+            stored = self.kernels.store_kv_fp8(k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(),
+                                               v_cache.data_ptr(), step.slots.data_ptr(), n, KVH, D, num_slots, bf16)
+            decode = self.kernels.paged_decode_fp8
         else:
-            row, size = qkv.stride(0), qkv.element_size()
-            q_rows = q if n == 1 else q.contiguous()  # the kernel reads [n, H, D] rows back to back
-            done = not (self.kernels.store_kv(
-                k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(), v_cache.data_ptr(), step.slots.data_ptr(), n,
-                kv_size, k_cache.shape[0] * k_cache.shape[1], size) or self.kernels.paged_decode(
-                q_rows.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), step.tables.data_ptr(),
-                step.tables.shape[1], step.lens.data_ptr(), out.data_ptr(), n, H, KVH, D, k_cache.shape[1], attn.scale,
-                0, 0.0, None, int(qkv.dtype == torch.bfloat16), step.scratch.data_ptr(), step.window, step.team))
+            stored = self.kernels.store_kv(k.data_ptr(), row, v.data_ptr(), row, k_cache.data_ptr(), v_cache.data_ptr(),
+                                           step.slots.data_ptr(), n, kv_size, num_slots, qkv.element_size())
+            decode = self.kernels.paged_decode
+        done = not (stored or decode(
+            q_rows.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), step.tables.data_ptr(), step.tables.shape[1],
+            step.lens.data_ptr(), out.data_ptr(), n, H, KVH, D, k_cache.shape[1], attn.scale, 0, 0.0, None, bf16,
+            step.scratch.data_ptr(), step.window, step.team))
         if not done:
             out = attn.impl.forward(q, k, v, k_cache, v_cache, md)  # what the kernels decline: the backend's path
         return out.view(n, q_size)
