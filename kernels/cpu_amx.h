@@ -84,13 +84,13 @@ static inline void amx_transpose16(const uint32_t *src, long stride, uint32_t *d
     }
 }
 
-/* out[i, n] = x[i, :] . W[n, :] for i < m, n < rows (float32 out, rows out_stride apart); x float32 or bf16
- * (x_bf16), rows x_stride elements apart. Returns 0, 4 (out of memory) or 6 (no AMX here).
+/* out[i, n] = x[i, :] . W[n, :] for i < m, n < rows (float32 out, or bf16 rounded to nearest even when
+ * out_bf16, rows out_stride elements apart); x float32 or bf16 (x_bf16), rows x_stride elements apart. Returns 0, 4 (out of memory) or 6 (no AMX here).
  * A tiles: 16 weight rows x 32 columns (bf16, the rows `fill` writes); B tiles: 32 columns x 16 activation
  * rows in pairs (B[p][r] = the bf16 pair x[r, 2p .. 2p + 1]); a result tile [weight row][activation row]
  * is transposed into out (16 x 16 floats: fewer than the weight tiles it took when m < k / 2). */
 static int amx_matmul(const void *x, int x_bf16, long x_stride, long m, long rows, long k, amx_fill_fn fill,
-                      const void *ctx, float *out, long out_stride, int threads) {
+                      const void *ctx, void *out, long out_stride, int out_bf16, int threads) {
     if (!amx_available()) return 6;
     const long ld = (k + 31) / 32 * 32, chunks = ld / 32, mtiles = (m + 15) / 16;
     /* xv[t][c]: the B tile of activation rows 16 t .., columns 32 c ..: pair q of row i at
@@ -163,7 +163,14 @@ static int amx_matmul(const void *x, int x_bf16, long x_stride, long m, long row
                         else if (h == 0) _tile_stored(1, acc, 64);
                         else if (j == 0) _tile_stored(2, acc, 64);
                         else _tile_stored(3, acc, 64);
-                        float *o = out + r0 * out_stride + n0 + 16 * h;
+                        const long at = r0 * out_stride + n0 + 16 * h;
+                        if (out_bf16) { /* rounded as torch's .to(torch.bfloat16): no float32 copy of out */
+                            amx_transpose16((const uint32_t *)acc, 16, (uint32_t *)part, 16);
+                            for (long r = 0; r < nr; r++)
+                                f32_to_bf16_row(part + r * 16, (uint16_t *)out + at + r * out_stride, nc);
+                            continue;
+                        }
+                        float *o = (float *)out + at;
                         if (nr == 16 && nc == 16) { /* a whole tile: transposed straight into out */
                             amx_transpose16((const uint32_t *)acc, 16, (uint32_t *)o, out_stride);
                             continue;

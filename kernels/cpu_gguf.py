@@ -34,7 +34,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gguf_supports.argtypes = [i]
     lib.gguf_dequantize.argtypes = [p, l, i, l, l, p, i, i]
     lib.gguf_matmul.argtypes = [p, l, l, p, l, i, l, l, p, l, i]
-    lib.gguf_matmul_amx.argtypes = [p, i, l, l, p, l, i, l, l, p, l, i]
+    lib.gguf_matmul_amx.argtypes = [p, i, l, l, p, l, i, l, l, p, l, i, i]
     lib.gguf_matmul_q8.argtypes = [p, i, l, l, p, l, i, l, l, p, i, l, i]
     lib.gguf_has_amx.argtypes = []
     lib.gguf_has_q8.argtypes = []
@@ -137,9 +137,10 @@ def has_amx(lib: ctypes.CDLL | None = None) -> bool:
 
 
 def matmul_amx(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None,
-               threads: int | None = None) -> torch.Tensor | None:
-    """``x @ W.T`` in float32 for x [m, k] (bf16 or float32, rounded to bf16) with the weight rounded to bf16 and
-    the products summed in float32 on AMX tiles: a bf16 GEMM's numerics. None without the library or AMX."""
+               threads: int | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """``x @ W.T`` in ``out_dtype`` (float32, or bfloat16 rounded as ``.to`` does, written by the kernel) for
+    x [m, k] (bf16 or float32, rounded to bf16) with the weight rounded to bf16 and the products summed in float32
+    on AMX tiles: a bf16 GEMM's numerics. None without the library or AMX."""
     check_shape(qweight, qtype, k)
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be [rows, {k}], got {list(x.shape)}")
@@ -149,11 +150,13 @@ def matmul_amx(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: 
     if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(1) != 1 or x.device.type != "cpu":
         x = x.to(device="cpu", dtype=torch.float32).contiguous()
     rows = qweight.shape[0]
-    out = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"out_dtype={out_dtype} is not supported; choose torch.float32 or torch.bfloat16")
+    out = torch.empty(x.shape[0], rows, dtype=out_dtype)
     if x.shape[0]:
         status = lib.gguf_matmul_amx(x.data_ptr(), int(x.dtype == torch.bfloat16), x.stride(0), x.shape[0],
                                      qweight.data_ptr(), qweight.shape[1], qtype, rows, k, out.data_ptr(),
-                                     out.stride(0), threads or torch.get_num_threads())
+                                     out.stride(0), int(out.dtype == torch.bfloat16), threads or torch.get_num_threads())
         if status:
             raise RuntimeError(f"gguf_matmul_amx failed: {_STATUS.get(status, status)}")
     return out

@@ -229,19 +229,20 @@ int w4a16_has_amx(void) {
 }
 
 /* As w4a16_matmul for a batch in a bf16 model, on AMX-BF16 (cpu_amx.h): activations (float32, or bf16 when
- * x_bf16) and weights rounded to bf16, products summed in float32. Status 6 where AMX is not available. */
+ * x_bf16) and weights rounded to bf16, products summed in float32, out float32 or bf16 (out_bf16). Status 6
+ * where AMX is not available. */
 int w4a16_matmul_amx(const void *x, int x_bf16, long x_stride, long m, const uint8_t *codes, long row_bytes,
                      int bits, const float *scales, const float *zeros, const int32_t *starts, long groups, long rows,
-                     long k, float *out, long out_stride, int threads) {
+                     long k, void *out, long out_stride, int out_bf16, int threads) {
     const int status = check(bits, row_bytes, k, starts, groups);
     if (status) return status;
 #ifdef CPU_AMX
     const w4a16_rows ctx = {codes, scales, zeros, starts, row_bytes, groups, k, bits};
-    return amx_matmul(x, x_bf16, x_stride, m, rows, k, w4a16_fill, &ctx, out, out_stride,
+    return amx_matmul(x, x_bf16, x_stride, m, rows, k, w4a16_fill, &ctx, out, out_stride, out_bf16,
                       rows * k >= PARALLEL_MIN_AMX ? threads : 1);
 #else
     (void)x; (void)x_bf16; (void)x_stride; (void)m; (void)codes; (void)scales; (void)zeros; (void)rows;
-    (void)out; (void)out_stride; (void)threads;
+    (void)out; (void)out_stride; (void)out_bf16; (void)threads;
     return 6;
 #endif
 }

@@ -24,7 +24,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.w4a16_dequantize.argtypes = [p, l, i, p, p, p, l, l, l, p, i]
     lib.w4a16_matmul.argtypes = [p, l, l, p, l, i, p, p, p, l, l, l, p, l, i]
-    lib.w4a16_matmul_amx.argtypes = [p, i, l, l, p, l, i, p, p, p, l, l, l, p, l, i]
+    lib.w4a16_matmul_amx.argtypes = [p, i, l, l, p, l, i, p, p, p, l, l, l, p, l, i, i]
     lib.w4a16_has_amx.argtypes = []
     for fn in (lib.w4a16_dequantize, lib.w4a16_matmul, lib.w4a16_matmul_amx, lib.w4a16_has_amx):
         fn.restype = i
@@ -76,10 +76,12 @@ def has_amx(lib: ctypes.CDLL | None = None) -> bool:
     return lib is not None and bool(lib.w4a16_has_amx())
 
 
-def matmul_amx(x: torch.Tensor, weight, lib: ctypes.CDLL | None = None, threads: int | None = None) -> torch.Tensor | None:
-    """``x @ W.T`` in float32 for x [n, k] (bf16 or float32, columns in the weight's group order) with x and the
-    weight rounded to bf16 and the products summed in float32 on AMX tiles (``cpu_amx.h``): a bf16 GEMM's
-    numerics. None without the library or AMX."""
+def matmul_amx(x: torch.Tensor, weight, lib: ctypes.CDLL | None = None, threads: int | None = None,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """``x @ W.T`` in ``out_dtype`` (float32, or bfloat16 rounded as ``.to`` does, written by the kernel) for
+    x [n, k] (bf16 or float32, columns in the weight's group order) with x and the weight rounded to bf16 and the
+    products summed in float32 on AMX tiles (``cpu_amx.h``): a bf16 GEMM's numerics. None without the library or
+    AMX."""
     _check(weight)
     if x.dim() != 2 or x.shape[1] != weight.cols:
         raise ValueError(f"x must be [rows, {weight.cols}], got {list(x.shape)}")
@@ -88,13 +90,16 @@ def matmul_amx(x: torch.Tensor, weight, lib: ctypes.CDLL | None = None, threads:
         return None
     if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(1) != 1 or x.device.type != "cpu":
         x = x.to(device="cpu", dtype=torch.float32).contiguous()
-    out = torch.empty(x.shape[0], weight.rows, dtype=torch.float32)
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"out_dtype={out_dtype} is not supported; choose torch.float32 or torch.bfloat16")
+    out = torch.empty(x.shape[0], weight.rows, dtype=out_dtype)
     if x.shape[0]:
         status = lib.w4a16_matmul_amx(x.data_ptr(), int(x.dtype == torch.bfloat16), x.stride(0), x.shape[0],
                                       weight.codes.data_ptr(), weight.codes.shape[1], weight.bits,
                                       weight.scales.data_ptr(), weight.zeros.data_ptr(),
                                       weight.group_starts.data_ptr(), weight.groups, weight.rows, weight.cols,
-                                      out.data_ptr(), out.stride(0), threads or torch.get_num_threads())
+                                      out.data_ptr(), out.stride(0), int(out.dtype == torch.bfloat16),
+                                      threads or torch.get_num_threads())
         if status:
             raise RuntimeError(f"w4a16_matmul_amx failed: {_STATUS.get(status, status)}")
     return out

@@ -128,7 +128,7 @@ class GGUFWeight:
             run = self.row_kernel(Q8_ACTIVATIONS and decode_step())
             if run is not None:
                 return run(x, out_dtype or torch.float32)
-        out = self._matmul(x)
+        out = self._matmul(x, out_dtype)
         return out if out_dtype is None else out.to(out_dtype)
 
     def row_kernel(self, q8: bool) -> Callable[..., torch.Tensor] | None:
@@ -139,7 +139,7 @@ class GGUFWeight:
             self._row_kernels[q8] = cpu_gguf.row_kernel(self.data, self.qtype, self.cols, q8)
         return self._row_kernels.get(q8)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         if not self.quantized:
             return F.linear(x.to(self.data.dtype), self.data)
         lib = cpu_gguf.load()
@@ -148,7 +148,9 @@ class GGUFWeight:
             x = x.float()
             return F.linear(x, dequantize_reference(self.data, self.qtype))
         if x.dtype == torch.bfloat16 and cpu_gguf.has_amx(lib):  # a bf16 GEMM on AMX tiles, from the blocks
-            return cpu_gguf.matmul_amx(x, self.data, self.qtype, self.cols, lib)
+            bf16_out = out_dtype in (None, torch.bfloat16)  # the kernel rounds its tiles: no float32 copy
+            return cpu_gguf.matmul_amx(x, self.data, self.qtype, self.cols, lib,
+                                       out_dtype=torch.bfloat16 if bf16_out else torch.float32)
         return dequantized_matmul(x, self.rows, self.cols, lambda start, stop, out: cpu_gguf.dequantize(
             self.data[start:stop], self.qtype, self.cols, lib, dtype=out.dtype, out=out))
 

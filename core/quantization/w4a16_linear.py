@@ -101,9 +101,11 @@ class W4A16LinearMethod(LinearMethod):
         if self.weights is None:
             self.process_weights_after_loading(layer)
         x2 = x.reshape(-1, self.input_size)
+        bias = getattr(layer, "bias", None)
+        if len(self.weights) == 1 and bias is None:  # the usual layer: the kernel may write x's dtype itself
+            return self.weights[0].matmul(x2, x.dtype).to(x.dtype).view(*x.shape[:-1], self.output_size)
         outs = [w.matmul(x2) for w in self.weights]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-        bias = getattr(layer, "bias", None)
         if bias is not None:
             out = out + bias
         return out.to(x.dtype).view(*x.shape[:-1], self.output_size)

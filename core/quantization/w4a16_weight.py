@@ -99,8 +99,9 @@ class W4A16Weight:
             weight = torch.empty_like(weight).index_copy_(1, self.perm, weight)
         return weight.to(dtype)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for x [n, in], the activations reordered to the weight's columns first.
+    def matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x @ W.T`` for x [n, in], the activations reordered to the weight's columns first; ``out_dtype``: the
+        dtype the caller will convert to, which the AMX kernel then writes itself.
 
         On CPU: up to ``SMALL_BATCH`` rows (decode) the C kernel multiplies row by row from the codes;
         more rows (prefill, batches) in bfloat16 on a CPU with AMX-BF16 multiply on AMX tiles from the codes
@@ -114,7 +115,8 @@ class W4A16Weight:
                 if out is not None:
                     return out
             elif x.dtype == torch.bfloat16 and cpu_w4a16.has_amx():  # a bf16 GEMM on AMX tiles, from the codes
-                return cpu_w4a16.matmul_amx(x, self)
+                return cpu_w4a16.matmul_amx(x, self, out_dtype=torch.bfloat16 if out_dtype == torch.bfloat16
+                                            else torch.float32)
             else:
                 weight = cpu_w4a16.dequantize(self)
                 if weight is not None:

@@ -173,3 +173,21 @@ def test_amx_row_gives_the_same_result_in_any_batch():
     for i in (0, 17, 255):
         alone = cpu_gguf.matmul_amx(x[i:i + 1], blocks, cpu_gguf.TYPE_IDS["Q4_K"], 512)
         assert torch.equal(alone[0], batch[i])
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q4_K", "Q8_0"])
+@pytest.mark.parametrize("m", [1, 17, 40])
+def test_amx_bf16_out_is_the_float32_out_rounded(name, m):
+    """The AMX kernel writing bfloat16 itself (what a bf16 model's layer asks for) gives the bits of its float32
+    output rounded by torch's .to(torch.bfloat16): partial tiles of rows (m) and columns (40 weight rows)."""
+    if not cpu_gguf.has_amx():
+        pytest.skip("no AMX-BF16 on this CPU (or kernel): the tile path cannot run here")
+    k = 512
+    blocks = torch.from_numpy(make_blocks(name, 40, k))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
+    f32 = cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k)
+    bf16 = cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k, out_dtype=torch.bfloat16)
+    assert f32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert torch.equal(bf16, f32.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="out_dtype=torch.float16 is not supported"):
+        cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k, out_dtype=torch.float16)

@@ -133,3 +133,18 @@ def test_amx_matmul_is_absent_without_avx512():
     lib = cpu_w4a16.load(("-mno-avx512f",))
     weight, _ = weight_and_reference(CASES[0])
     assert not cpu_w4a16.has_amx(lib) and cpu_w4a16.matmul_amx(torch.randn(20, weight.cols), weight, lib) is None
+
+
+@pytest.mark.parametrize("case", CASES[:2] + CASES[5:6], ids=lambda c: f"{c[0]}{c[1]}g{c[2]}")
+@pytest.mark.parametrize("m", [1, 17, 40])
+def test_amx_bf16_out_is_the_float32_out_rounded(case, m):
+    """The AMX kernel writing bfloat16 itself (what a bf16 model's layer asks for) gives the bits of its float32
+    output rounded by torch's .to(torch.bfloat16): partial tiles of rows and columns included."""
+    if not cpu_w4a16.has_amx():
+        pytest.skip("no AMX-BF16 on this CPU (or kernel): the tile path cannot run here")
+    weight, _ = weight_and_reference(case)
+    x = torch.randn(m, weight.cols, generator=torch.Generator().manual_seed(m)).bfloat16()
+    f32 = cpu_w4a16.matmul_amx(x, weight)
+    bf16 = cpu_w4a16.matmul_amx(x, weight, out_dtype=torch.bfloat16)
+    assert f32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert torch.equal(bf16, f32.to(torch.bfloat16))
