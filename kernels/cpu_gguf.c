@@ -401,7 +401,7 @@ int gguf_matmul_q8(const void *x, int x_bf16, long x_stride, long m, const uint8
     if (!q8_supports(type)) return 7;
     const long blocks = k / 32;
     q8_row *xq = (q8_row *)malloc((size_t)m * sizeof(q8_row));
-    int8_t *codes = (int8_t *)malloc((size_t)m * (size_t)k);
+    int8_t *codes = (int8_t *)malloc((size_t)m * (size_t)k * 2); /* q, then q2 */
     float *scales = (float *)malloc((size_t)m * (size_t)blocks * 2 * sizeof(float));
     float *row = x_bf16 ? (float *)malloc((size_t)k * sizeof(float)) : NULL;
     if (xq == NULL || codes == NULL || scales == NULL || (x_bf16 && row == NULL)) {
@@ -409,7 +409,7 @@ int gguf_matmul_q8(const void *x, int x_bf16, long x_stride, long m, const uint8
         return 4;
     }
     for (long i = 0; i < m; i++) {
-        xq[i] = (q8_row){codes + i * k, scales + 2 * i * blocks, scales + (2 * i + 1) * blocks};
+        xq[i] = (q8_row){codes + i * k, codes + (m + i) * k, scales + 2 * i * blocks, scales + (2 * i + 1) * blocks};
         if (x_bf16) {
             for (long j = 0; j < k; j++) row[j] = bf16_to_f32(((const uint16_t *)x)[i * x_stride + j]);
             q8_quantize_row(row, k, xq[i]);
