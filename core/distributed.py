@@ -8,19 +8,27 @@ group when there is one stage). Models read ``get_pp_rank``/``get_pp_world_size`
 their stage's layers. Set up once per process by ``init_tensor_parallel`` (a worker, or the driver
 as rank 0) and torn down by ``destroy_tensor_parallel``; with none, everything is rank 0 of 1 and
 no collective runs. ``all_reduced_bytes`` counts the bytes this rank all-reduced and ``sent_bytes``
-the activations it sent to the next stage (benchmarks report both per step).
+the activations it sent to the next stage (benchmarks report both per step). CPU ranks of one TP group on
+one machine all-reduce through shared memory (``shm_all_reduce``; ``PAGEDLLM_TP_SHM=0`` keeps gloo).
 """
 from __future__ import annotations
 
 import datetime
+import logging
+import os
 
 import torch
 import torch.distributed as dist
+
+from pagedllm import shm_all_reduce
+
+logger = logging.getLogger(__name__)
 
 all_reduced_bytes = 0  # bytes this rank has passed to all_reduce since the group was made
 sent_bytes = 0  # activation bytes this rank has sent to the next pipeline stage since then
 _pp_size = 1  # pipeline stages in this process's group (1: tensor parallelism only, or none)
 _tp_group = None  # this rank's stage's TP group when there are several stages (else the default group)
+_shm: shm_all_reduce.ShmAllReduce | None = None  # local CPU ranks of one TP group: all-reduce in shared memory
 
 
 def _initialized() -> bool:
@@ -53,7 +61,7 @@ def init_tensor_parallel(rank: int, world_size: int, store: "dist.Store", backen
     pipeline stages, every stage's TP group (each rank makes all of them, in the same order, as
     torch.distributed requires). The timeout bounds a collective whose peer is gone without closing
     its sockets; a dead process is seen sooner."""
-    global all_reduced_bytes, sent_bytes, _pp_size, _tp_group
+    global all_reduced_bytes, sent_bytes, _pp_size, _tp_group, _shm
     if dist.is_initialized():
         raise RuntimeError("a tensor-parallel group exists in this process already: one engine with "
                            "tensor_parallel_size x pipeline_parallel_size > 1 per process; shut the other down first")
@@ -67,19 +75,49 @@ def init_tensor_parallel(rank: int, world_size: int, store: "dist.Store", backen
             group = dist.new_group(list(range(stage * tp, (stage + 1) * tp)))
             if stage == rank // tp:
                 _tp_group = group
+    _shm = _shared_memory_all_reduce(rank, world_size, store, backend, pipeline_parallel_size, timeout_s)
+
+
+def _shared_memory_all_reduce(rank: int, world_size: int, store, backend: str, pipeline_parallel_size: int,
+                              timeout_s: float) -> shm_all_reduce.ShmAllReduce | None:
+    """The shared buffer of the ranks when they are gloo ranks of one TP group on one x86 machine, else None
+    (every rank decides alike: rank 0 publishes the buffer's path, or an empty one)."""
+    if (backend != "gloo" or pipeline_parallel_size != 1 or world_size == 1 or not shm_all_reduce.supported()
+            or os.environ.get("PAGEDLLM_TP_SHM", "1") == "0"):
+        return None
+    store.set(f"pagedllm/shm/rank{rank}", f"{shm_all_reduce.machine_id()}|{os.getpid()}")
+    ranks = [store.get(f"pagedllm/shm/rank{r}").decode().rsplit("|", 1) for r in range(world_size)]
+    if rank == 0:
+        path = ""
+        if len({machine for machine, _ in ranks}) == 1:
+            try:
+                path = shm_all_reduce.ShmAllReduce.create_file(world_size)
+            except OSError as exc:
+                logger.warning("tensor-parallel all-reduces take gloo: no shared-memory buffer (%s)", exc)
+        store.set("pagedllm/shm/path", path)
+    path = store.get("pagedllm/shm/path").decode()
+    if not path:
+        return None
+    shm = shm_all_reduce.ShmAllReduce(rank, world_size, path, [int(pid) for _, pid in ranks], timeout_s)
+    dist.barrier()  # every rank has mapped it: the name can go (the mappings stay)
+    if rank == 0:
+        os.unlink(path)
+    return shm
 
 
 def destroy_tensor_parallel() -> None:
-    global _pp_size, _tp_group
+    global _pp_size, _tp_group, _shm
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _pp_size, _tp_group = 1, None
+    _pp_size, _tp_group, _shm = 1, None, None
 
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     global all_reduced_bytes
     if get_tp_world_size() > 1:
         all_reduced_bytes += x.numel() * x.element_size()
+        if _shm is not None and _shm.takes(x):
+            return _shm.all_reduce(x)
         dist.all_reduce(x, group=_tp_group)
     return x
 
