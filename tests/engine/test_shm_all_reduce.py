@@ -95,6 +95,7 @@ def test_what_it_takes():
     assert not shm.takes(torch.zeros(4, dtype=torch.int64))
 
 
+@pytest.mark.slow  # two TP=2 engines; test_tensor_parallel's default-run TP=2 case already runs through it
 def test_tensor_parallel_engine_uses_it_unless_told_not_to(monkeypatch, tmp_path):
     """The driver of a TP=2 engine on this machine all-reduces in shared memory; PAGEDLLM_TP_SHM=0 keeps gloo
     (same tokens either way)."""
