@@ -148,9 +148,9 @@ class GGUFWeight:
             x = x.float()
             return F.linear(x, dequantize_reference(self.data, self.qtype))
         if x.dtype == torch.bfloat16 and cpu_gguf.has_amx(lib):  # a bf16 GEMM on AMX tiles, from the blocks
-            bf16_out = out_dtype in (None, torch.bfloat16)  # the kernel rounds its tiles: no float32 copy
+            # asked for bf16, the kernel rounds its tiles itself: no float32 copy; else float32 (a bias is added there)
             return cpu_gguf.matmul_amx(x, self.data, self.qtype, self.cols, lib,
-                                       out_dtype=torch.bfloat16 if bf16_out else torch.float32)
+                                       out_dtype=torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32)
         return dequantized_matmul(x, self.rows, self.cols, lambda start, stop, out: cpu_gguf.dequantize(
             self.data[start:stop], self.qtype, self.cols, lib, dtype=out.dtype, out=out))
 
