@@ -35,7 +35,8 @@ def supported() -> bool:
 def machine_id() -> str:
     """This machine, as the ranks compare it: host name and boot id (two containers may share a name)."""
     try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
     except OSError:
         boot = ""
     return f"{socket.gethostname()}/{boot}"
@@ -75,13 +76,16 @@ class ShmAllReduce:
         self.calls += 1
         n, nbytes = self.calls, x.numel() * x.element_size()
         slots = self.slots[n % 2]
-        mine = slots[self.rank, :nbytes].view(x.dtype).view(x.shape)
-        mine.copy_(x)
+
+        def slot(r: int) -> torch.Tensor:  # rank r's tensor of this call, in the shared buffer
+            return slots[r, :nbytes].view(x.dtype).view(x.shape)
+
+        slot(self.rank).copy_(x)
         self.flags[self.rank] = n
         self._wait_for(n)
-        x.copy_(slots[0, :nbytes].view(x.dtype).view(x.shape))
+        x.copy_(slot(0))
         for r in range(1, self.world_size):
-            x.add_(slots[r, :nbytes].view(x.dtype).view(x.shape))
+            x.add_(slot(r))
         return x
 
     def _wait_for(self, n: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import queue
@@ -266,7 +267,8 @@ class AsyncEngine:
                 block = not self.engine.has_unfinished_requests()
                 if self._drain(block) is None:
                     return
-                if self._gather is not None and not self._gather.wait(self.engine.scheduler, self._drain_for):
+                if self._gather is not None and not self._gather.wait(self.engine.scheduler,
+                                                                      functools.partial(self._drain, True)):
                     return
                 if self.engine.has_unfinished_requests():
                     self._step()
@@ -331,9 +333,6 @@ class AsyncEngine:
         if aborted:
             self._notify(StepRecord(num_generated=0, num_aborted=aborted))
         return applied
-
-    def _drain_for(self, timeout: float) -> int | None:
-        return self._drain(True, timeout)
 
     def _refresh_waiting(self) -> None:
         """The scheduler's share of ``num_waiting_requests`` (a set over its queue), kept only when

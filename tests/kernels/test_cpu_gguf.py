@@ -183,11 +183,15 @@ def test_amx_bf16_out_is_the_float32_out_rounded(name, m):
     if not cpu_gguf.has_amx():
         pytest.skip("no AMX-BF16 on this CPU (or kernel): the tile path cannot run here")
     k = 512
-    blocks = torch.from_numpy(make_blocks(name, 40, k))
+    raw = make_blocks(name, 40, k)
+    blocks = torch.from_numpy(raw)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
     f32 = cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k)
     bf16 = cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k, out_dtype=torch.bfloat16)
     assert f32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     assert torch.equal(bf16, f32.to(torch.bfloat16))
+    w64 = _reference(raw, name).bfloat16().double()  # the oracle: gguf's dequantized weights, in float64
+    err = (bf16.double() - x.double() @ w64.T).abs()
+    assert bool((err <= _bf16_bound(x.double(), w64, k, True)).all()), f"max err {err.max():.3g}"
     with pytest.raises(ValueError, match="out_dtype=torch.float16 is not supported"):
         cpu_gguf.matmul_amx(x, blocks, cpu_gguf.TYPE_IDS[name], k, out_dtype=torch.float16)

@@ -142,9 +142,14 @@ def test_amx_bf16_out_is_the_float32_out_rounded(case, m):
     output rounded by torch's .to(torch.bfloat16): partial tiles of rows and columns included."""
     if not cpu_w4a16.has_amx():
         pytest.skip("no AMX-BF16 on this CPU (or kernel): the tile path cannot run here")
-    weight, _ = weight_and_reference(case)
+    weight, reference = weight_and_reference(case)
     x = torch.randn(m, weight.cols, generator=torch.Generator().manual_seed(m)).bfloat16()
-    f32 = cpu_w4a16.matmul_amx(x, weight)
-    bf16 = cpu_w4a16.matmul_amx(x, weight, out_dtype=torch.bfloat16)
+    xk = x if weight.perm is None else x.index_select(1, weight.perm)  # the kernel takes the weight's column order
+    f32 = cpu_w4a16.matmul_amx(xk, weight)
+    bf16 = cpu_w4a16.matmul_amx(xk, weight, out_dtype=torch.bfloat16)
     assert f32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     assert torch.equal(bf16, f32.to(torch.bfloat16))
+    w64 = torch.from_numpy(reference).bfloat16().double()  # the oracle: the spec's weights, in float64
+    want = x.double() @ w64.T
+    bound = weight.cols * 2.0 ** -24 * (x.double().abs() @ w64.abs().T) + 2.0 ** -8 * want.abs()
+    assert bool(((bf16.double() - want).abs() <= bound).all())
