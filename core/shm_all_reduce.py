@@ -108,7 +108,9 @@ class ShmAllReduce:
 
     def _check_peers(self, n: int) -> None:
         for r in self._behind(n):
-            if not _alive(self.peers[r]):
+            # gone and still behind, read in that order: a rank that published call n and then exited is not
+            # an error for this call (its slot is in the buffer); a gone one cannot publish any more
+            if not _alive(self.peers[r]) and int(self.flags[r]) < n:
                 raise RuntimeError(f"shared-memory all-reduce: rank {r} (pid {self.peers[r]}) is gone")
 
 

@@ -116,3 +116,26 @@ def test_tensor_parallel_engine_uses_it_unless_told_not_to(monkeypatch, tmp_path
         llm.llm_engine.executor.shutdown()
         del llm
     assert tokens["1"] == tokens["0"]
+
+
+def test_a_peer_that_published_and_then_exited_is_no_error(monkeypatch):
+    """The race CI met: between reading which ranks are behind and asking whether they live, the peer published
+    this call and exited. Its slot is in the buffer, so the call completes; a gone peer that is still behind
+    fails it."""
+    path = ShmAllReduce.create_file(2)
+    try:
+        shm = ShmAllReduce(0, 2, path, [os.getpid(), 2 ** 22 + 1], timeout_s=30)
+    finally:
+        os.unlink(path)
+
+    shm.flags[0] = 2  # this rank has published calls 1 and 2
+
+    def publishes_then_exits(pid):
+        shm.flags[1] = 1
+        return False
+
+    monkeypatch.setattr(shm_all_reduce, "_alive", publishes_then_exits)
+    shm._check_peers(1)  # no error
+    monkeypatch.setattr(shm_all_reduce, "_alive", lambda pid: False)
+    with pytest.raises(RuntimeError, match=r"rank 1 \(pid 4194305\) is gone"):
+        shm._check_peers(2)
