@@ -38,6 +38,7 @@ class RunnerSpec:
     kv_cache_dtype: str = "auto"  # "fp8"/"fp8_e4m3": each rank's cache holds e4m3 codes and row scales
     pipeline_parallel_size: int = 1  # stages; the world is tensor_parallel_size x this
     pp_layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION as the driver sees it
+    enforce_eager: bool = False  # True: no flat CPU decode plan on any rank (``ModelRunner.plan_cpu_decode``)
 
 
 class WorkerDiedError(RuntimeError):
@@ -66,11 +67,13 @@ class Executor:
         self.driver_runner.release(keys)
 
     def stats(self) -> list[dict]:
-        """Per rank: ``param_bytes`` (weights held) and ``all_reduced_bytes`` (since start)."""
+        """Per rank: ``param_bytes`` (weights held), ``all_reduced_bytes`` and ``sent_bytes`` (since start),
+        ``num_threads`` (torch threads) and ``cpu_decode`` (whether decode steps take the flat CPU plan)."""
         from pagedllm import distributed
 
         return [{"param_bytes": runner_param_bytes(self.driver_runner),
-                 "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes}]
+                 "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes,
+                 "num_threads": torch.get_num_threads(), "cpu_decode": self.driver_runner.cpu_decode is not None}]
 
     def shutdown(self) -> None:
         pass

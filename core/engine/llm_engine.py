@@ -120,7 +120,8 @@ class LLMEngine:
                                                          config.trust_remote_code, gguf_file, w4a16, fp8=fp8,
                                                          kv_cache_dtype=config.kv_cache_dtype,
                                                          pipeline_parallel_size=config.pipeline_parallel_size,
-                                                         pp_layer_partition=os.environ.get(PARTITION_ENV)),
+                                                         pp_layer_partition=os.environ.get(PARTITION_ENV),
+                                                         enforce_eager=config.enforce_eager),
                                       model_cls)
         self.runner = self.executor.driver_runner  # rank 0's runner: shapes, sampling, LoRA
         try:
@@ -157,8 +158,8 @@ class LLMEngine:
             one_rank = self.executor.world_size == 1  # decode graphs replay one process's kernels
             if self.device.type == "cuda" and not config.enforce_eager and not pooling and one_rank:
                 self.runner.capture_decode_graphs(min(config.max_num_seqs, 512), self.max_model_len)
-            if self.device.type == "cpu" and not config.enforce_eager and not pooling and one_rank:
-                self.runner.plan_cpu_decode()
+            if self.device.type == "cpu" and not config.enforce_eager and not pooling:
+                self.runner.plan_cpu_decode()  # one rank, or each pipeline stage (the workers plan theirs)
             # pooling reads every prompt position's hidden state: no cached prefixes, no chunks
             self.block_manager = BlockManager(num_blocks, config.block_size,
                                               config.enable_prefix_caching and not pooling)

@@ -3,8 +3,9 @@
 Start-up: the driver hosts a torch.distributed TCPStore and a socket listener, starts ranks
 1..N-1 as fresh interpreters (``pagedllm.worker.worker``), sends each its ``RunnerSpec``, joins the
 group itself as rank 0 and builds its own shard while they build theirs. Collectives are gloo on
-CPU and NCCL on CUDA. Each rank runs ``torch.set_num_threads(max(1, cores // N))`` so the ranks do
-not oversubscribe the machine (the driver's previous setting is restored at shutdown).
+CPU and NCCL on CUDA. On CPU each rank runs ``torch.set_num_threads(threads_per_rank(...))``: the cores
+split over the ranks of one stage, which compute at once; the stages of a pipeline take turns on the same
+cores (``threads_per_rank``). The driver's previous setting is restored at shutdown.
 
 Each step the driver's runner sends the flat batch to the workers before its own forward
 (``ModelRunner.peers``); nothing comes back but the collectives. A worker that dies is seen at
@@ -51,18 +52,32 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def check_placeable(world_size: int, device: torch.device) -> None:
-    """Fail before starting anything when the machine cannot place ``world_size`` ranks."""
+def check_placeable(world_size: int, device: torch.device, tensor_parallel_size: int | None = None) -> None:
+    """Fail before starting anything when the machine cannot place ``world_size`` ranks: one CUDA device
+    each; on CPU one core per rank of a stage (``tensor_parallel_size``; the stages share them, as in
+    ``threads_per_rank``)."""
+    tp = world_size if tensor_parallel_size is None else tensor_parallel_size
     if device.type == "cuda":
         have = torch.cuda.device_count()
         if have < world_size:
-            raise ValueError(f"tensor_parallel_size={world_size} needs {world_size} CUDA devices, one per rank; "
-                             f"{have} visible (CUDA_VISIBLE_DEVICES); use tensor_parallel_size <= {have}")
+            what = f"tensor_parallel_size={tp}" + (f" x pipeline_parallel_size={world_size // tp}" if tp < world_size else "")
+            raise ValueError(f"{what} needs {world_size} CUDA devices, one per rank; {have} visible "
+                             f"(CUDA_VISIBLE_DEVICES); use at most {have} ranks")
         return
     have = available_cores()
-    if have < world_size and os.environ.get(OVERSUBSCRIBE_ENV) != "1":
-        raise ValueError(f"tensor_parallel_size={world_size} needs {world_size} CPU cores, one per rank; this process "
+    if have < tp and os.environ.get(OVERSUBSCRIBE_ENV) != "1":
+        raise ValueError(f"tensor_parallel_size={tp} needs {tp} CPU cores, one per rank; this process "
                          f"may use {have} (os.sched_getaffinity); use tensor_parallel_size <= {have}")
+
+
+def threads_per_rank(device: torch.device, world_size: int, tensor_parallel_size: int) -> int:
+    """Torch threads of each rank. On CPU the cores split over the ranks of one stage: a pipelined step on one
+    machine runs its stages one after another (``ModelRunner.stages_share_cores``), so a stage computes with
+    every core while the others wait, as one rank would. (Stages overlapping on cores of their own would
+    only read each stage's weights once more per micro-batch here: decode steps are bound by those reads,
+    measured in docs/benchmarks.md.) On CUDA a rank drives its device: the cores split over all ranks."""
+    ranks = tensor_parallel_size if device.type == "cpu" else world_size
+    return max(1, available_cores() // ranks)
 
 
 class MultiprocExecutor(Executor):
@@ -75,7 +90,7 @@ class MultiprocExecutor(Executor):
         self.conns: list[Connection] = []
         self.cleanups: list = []  # called (last first) once the workers are stopped: what _reserve took
         self._previous_threads = torch.get_num_threads()
-        self.num_threads = max(1, available_cores() // world_size)
+        self.num_threads = threads_per_rank(spec.device, world_size, world_size // spec.pipeline_parallel_size)
         self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.conns, self._previous_threads,
                                            self.cleanups)
         backend = "nccl" if spec.device.type == "cuda" and dist.is_nccl_available() else "gloo"
@@ -94,6 +109,7 @@ class MultiprocExecutor(Executor):
                                              spec.model_impl, model_cls, fp8=spec.fp8,
                                              kv_cache_dtype=spec.kv_cache_dtype)
             self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
+            self.driver_runner.stages_share_cores = spec.device.type == "cpu"
             for rank in range(1, world_size):
                 self._expect(rank, "ready")
         except BaseException:
@@ -106,7 +122,7 @@ class MultiprocExecutor(Executor):
     # ---- start-up: where the workers run (what a subclass changes) ---------------------------
     def _reserve(self, spec: RunnerSpec) -> None:
         """Fail before starting anything when the ranks cannot be placed."""
-        check_placeable(self.world_size, spec.device)
+        check_placeable(self.world_size, spec.device, self.world_size // spec.pipeline_parallel_size)
 
     def _host(self) -> str:
         """The address the workers reach the driver's store and socket at."""

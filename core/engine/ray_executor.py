@@ -131,7 +131,7 @@ class RayExecutor(MultiprocExecutor):
         self.device_type = spec.device.type
         self.actors: list = []
         if not ray.is_initialized():
-            start_ray(self.world_size, spec.device)
+            start_ray(self.world_size, spec.device, self.world_size // spec.pipeline_parallel_size)
             self.cleanups.append(ray.shutdown)  # released last: the group and the actors go first
         self.placement_group = place_ranks(self.world_size, self.device_type)
         # removing the group ends the actors in it too; killing them first does not depend on that
@@ -171,13 +171,13 @@ class RayExecutor(MultiprocExecutor):
                                "workers and cannot run more steps: start a new one")
 
 
-def start_ray(world_size: int, device) -> None:
+def start_ray(world_size: int, device, tensor_parallel_size: int | None = None) -> None:
     """Join the cluster of ``RAY_ADDRESS``, else start a local instance holding exactly the ranks."""
     ray = import_ray()
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    check_placeable(world_size, device)  # a local instance: the ranks share this machine's cores (devices)
+    check_placeable(world_size, device, tensor_parallel_size)  # a local instance: the ranks share this machine's cores
     gpus = world_size if device.type == "cuda" else 0
     ray.init(address="local", num_cpus=world_size, num_gpus=gpus, include_dashboard=False,
              object_store_memory=OBJECT_STORE_BYTES)

@@ -15,8 +15,9 @@ take that kernel for: ``gguf_weight.direct_rows``) make those calls from C
 in one call (``kernels/cpu_decode_layers.c``); the Python loop here serves the rest (dense weights, larger
 steps, fp8 KV caches).
 ``build`` takes a model only where that holds: the plain Llama block (no q/k norm, sliding window, soft-cap or
-ALiBi; biases are the linear methods' own business), its C ops bound, one rank, no LoRA; anything else runs
-the modules.
+ALiBi; biases are the linear methods' own business), its C ops bound, no tensor-parallel shards, no LoRA;
+anything else runs the modules. A pipeline stage's plan runs its own layers, from the embedding or the previous
+stage's (hidden, residual), to the final norm or the next stage's.
 """
 from __future__ import annotations
 
@@ -83,9 +84,10 @@ class LlamaCpuDecode:
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.ops = cpu_ops.load()
         self.kernels = cpu_decode.load()
-        self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim)  # None: the Python loop below
+        whole = model.model.last_stage and model.model.start_layer == 0  # not a pipeline stage
+        self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim) if whole else None  # None: the Python loop
         self.fp8_cache = kv_fp8.is_fp8_cache(layers[0].attn.k_cache)
-        self.c_rows = gguf_weight.direct_rows(model.model.norm.weight.dtype)  # the C call's 8-bit kernel: as apply's
+        self.c_rows = gguf_weight.direct_rows(model.model.norm.weight.dtype) if whole else 0  # the C call's 8-bit kernel
         self._model = model
         self._cache_at = layers[0].attn.k_cache.data_ptr()  # the C structs hold the caches' addresses
 
@@ -98,7 +100,8 @@ class LlamaCpuDecode:
             logger.debug("decode steps run the model's modules: %s", reason)
             return None
         layers = []
-        for layer in model.model.layers:
+        body = model.model
+        for layer in body.layers[body.start_layer:body.end_layer]:  # a pipeline stage's own layers
             attn, mlp = layer.self_attn, layer.mlp
             rope = attn.rotary_emb
             layers.append(_Layer(layer.input_layernorm._weight_f32, layer.post_attention_layernorm._weight_f32,
@@ -106,10 +109,12 @@ class LlamaCpuDecode:
                                  mlp.down_proj, attn.attn, rope.cos_cache, rope.sin_cache, int(rope.is_neox_style),
                                  tuple(_direct_kernel(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj,
                                                                    mlp.down_proj))))
-        first = model.model.layers[0].self_attn
+        first = body.layers[body.start_layer].self_attn
         return cls(model, layers, first.num_heads, first.num_kv_heads, first.head_dim)
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, md, intermediate=None):
+        """The model's forward for a decode-only step: the final hidden states; on a pipeline stage, what its
+        forward returns ((hidden, residual) before the last stage, which continues from ``intermediate``)."""
         if self.in_c is not None and self.layers[0].attn.k_cache.data_ptr() != self._cache_at:  # a new KV cache
             self.in_c = _layers_in_c(self._model, self.layers, self.heads, self.kv_heads, self.head_dim)
             self._cache_at = self.layers[0].attn.k_cache.data_ptr()
@@ -118,16 +123,20 @@ class LlamaCpuDecode:
             if done is not None:
                 hidden, _ = self.body.norm(*done)
                 return hidden
-        return self._run_layers(self.body.embed_tokens(input_ids), positions, md)
+        hidden, residual = (self.body.embed_tokens(input_ids), None) if intermediate is None else intermediate
+        hidden, residual = self._run_layers(hidden, residual, positions, md)
+        if not self.body.last_stage:
+            return hidden, residual
+        hidden, _ = self.body.norm(hidden, residual)
+        return hidden
 
-    def _run_layers(self, hidden: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
-        """The layers from Python: any linear method, any number of rows."""
+    def _run_layers(self, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, md):
+        """The layers from Python: any linear method, any number of rows. Returns (hidden, residual)."""
         ops, H, KVH, D = self.ops, self.heads, self.kv_heads, self.head_dim
         n, width = hidden.shape
         bf16, threads = int(hidden.dtype == torch.bfloat16), torch.get_num_threads()
         positions = positions.contiguous()
         step = cpu_decode.DecodeStep.of(md, H)
-        residual = None
         for L in self.layers:
             normed = torch.empty_like(hidden)
             if residual is None:
@@ -160,8 +169,7 @@ class LlamaCpuDecode:
             if status:
                 raise RuntimeError(f"a CPU layer kernel declined a decode step (status {status})")
             hidden = _linear(L.down, act, L.rows[3])
-        hidden, _ = self.body.norm(hidden, residual)
-        return hidden
+        return hidden, residual
 
     def _attend(self, attn: nn.Module, qkv: torch.Tensor, md, step: cpu_decode.DecodeStep) -> torch.Tensor:
         """Store k/v and attend for the rows of ``qkv`` [n, q | k | v]: [n, heads * head_dim], as the CPU
@@ -224,12 +232,11 @@ def _unsupported(model: nn.Module) -> str | None:
     if type(model) not in (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM):
         return f"{type(model).__name__} is not a plain Llama/Mistral/Qwen2 model"
     body = model.model
-    if (type(body) is not LlamaModel or not body.last_stage or body.start_layer != 0
-            or body.end_layer != len(body.layers) or type(body.norm) is not RMSNorm):
-        return "a pipeline stage"
+    if type(body) is not LlamaModel or (body.last_stage and type(body.norm) is not RMSNorm):
+        return "not the Llama body with an RMSNorm"
     if cpu_ops.load() is None or cpu_decode.load() is None:
         return "no C kernels"
-    for i, layer in enumerate(body.layers):
+    for i, layer in enumerate(body.layers[body.start_layer:body.end_layer], start=body.start_layer):
         attn, mlp = layer.self_attn, layer.mlp
         if type(layer) is not LlamaDecoderLayer or type(attn) is not QKVAttention or type(mlp) is not GatedMLP:
             return f"layer {i} is not the plain Llama block"
@@ -244,7 +251,7 @@ def _unsupported(model: nn.Module) -> str | None:
         inner = attn.attn
         if (not isinstance(inner.impl, CpuAttentionBackend) or inner.sliding_window or inner.logits_soft_cap
                 or inner.alibi_slopes is not None
-                or not (kv_fp8.is_fp8_cache(inner.k_cache) or inner.k_cache.dtype == body.norm.weight.dtype)):
+                or not (kv_fp8.is_fp8_cache(inner.k_cache) or inner.k_cache.dtype == layer.input_layernorm.weight.dtype)):
             return f"layer {i}'s attention is not the C paged kernel on a plain cache"
         if any(linear.tp_size != 1 for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)):
             return "tensor-parallel shards (the row-parallel projections all-reduce in their modules)"

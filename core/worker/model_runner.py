@@ -78,6 +78,10 @@ class ModelRunner:
     # sequence); None: ``default_microbatches``. PAGEDLLM_PP_MICROBATCHES sets a fixed count (1: the stages
     # run one after another, no overlap, each stage reading its weights once per step)
     microbatches: int | None = None
+    # the stages share one machine's cores (CPU ranks: ``mp_executor.threads_per_rank``): a step runs them one
+    # after another, one micro-batch, each stage with every core (micro-batches overlapping the stages would
+    # put two stages' threads on the same cores)
+    stages_share_cores = False
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
@@ -166,8 +170,8 @@ class ModelRunner:
     def plan_cpu_decode(self) -> None:
         """Decode-only steps as a flat run of kernel calls where the model is the plain Llama block on CPU
         kernels (``models/llama_cpu_decode.py``): the CPU's counterpart of the decode graphs."""
-        if self.device.type == "cpu" and self.lora_manager is None and self.peers is None and self.pp_size == 1:
-            self.cpu_decode = LlamaCpuDecode.build(self.model)
+        if self.device.type == "cpu" and self.lora_manager is None and distributed.get_tp_world_size() == 1:
+            self.cpu_decode = LlamaCpuDecode.build(self.model)  # a pipeline stage: its layers (``run_stage``)
 
     # ---- seeded generators ------------------------------------------------------------
     def _generator(self, seq) -> torch.Generator:
@@ -267,7 +271,8 @@ class ModelRunner:
         ordered = [scheduled[i] for i in order]
         microbatches, last_parts, wanted_parts, offset = [], [], [], 0
         tokens = [s.num_new_tokens for s in ordered]
-        for part in split_microbatches(tokens, self.microbatches or default_microbatches(sum(tokens), self.pp_size)):
+        count = self.microbatches or (1 if self.stages_share_cores else default_microbatches(sum(tokens), self.pp_size))
+        for part in split_microbatches(tokens, count):
             chunk = ordered[part.start:part.stop]
             nd = sum(1 for s in chunk if s.num_new_tokens == 1)
             input_ids, positions, md, last_idx = self._build_metadata(chunk, nd)
@@ -282,8 +287,9 @@ class ModelRunner:
             offset += len(input_ids)
         if self.peers is not None:
             self.peers.broadcast_pipeline(microbatches)
-        run_stage(self.model, microbatches, self.hidden_size, self.dtype, self.device)
-        logits = torch.cat(receive_logits(microbatches, self.vocab_size, self.device))
+        run_stage(self.model, microbatches, self.hidden_size, self.dtype, self.device, self.cpu_decode)
+        received = receive_logits(microbatches, self.vocab_size, self.dtype, self.device)
+        logits = received[0] if len(received) == 1 else torch.cat(received)
         where = torch.full((offset,), -1, dtype=torch.long)
         wanted = torch.cat(wanted_parts)
         where[wanted] = torch.arange(len(wanted))

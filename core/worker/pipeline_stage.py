@@ -8,7 +8,7 @@ one stage up), runs its own layers and starts sending the result down without wa
 (isend). So stage s works on micro-batch i while stage s+1 works on micro-batch i-1: with M
 micro-batches and P stages a step takes M + P - 1 micro-batch slots instead of M x P. The last stage
 computes the logits of the rows the driver asked for (sampled positions, prompt-logprob positions),
-and its TP rank 0 sends them, as float32, to the driver, which samples (as with tensor parallelism,
+and its TP rank 0 sends them, in the model's dtype, to the driver, which samples (as with tensor parallelism,
 only the driver samples: it holds the sequences, generators and the sampler).
 """
 from __future__ import annotations
@@ -49,9 +49,10 @@ def split_microbatches(num_tokens: list[int], count: int) -> list[range]:
 
 @torch.inference_mode()
 def run_stage(model, microbatches: list[MicroBatch], hidden_size: int, dtype: torch.dtype,
-              device: torch.device) -> None:
+              device: torch.device, cpu_decode=None) -> None:
     """This rank's stage over every micro-batch of the step (see the module docstring); their
-    metadata prepared for the attention backend already."""
+    metadata prepared for the attention backend already. ``cpu_decode``: the stage's flat decode plan
+    (``LlamaCpuDecode``), which runs the micro-batches of decodes only."""
     rank, tp = distributed.get_world_rank(), distributed.get_tp_world_size()
     stage, stages = distributed.get_pp_rank(), distributed.get_pp_world_size()
     carry = getattr(model, model.body_name).pp_carry
@@ -62,21 +63,26 @@ def run_stage(model, microbatches: list[MicroBatch], hidden_size: int, dtype: to
             shape = (carry, mb.input_ids.shape[0], hidden_size)
             intermediate = distributed.pp_recv(shape, dtype, device, rank - tp, tag=i).unbind(0)
         with set_forward_context(mb.metadata):
-            out = model(mb.input_ids, mb.positions, intermediate)
+            if cpu_decode is not None and mb.metadata.num_prefills == 0:
+                out = cpu_decode.run(mb.input_ids, mb.positions, mb.metadata, intermediate)
+            else:
+                out = model(mb.input_ids, mb.positions, intermediate)
         if stage < stages - 1:
             stacked = torch.stack(out)
             in_flight.append((distributed.pp_send(stacked, rank + tp, tag=i), stacked))
         elif len(mb.logit_rows):
-            logits = model.compute_logits(out[mb.logit_rows.to(device)]).float()  # every TP rank joins the gather
+            logits = model.compute_logits(out[mb.logit_rows.to(device)]).to(dtype)  # every TP rank joins the gather
             if distributed.get_tp_rank() == 0:
                 in_flight.append((distributed.pp_send(logits, 0, tag=i), logits))
     for work, _ in in_flight:
         work.wait()
 
 
-def receive_logits(microbatches: list[MicroBatch], vocab_size: int, device: torch.device) -> list[torch.Tensor]:
-    """On the driver: each micro-batch's logits from the last stage's TP rank 0."""
+def receive_logits(microbatches: list[MicroBatch], vocab_size: int, dtype: torch.dtype,
+                   device: torch.device) -> list[torch.Tensor]:
+    """On the driver: each micro-batch's logits from the last stage's TP rank 0, in the model's dtype (the LM
+    head's own: the sampler widens them to float32 as at one rank; half the bytes of float32 at bf16)."""
     last = (distributed.get_pp_world_size() - 1) * distributed.get_tp_world_size()
-    return [distributed.pp_recv((len(mb.logit_rows), vocab_size), torch.float32, device, last, tag=i)
-            if len(mb.logit_rows) else torch.empty(0, vocab_size, device=device)
+    return [distributed.pp_recv((len(mb.logit_rows), vocab_size), dtype, device, last, tag=i)
+            if len(mb.logit_rows) else torch.empty(0, vocab_size, dtype=dtype, device=device)
             for i, mb in enumerate(microbatches)]

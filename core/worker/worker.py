@@ -80,6 +80,7 @@ class Worker:
                                   spec["model_impl"], fp8=spec.get("fp8"),
                                   kv_cache_dtype=spec["kv_cache_dtype"])
         self.hidden: torch.Tensor | None = None
+        self.enforce_eager = spec.get("enforce_eager", False)
         from pagedllm.engine.executor import runner_param_bytes
 
         self.param_bytes = runner_param_bytes(self.runner)  # the shard's weights do not change
@@ -101,11 +102,15 @@ class Worker:
                     send(self.conn, ("num_blocks", self.num_blocks(*message[1:])))
                 elif kind == "allocate":
                     self.runner.allocate_kv_cache(message[1])
+                    if not self.enforce_eager:  # the flat decode reads the caches' addresses: planned after them
+                        self.runner.plan_cpu_decode()
                     send(self.conn, ("allocated",))
                 elif kind == "stats":
                     send(self.conn, ("stats", {"param_bytes": self.param_bytes,
                                                "all_reduced_bytes": distributed.all_reduced_bytes,
-                                               "sent_bytes": distributed.sent_bytes}))
+                                               "sent_bytes": distributed.sent_bytes,
+                                               "num_threads": torch.get_num_threads(),
+                                               "cpu_decode": self.runner.cpu_decode is not None}))
                 elif kind == "stop":
                     break
                 else:
@@ -133,7 +138,8 @@ class Worker:
             mb.input_ids, mb.positions, mb.metadata = (to_device(x, self.device)
                                                        for x in (mb.input_ids, mb.positions, mb.metadata))
             self.runner.backend_cls.prepare(mb.metadata)
-        run_stage(self.runner.model, microbatches, self.runner.hidden_size, self.runner.dtype, self.device)
+        run_stage(self.runner.model, microbatches, self.runner.hidden_size, self.runner.dtype, self.device,
+                  self.runner.cpu_decode)
 
     @torch.inference_mode()
     def logits(self, rows) -> None:

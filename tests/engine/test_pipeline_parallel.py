@@ -1,12 +1,14 @@
 """Pipeline parallelism over local processes (``mp`` executor, gloo on CPU): PP=2 and TP=2 x PP=2 generate
 what TP=1 generates (greedy tokens; logprobs within 1e-4) on tiny fp32 models of several architectures
 and on the bundled model; each stage holds only its layers (the embedding on the first, the final norm
-and LM head on the last); a killed stage fails the requests naming the rank and leaves no process.
+and LM head on the last); the stages share the cores (cores // TP threads a rank) and their decode steps take
+the flat CPU plan, bit for bit the modules'; a killed stage fails the requests naming the rank and leaves no
+process.
 
 TP=1 in the same process is the oracle (itself checked against transformers by ``tests/models``). The
 fast case (a 3-layer Llama over 2 stages, prompt logprobs included) runs in the default suite; the
-others start several multi-process engines and are ``slow``. TP=2 x PP=2 is 4 ranks: on a machine with
-fewer cores it runs oversubscribed (PAGEDLLM_CPU_OVERSUBSCRIBE=1, one thread per rank).
+others start several multi-process engines and are ``slow``. TP=2 x PP=2 is 4 ranks on 2 cores: the two
+stages take turns, each TP rank with one thread.
 """
 from __future__ import annotations
 
@@ -72,8 +74,50 @@ def test_pp2_matches_tp1_and_each_stage_holds_its_layers(tiny_llama, monkeypatch
     assert [s["param_bytes"] for s in stages] == stage_bytes(tiny_llama, 2, tied=False)
     assert sum(s["param_bytes"] for s in stages) == rank0["param_bytes"]
     assert stages[0]["sent_bytes"] > 0 and stages[1]["sent_bytes"] > 0  # activations down, logits back
+    # the stages share the cores and take turns: each computes with all of them; decode steps take each
+    # stage's flat plan (its bits are the modules': test_pp2_flat_decode_is_the_modules_bit_for_bit)
+    cores = len(os.sched_getaffinity(0))
+    assert [s["num_threads"] for s in stages] == [cores, cores]
+    assert [s["cpu_decode"] for s in stages] == [True, True]
     gc.collect()
     assert child_pids() == []
+
+
+def test_pp2_flat_decode_is_the_modules_bit_for_bit(tiny_llama):
+    """Each stage's decode steps run its layers as a flat run of kernel calls (``LlamaCpuDecode`` from the
+    previous stage's hidden and residual); ``enforce_eager=True`` runs the modules: same tokens, and every
+    logprob equal to the bit."""
+    eager, stages = run(tiny_llama, 1, LONG_PROMPTS, 12, pipeline_parallel_size=2, enforce_eager=True)
+    assert [s["cpu_decode"] for s in stages] == [False, False]
+    flat, stages = run(tiny_llama, 1, LONG_PROMPTS, 12, pipeline_parallel_size=2)
+    assert [s["cpu_decode"] for s in stages] == [True, True]
+    for a, b in zip(eager, flat):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        assert [p[t].logprob for p, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)] == \
+            [p[t].logprob for p, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)]
+    gc.collect()
+    assert child_pids() == []
+
+
+def test_cpu_stages_share_the_cores_and_tp_ranks_split_them(monkeypatch):
+    """On CPU a pipelined step runs its stages one after another, so a rank takes the cores of its stage's
+    share (cores // tensor_parallel_size) and only a stage's ranks need a core each; a CUDA rank drives a
+    device of its own."""
+    import torch
+
+    from pagedllm.engine import mp_executor
+
+    monkeypatch.setattr(mp_executor, "available_cores", lambda: 4)
+    monkeypatch.delenv(mp_executor.OVERSUBSCRIBE_ENV, raising=False)
+    cpu = torch.device("cpu")
+    assert mp_executor.threads_per_rank(cpu, world_size=2, tensor_parallel_size=1) == 4  # PP=2
+    assert mp_executor.threads_per_rank(cpu, world_size=4, tensor_parallel_size=2) == 2  # TP=2 x PP=2
+    assert mp_executor.threads_per_rank(cpu, world_size=2, tensor_parallel_size=2) == 2  # TP=2
+    assert mp_executor.threads_per_rank(torch.device("cuda"), world_size=4, tensor_parallel_size=2) == 1
+    mp_executor.check_placeable(8, cpu, tensor_parallel_size=4)  # 2 stages of 4 ranks on 4 cores
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=5 needs 5 CPU cores, one per rank; this process "
+                                         r"may use 4"):
+        mp_executor.check_placeable(10, cpu, tensor_parallel_size=5)
 
 
 @pytest.mark.parametrize("layers,stages,expected", [
@@ -152,7 +196,6 @@ def _configs():
 def test_pp2_and_tp2xpp2_match_tp1_per_architecture(name, tmp_path, monkeypatch):
     """32 tokens x 4 prompts, greedy, with prompt logprobs; PP=2 holds each stage's layers to the byte,
     TP=2 x PP=2 about half of that per rank."""
-    monkeypatch.setenv("PAGEDLLM_CPU_OVERSUBSCRIBE", "1")  # 4 ranks on 2 cores (inherited by the workers)
     monkeypatch.setenv("PAGEDLLM_PP_MICROBATCHES", "2")  # two in flight even in these small steps
     config = _configs()[name]
     path = save_model(tmp_path, config)
