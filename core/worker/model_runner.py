@@ -75,8 +75,9 @@ class ModelRunner:
     # same collectives; None with one rank
     peers = None
     # pipeline stages (``pipeline_stage``): a step's batch runs as this many micro-batches (at most one per
-    # sequence); None: ``default_microbatches``. PAGEDLLM_PP_MICROBATCHES sets a fixed count (1: the stages
-    # run one after another, no overlap, each stage reading its weights once per step)
+    # sequence); None: one where ``stages_share_cores``, else ``default_microbatches``. PAGEDLLM_PP_MICROBATCHES
+    # sets a fixed count (1: the stages run one after another, no overlap, each stage reading its weights once
+    # per step; more on CPU: the stages overlap on the cores they share)
     microbatches: int | None = None
     # the stages share one machine's cores (CPU ranks: ``mp_executor.threads_per_rank``): a step runs them one
     # after another, one micro-batch, each stage with every core (micro-batches overlapping the stages would
