@@ -15,8 +15,9 @@ take that kernel for: ``gguf_weight.direct_rows``) make those calls from C
 in one call (``kernels/cpu_decode_layers.c``); the Python loop here serves the rest (dense weights, larger
 steps, fp8 KV caches).
 ``build`` takes a model only where that holds: the plain Llama block (no q/k norm, sliding window, soft-cap or
-ALiBi; biases are the linear methods' own business), its C ops bound, no tensor-parallel shards, no LoRA;
-anything else runs the modules. A pipeline stage's plan runs its own layers, from the embedding or the previous
+ALiBi; biases are the linear methods' own business), its C ops bound, no LoRA; anything else runs the modules.
+A tensor-parallel rank's plan all-reduces the row-parallel o and down products where their modules do (the
+whole-model C call is for one rank only). A pipeline stage's plan runs its own layers, from the embedding or the previous
 stage's (hidden, residual), to the final norm or the next stage's.
 """
 from __future__ import annotations
@@ -28,10 +29,12 @@ import torch
 from torch import nn
 
 from pagedllm.attention.cpu_backend import CpuAttentionBackend
+from pagedllm.distributed import get_tp_world_size, tp_all_reduce
 from pagedllm.kernels import cpu_decode, cpu_gguf, cpu_ops, kv_fp8
 from pagedllm.models.layers.activation import SiluAndMul
 from pagedllm.models.layers.layernorm import RMSNorm
-from pagedllm.models.layers.linear import LinearBase
+from pagedllm.models.layers.linear import (LinearBase, MergedColumnParallelLinear, QKVParallelLinear,
+                                           RowParallelLinear)
 from pagedllm.models.layers.mlp import GatedMLP
 from pagedllm.models.layers.qkv_attention import QKVAttention
 from pagedllm.quantization import gguf_weight
@@ -84,8 +87,10 @@ class LlamaCpuDecode:
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.ops = cpu_ops.load()
         self.kernels = cpu_decode.load()
-        whole = model.model.last_stage and model.model.start_layer == 0  # not a pipeline stage
-        self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim) if whole else None  # None: the Python loop
+        # one C call for the whole model, on one rank (it all-reduces nothing); None: the Python loop below
+        whole = model.model.last_stage and model.model.start_layer == 0 and get_tp_world_size() == 1
+        self.in_c = _layers_in_c(model, layers, heads, kv_heads, head_dim) if whole else None
+        self.tp = get_tp_world_size() > 1  # shards: the row-parallel o and down products are all-reduced
         self.fp8_cache = kv_fp8.is_fp8_cache(layers[0].attn.k_cache)
         self.c_rows = gguf_weight.direct_rows(model.model.norm.weight.dtype) if whole else 0  # the C call's 8-bit kernel
         self._model = model
@@ -158,6 +163,8 @@ class LlamaCpuDecode:
             if status:
                 raise RuntimeError(f"a CPU layer kernel declined a decode step (status {status})")
             o = _linear(L.o, self._attend(L.attn, qkv, md, step), L.rows[1])
+            if self.tp:
+                o = tp_all_reduce(o)  # RowParallelLinear.forward's
             normed, summed = torch.empty_like(o), torch.empty_like(o)
             status = ops.rms_norm(o.data_ptr(), o.stride(0), residual.data_ptr(), residual.stride(0), summed.data_ptr(),
                                   normed.data_ptr(), L.post_norm.data_ptr(), n, width, L.eps, 1, bf16, threads)
@@ -169,6 +176,8 @@ class LlamaCpuDecode:
             if status:
                 raise RuntimeError(f"a CPU layer kernel declined a decode step (status {status})")
             hidden = _linear(L.down, act, L.rows[3])
+            if self.tp:
+                hidden = tp_all_reduce(hidden)
         return hidden, residual
 
     def _attend(self, attn: nn.Module, qkv: torch.Tensor, md, step: cpu_decode.DecodeStep) -> torch.Tensor:
@@ -253,6 +262,8 @@ def _unsupported(model: nn.Module) -> str | None:
                 or inner.alibi_slopes is not None
                 or not (kv_fp8.is_fp8_cache(inner.k_cache) or inner.k_cache.dtype == layer.input_layernorm.weight.dtype)):
             return f"layer {i}'s attention is not the C paged kernel on a plain cache"
-        if any(linear.tp_size != 1 for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)):
-            return "tensor-parallel shards (the row-parallel projections all-reduce in their modules)"
+        if (type(attn.qkv_proj) is not QKVParallelLinear or type(attn.o_proj) is not RowParallelLinear
+                or type(mlp.gate_up_proj) is not MergedColumnParallelLinear
+                or type(mlp.down_proj) is not RowParallelLinear):
+            return f"layer {i}'s projections are not the column/row-parallel pairs whose all-reduces this repeats"
     return None

@@ -171,8 +171,8 @@ class ModelRunner:
     def plan_cpu_decode(self) -> None:
         """Decode-only steps as a flat run of kernel calls where the model is the plain Llama block on CPU
         kernels (``models/llama_cpu_decode.py``): the CPU's counterpart of the decode graphs."""
-        if self.device.type == "cpu" and self.lora_manager is None and distributed.get_tp_world_size() == 1:
-            self.cpu_decode = LlamaCpuDecode.build(self.model)  # a pipeline stage: its layers (``run_stage``)
+        if self.device.type == "cpu" and self.lora_manager is None:  # a TP rank: its shards; a stage: its layers
+            self.cpu_decode = LlamaCpuDecode.build(self.model)
 
     # ---- seeded generators ------------------------------------------------------------
     def _generator(self, seq) -> torch.Generator:
@@ -247,6 +247,8 @@ class ModelRunner:
                 and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
         elif self.cpu_decode is not None and lora is None and nd == len(ordered):
+            if self.peers is not None:  # the other TP ranks take their plans too (``Worker.forward``)
+                self.peers.broadcast_forward(input_ids, positions, md)
             with set_forward_context(md):  # what a linear method's apply reads (a decode-only step)
                 hidden = self.cpu_decode.run(input_ids, positions, md)
         else:

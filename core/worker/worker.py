@@ -127,7 +127,10 @@ class Worker:
         input_ids, positions, metadata = (to_device(x, self.device) for x in (input_ids, positions, metadata))
         self.runner.backend_cls.prepare(metadata)
         with set_forward_context(metadata):
-            self.hidden = self.runner.model(input_ids, positions)
+            if self.runner.cpu_decode is not None and metadata.num_prefills == 0:  # as the driver chose
+                self.hidden = self.runner.cpu_decode.run(input_ids, positions, metadata)
+            else:
+                self.hidden = self.runner.model(input_ids, positions)
 
     @torch.inference_mode()
     def pipeline(self, microbatches: list) -> None:

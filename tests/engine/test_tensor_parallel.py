@@ -35,6 +35,24 @@ def test_tp2_matches_tp1_and_halves_the_weights(tiny_llama):
     norms = sum(p.numel() * 4 for n, p in _hf_norms(tiny_llama))
     assert [r["param_bytes"] for r in ranks] == [(rank0["param_bytes"] - norms) // 2 + norms] * 2
     assert all(r["all_reduced_bytes"] > 0 for r in ranks)
+    assert [r["cpu_decode"] for r in ranks] == [True, True]  # decode steps: each rank's flat plan, below
+    gc.collect()
+    assert child_pids() == []
+
+
+def test_tp2_flat_decode_is_the_modules_bit_for_bit(tiny_llama):
+    """A TP rank's decode steps run its shards as a flat run of kernel calls (``LlamaCpuDecode``, all-reducing
+    the row-parallel o and down products as their modules do); ``enforce_eager=True`` runs the modules on
+    every rank: same tokens, every logprob equal to the bit."""
+    prompts = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]
+    eager, ranks = run(tiny_llama, 2, prompts, 12, enforce_eager=True)
+    assert [r["cpu_decode"] for r in ranks] == [False, False]
+    flat, ranks = run(tiny_llama, 2, prompts, 12)
+    assert [r["cpu_decode"] for r in ranks] == [True, True]
+    for a, b in zip(eager, flat):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        assert [p[t].logprob for p, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)] == \
+            [p[t].logprob for p, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)]
     gc.collect()
     assert child_pids() == []
 
