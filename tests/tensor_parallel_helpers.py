@@ -76,3 +76,16 @@ def assert_same_generation(reference, got) -> float:
             worst = max(worst, abs(p_ref[token].logprob - p_got[token].logprob))
     assert worst <= LOGPROB_TOLERANCE, worst
     return worst
+
+
+def assert_flat_decode_is_the_modules(path: str, tp: int, prompts, **engine_args) -> None:
+    """Every rank's decode steps on its flat plan (``LlamaCpuDecode``) against ``enforce_eager=True`` (the
+    modules on every rank): the plan on each rank only without it, same tokens, every logprob equal to the bit."""
+    eager, ranks = run(path, tp, prompts, 12, enforce_eager=True, **engine_args)
+    assert [r["cpu_decode"] for r in ranks] == [False] * len(ranks)
+    flat, ranks = run(path, tp, prompts, 12, **engine_args)
+    assert [r["cpu_decode"] for r in ranks] == [True] * len(ranks)
+    for a, b in zip(eager, flat):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        assert [p[t].logprob for p, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)] == \
+            [p[t].logprob for p, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)]

@@ -24,7 +24,8 @@ import pytest
 from model_fixtures import SEED_PROMPTS, bundled_path, make_tiny_model
 from pagedllm import LLM, SamplingParams
 from pagedllm.engine.executor import WorkerDiedError
-from tensor_parallel_helpers import TWO_CORES, assert_same_generation, child_pids, run, save_model
+from tensor_parallel_helpers import (TWO_CORES, assert_flat_decode_is_the_modules, assert_same_generation,
+                                     child_pids, run, save_model)
 
 pytestmark = pytest.mark.skipif(not TWO_CORES, reason="pipeline_parallel_size=2 needs 2 CPU cores")
 LONG_PROMPTS = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]  # up to ~50 tokens: several blocks
@@ -87,14 +88,7 @@ def test_pp2_flat_decode_is_the_modules_bit_for_bit(tiny_llama):
     """Each stage's decode steps run its layers as a flat run of kernel calls (``LlamaCpuDecode`` from the
     previous stage's hidden and residual); ``enforce_eager=True`` runs the modules: same tokens, and every
     logprob equal to the bit."""
-    eager, stages = run(tiny_llama, 1, LONG_PROMPTS, 12, pipeline_parallel_size=2, enforce_eager=True)
-    assert [s["cpu_decode"] for s in stages] == [False, False]
-    flat, stages = run(tiny_llama, 1, LONG_PROMPTS, 12, pipeline_parallel_size=2)
-    assert [s["cpu_decode"] for s in stages] == [True, True]
-    for a, b in zip(eager, flat):
-        assert b.outputs[0].token_ids == a.outputs[0].token_ids
-        assert [p[t].logprob for p, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)] == \
-            [p[t].logprob for p, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)]
+    assert_flat_decode_is_the_modules(tiny_llama, 1, LONG_PROMPTS, pipeline_parallel_size=2)
     gc.collect()
     assert child_pids() == []
 

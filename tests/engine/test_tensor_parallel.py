@@ -16,7 +16,8 @@ import torch
 
 from model_fixtures import SEED_PROMPTS, make_tiny_model
 from pagedllm import LLM
-from tensor_parallel_helpers import TWO_CORES, assert_same_generation, child_pids, run, save_model
+from tensor_parallel_helpers import (TWO_CORES, assert_flat_decode_is_the_modules, assert_same_generation,
+                                     child_pids, run, save_model)
 
 pytestmark = pytest.mark.skipif(not TWO_CORES, reason="tensor_parallel_size=2 needs 2 CPU cores")
 
@@ -44,15 +45,7 @@ def test_tp2_flat_decode_is_the_modules_bit_for_bit(tiny_llama):
     """A TP rank's decode steps run its shards as a flat run of kernel calls (``LlamaCpuDecode``, all-reducing
     the row-parallel o and down products as their modules do); ``enforce_eager=True`` runs the modules on
     every rank: same tokens, every logprob equal to the bit."""
-    prompts = [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))]
-    eager, ranks = run(tiny_llama, 2, prompts, 12, enforce_eager=True)
-    assert [r["cpu_decode"] for r in ranks] == [False, False]
-    flat, ranks = run(tiny_llama, 2, prompts, 12)
-    assert [r["cpu_decode"] for r in ranks] == [True, True]
-    for a, b in zip(eager, flat):
-        assert b.outputs[0].token_ids == a.outputs[0].token_ids
-        assert [p[t].logprob for p, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)] == \
-            [p[t].logprob for p, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)]
+    assert_flat_decode_is_the_modules(tiny_llama, 2, [p * k for p, k in zip(SEED_PROMPTS, (1, 3, 5, 8))])
     gc.collect()
     assert child_pids() == []
 
