@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from pagedllm.kernels import cpu_build
+from pagedllm.kernels import cpu_amx, cpu_build
 
 SOURCE = Path(__file__).with_name("cpu_gguf.c")
 # Types with a kernel in cpu_gguf.c -> (GGMLQuantizationType id, weights per block, bytes per block).
@@ -147,12 +147,8 @@ def matmul_amx(x: torch.Tensor, qweight: torch.Tensor, qtype: int, k: int, lib: 
     lib = lib or load()
     if lib is None or not lib.gguf_has_amx():
         return None
-    if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(1) != 1 or x.device.type != "cpu":
-        x = x.to(device="cpu", dtype=torch.float32).contiguous()
     rows = qweight.shape[0]
-    if out_dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"out_dtype={out_dtype} is not supported; choose torch.float32 or torch.bfloat16")
-    out = torch.empty(x.shape[0], rows, dtype=out_dtype)
+    x, out = cpu_amx.operands(x, rows, out_dtype)
     if x.shape[0]:
         status = lib.gguf_matmul_amx(x.data_ptr(), int(x.dtype == torch.bfloat16), x.stride(0), x.shape[0],
                                      qweight.data_ptr(), qweight.shape[1], qtype, rows, k, out.data_ptr(),

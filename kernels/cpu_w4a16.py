@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pagedllm.kernels import cpu_build
+from pagedllm.kernels import cpu_amx, cpu_build
 
 SOURCE = Path(__file__).with_name("cpu_w4a16.c")
 _STATUS = {1: "bits must be 4 or 8", 2: "k and groups must be positive", 3: "row bytes do not match k",
@@ -88,11 +88,7 @@ def matmul_amx(x: torch.Tensor, weight, lib: ctypes.CDLL | None = None, threads:
     lib = lib or load()
     if lib is None or not lib.w4a16_has_amx():
         return None
-    if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(1) != 1 or x.device.type != "cpu":
-        x = x.to(device="cpu", dtype=torch.float32).contiguous()
-    if out_dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"out_dtype={out_dtype} is not supported; choose torch.float32 or torch.bfloat16")
-    out = torch.empty(x.shape[0], weight.rows, dtype=out_dtype)
+    x, out = cpu_amx.operands(x, weight.rows, out_dtype)
     if x.shape[0]:
         status = lib.w4a16_matmul_amx(x.data_ptr(), int(x.dtype == torch.bfloat16), x.stride(0), x.shape[0],
                                       weight.codes.data_ptr(), weight.codes.shape[1], weight.bits,

@@ -67,13 +67,8 @@ class Executor:
         self.driver_runner.release(keys)
 
     def stats(self) -> list[dict]:
-        """Per rank: ``param_bytes`` (weights held), ``all_reduced_bytes`` and ``sent_bytes`` (since start),
-        ``num_threads`` (torch threads) and ``cpu_decode`` (whether decode steps take the flat CPU plan)."""
-        from pagedllm import distributed
-
-        return [{"param_bytes": runner_param_bytes(self.driver_runner),
-                 "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes,
-                 "num_threads": torch.get_num_threads(), "cpu_decode": self.driver_runner.cpu_decode is not None}]
+        """Per rank (``rank_stats``): the driver's here; the workers answer theirs."""
+        return [rank_stats(self.driver_runner)]
 
     def shutdown(self) -> None:
         pass
@@ -86,6 +81,17 @@ class UniProcExecutor(Executor):
                                          spec.model_impl, model_cls, gguf_file=spec.gguf_file,
                                          w4a16=spec.w4a16, fp8=spec.fp8,
                                          kv_cache_dtype=spec.kv_cache_dtype)
+
+
+def rank_stats(runner: ModelRunner, param_bytes: int | None = None) -> dict:
+    """One rank's figures: ``param_bytes`` (weights held; ``param_bytes`` when the caller counted them once),
+    ``all_reduced_bytes`` and ``sent_bytes`` (since start), ``num_threads`` (torch threads) and ``cpu_decode``
+    (whether decode steps take the flat CPU plan)."""
+    from pagedllm import distributed
+
+    return {"param_bytes": runner_param_bytes(runner) if param_bytes is None else param_bytes,
+            "all_reduced_bytes": distributed.all_reduced_bytes, "sent_bytes": distributed.sent_bytes,
+            "num_threads": torch.get_num_threads(), "cpu_decode": runner.cpu_decode is not None}
 
 
 def runner_param_bytes(runner: ModelRunner) -> int:

@@ -72,7 +72,7 @@ def check_placeable(world_size: int, device: torch.device, tensor_parallel_size:
 
 def threads_per_rank(device: torch.device, world_size: int, tensor_parallel_size: int) -> int:
     """Torch threads of each rank. On CPU the cores split over the ranks of one stage: a pipelined step on one
-    machine runs its stages one after another (``ModelRunner.stages_share_cores``), so a stage computes with
+    machine runs its stages one after another (``ModelRunner._forward_pipeline``), so a stage computes with
     every core while the others wait, as one rank would. (Stages overlapping on cores of their own would
     only read each stage's weights once more per micro-batch here: decode steps are bound by those reads,
     measured in docs/benchmarks.md.) On CUDA a rank drives its device: the cores split over all ranks."""
@@ -90,7 +90,8 @@ class MultiprocExecutor(Executor):
         self.conns: list[Connection] = []
         self.cleanups: list = []  # called (last first) once the workers are stopped: what _reserve took
         self._previous_threads = torch.get_num_threads()
-        self.num_threads = threads_per_rank(spec.device, world_size, world_size // spec.pipeline_parallel_size)
+        self.tensor_parallel_size = world_size // spec.pipeline_parallel_size
+        self.num_threads = threads_per_rank(spec.device, world_size, self.tensor_parallel_size)
         self._finalizer = weakref.finalize(self, _stop_workers, self.procs, self.conns, self._previous_threads,
                                            self.cleanups)
         backend = "nccl" if spec.device.type == "cuda" and dist.is_nccl_available() else "gloo"
@@ -109,7 +110,6 @@ class MultiprocExecutor(Executor):
                                              spec.model_impl, model_cls, fp8=spec.fp8,
                                              kv_cache_dtype=spec.kv_cache_dtype)
             self.driver_runner.peers = weakref.proxy(self)  # no cycle: dropping the engine stops the workers at once
-            self.driver_runner.stages_share_cores = spec.device.type == "cpu"
             for rank in range(1, world_size):
                 self._expect(rank, "ready")
         except BaseException:
@@ -122,7 +122,7 @@ class MultiprocExecutor(Executor):
     # ---- start-up: where the workers run (what a subclass changes) ---------------------------
     def _reserve(self, spec: RunnerSpec) -> None:
         """Fail before starting anything when the ranks cannot be placed."""
-        check_placeable(self.world_size, spec.device, self.world_size // spec.pipeline_parallel_size)
+        check_placeable(self.world_size, spec.device, self.tensor_parallel_size)
 
     def _host(self) -> str:
         """The address the workers reach the driver's store and socket at."""

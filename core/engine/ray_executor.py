@@ -131,7 +131,7 @@ class RayExecutor(MultiprocExecutor):
         self.device_type = spec.device.type
         self.actors: list = []
         if not ray.is_initialized():
-            start_ray(self.world_size, spec.device, self.world_size // spec.pipeline_parallel_size)
+            start_ray(self.world_size, spec.device, self.tensor_parallel_size)
             self.cleanups.append(ray.shutdown)  # released last: the group and the actors go first
         self.placement_group = place_ranks(self.world_size, self.device_type)
         # removing the group ends the actors in it too; killing them first does not depend on that

@@ -75,14 +75,10 @@ class ModelRunner:
     # same collectives; None with one rank
     peers = None
     # pipeline stages (``pipeline_stage``): a step's batch runs as this many micro-batches (at most one per
-    # sequence); None: one where ``stages_share_cores``, else ``default_microbatches``. PAGEDLLM_PP_MICROBATCHES
-    # sets a fixed count (1: the stages run one after another, no overlap, each stage reading its weights once
-    # per step; more on CPU: the stages overlap on the cores they share)
+    # sequence); None: one on CPU, else ``default_microbatches``. PAGEDLLM_PP_MICROBATCHES sets a fixed count
+    # (1: the stages run one after another, no overlap, each stage reading its weights once per step; more on
+    # CPU: the stages overlap on the cores they share)
     microbatches: int | None = None
-    # the stages share one machine's cores (CPU ranks: ``mp_executor.threads_per_rank``): a step runs them one
-    # after another, one micro-batch, each stage with every core (micro-batches overlapping the stages would
-    # put two stages' threads on the same cores)
-    stages_share_cores = False
 
     def __init__(self, hf_config, model_path: str, dtype: torch.dtype, device: torch.device,
                  max_model_len: int, block_size: int, attention_backend: str | None = None,
@@ -246,17 +242,26 @@ class ModelRunner:
         if (self.graphs is not None and lora is None and nd == len(ordered)
                 and self.graphs.bucket_for(nd) is not None):
             hidden = self.graphs.run(md, input_ids, positions)
-        elif self.cpu_decode is not None and lora is None and nd == len(ordered):
-            if self.peers is not None:  # the other TP ranks take their plans too (``Worker.forward``)
-                self.peers.broadcast_forward(input_ids, positions, md)
-            with set_forward_context(md):  # what a linear method's apply reads (a decode-only step)
-                hidden = self.cpu_decode.run(input_ids, positions, md)
         else:
-            if self.peers is not None:
+            if self.peers is not None:  # the other TP ranks run the same forward (``Worker.forward``)
                 self.peers.broadcast_forward(input_ids, positions, md)
-            with set_forward_context(md, lora):
-                hidden = self.model(input_ids, positions)
+            if lora is None:
+                hidden = self.forward(input_ids, positions, md)
+            else:
+                with set_forward_context(md, lora):
+                    hidden = self.model(input_ids, positions)
         return order, ordered, hidden, last_idx
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md, intermediate=None):
+        """The model over a step whose metadata is prepared: a decode-only step through the flat CPU plan where
+        there is one, else the modules. Every rank (TP shard or pipeline stage) chooses alike from the step's
+        metadata; ``intermediate``: what the previous pipeline stage sent."""
+        with set_forward_context(md):  # also what a linear method's apply reads in the flat plan
+            if self.cpu_decode is not None and md.num_prefills == 0:
+                return self.cpu_decode.run(input_ids, positions, md, intermediate)
+            if intermediate is None:
+                return self.model(input_ids, positions)
+            return self.model(input_ids, positions, intermediate)
 
     def _logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The LM head over ``hidden[rows]`` (or all of ``hidden``); the other ranks run it on the same rows."""
@@ -274,7 +279,10 @@ class ModelRunner:
         ordered = [scheduled[i] for i in order]
         microbatches, last_parts, wanted_parts, offset = [], [], [], 0
         tokens = [s.num_new_tokens for s in ordered]
-        count = self.microbatches or (1 if self.stages_share_cores else default_microbatches(sum(tokens), self.pp_size))
+        # on CPU the stages share the machine's cores (``mp_executor.threads_per_rank``): one micro-batch, the
+        # stages one after another, each with every core (overlapping micro-batches would put two stages' threads
+        # on the same cores)
+        count = self.microbatches or (1 if self.device.type == "cpu" else default_microbatches(sum(tokens), self.pp_size))
         for part in split_microbatches(tokens, count):
             chunk = ordered[part.start:part.stop]
             nd = sum(1 for s in chunk if s.num_new_tokens == 1)
@@ -290,7 +298,7 @@ class ModelRunner:
             offset += len(input_ids)
         if self.peers is not None:
             self.peers.broadcast_pipeline(microbatches)
-        run_stage(self.model, microbatches, self.hidden_size, self.dtype, self.device, self.cpu_decode)
+        run_stage(self, microbatches)
         received = receive_logits(microbatches, self.vocab_size, self.dtype, self.device)
         logits = received[0] if len(received) == 1 else torch.cat(received)
         where = torch.full((offset,), -1, dtype=torch.long)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm import distributed
-from pagedllm.forward_context import set_forward_context
 
 
 @dataclass(slots=True)
@@ -48,11 +47,10 @@ def split_microbatches(num_tokens: list[int], count: int) -> list[range]:
 
 
 @torch.inference_mode()
-def run_stage(model, microbatches: list[MicroBatch], hidden_size: int, dtype: torch.dtype,
-              device: torch.device, cpu_decode=None) -> None:
-    """This rank's stage over every micro-batch of the step (see the module docstring); their
-    metadata prepared for the attention backend already. ``cpu_decode``: the stage's flat decode plan
-    (``LlamaCpuDecode``), which runs the micro-batches of decodes only."""
+def run_stage(runner, microbatches: list[MicroBatch]) -> None:
+    """This rank's stage (``runner``: its ``ModelRunner``) over every micro-batch of the step (see the module
+    docstring); their metadata prepared for the attention backend already."""
+    model, hidden_size, dtype, device = runner.model, runner.hidden_size, runner.dtype, runner.device
     rank, tp = distributed.get_world_rank(), distributed.get_tp_world_size()
     stage, stages = distributed.get_pp_rank(), distributed.get_pp_world_size()
     carry = getattr(model, model.body_name).pp_carry
@@ -62,11 +60,7 @@ def run_stage(model, microbatches: list[MicroBatch], hidden_size: int, dtype: to
         if stage > 0:
             shape = (carry, mb.input_ids.shape[0], hidden_size)
             intermediate = distributed.pp_recv(shape, dtype, device, rank - tp, tag=i).unbind(0)
-        with set_forward_context(mb.metadata):
-            if cpu_decode is not None and mb.metadata.num_prefills == 0:
-                out = cpu_decode.run(mb.input_ids, mb.positions, mb.metadata, intermediate)
-            else:
-                out = model(mb.input_ids, mb.positions, intermediate)
+        out = runner.forward(mb.input_ids, mb.positions, mb.metadata, intermediate)
         if stage < stages - 1:
             stacked = torch.stack(out)
             in_flight.append((distributed.pp_send(stacked, rank + tp, tag=i), stacked))

@@ -106,11 +106,9 @@ class Worker:
                         self.runner.plan_cpu_decode()
                     send(self.conn, ("allocated",))
                 elif kind == "stats":
-                    send(self.conn, ("stats", {"param_bytes": self.param_bytes,
-                                               "all_reduced_bytes": distributed.all_reduced_bytes,
-                                               "sent_bytes": distributed.sent_bytes,
-                                               "num_threads": torch.get_num_threads(),
-                                               "cpu_decode": self.runner.cpu_decode is not None}))
+                    from pagedllm.engine.executor import rank_stats
+
+                    send(self.conn, ("stats", rank_stats(self.runner, self.param_bytes)))
                 elif kind == "stop":
                     break
                 else:
@@ -122,15 +120,9 @@ class Worker:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> None:
-        from pagedllm.forward_context import set_forward_context
-
         input_ids, positions, metadata = (to_device(x, self.device) for x in (input_ids, positions, metadata))
         self.runner.backend_cls.prepare(metadata)
-        with set_forward_context(metadata):
-            if self.runner.cpu_decode is not None and metadata.num_prefills == 0:  # as the driver chose
-                self.hidden = self.runner.cpu_decode.run(input_ids, positions, metadata)
-            else:
-                self.hidden = self.runner.model(input_ids, positions)
+        self.hidden = self.runner.forward(input_ids, positions, metadata)  # the flat plan or not, as the driver
 
     @torch.inference_mode()
     def pipeline(self, microbatches: list) -> None:
@@ -141,8 +133,7 @@ class Worker:
             mb.input_ids, mb.positions, mb.metadata = (to_device(x, self.device)
                                                        for x in (mb.input_ids, mb.positions, mb.metadata))
             self.runner.backend_cls.prepare(mb.metadata)
-        run_stage(self.runner.model, microbatches, self.runner.hidden_size, self.runner.dtype, self.device,
-                  self.runner.cpu_decode)
+        run_stage(self.runner, microbatches)
 
     @torch.inference_mode()
     def logits(self, rows) -> None:
